@@ -1,0 +1,40 @@
+"""Command-line flags for EngineConfig, with vLLM's names (shared by serve, generate, bench)."""
+import argparse
+
+from pagedserve.engine.config import EngineConfig
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    d = EngineConfig(model="")
+    g = parser.add_argument_group("engine")
+    g.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: the model's)")
+    g.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "float16", "bfloat16", "half", "float"],
+                   help="weight and activation dtype; auto = float32 on CPU, the model's half type on GPU")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed for unseeded sampling")
+    g.add_argument("--max-model-len", type=int, default=None,
+                   help="context length (prompt + output); default: the model's")
+    g.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs,
+                   help="most sequences in one batch")
+    g.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
+                   help="token budget of one step; longer prompts are prefilled in chunks")
+    g.add_argument("--block-size", type=int, default=d.block_size, help="tokens per KV-cache block")
+    g.add_argument("--gpu-memory-utilization", type=float, default=d.gpu_memory_utilization,
+                   help="fraction of GPU memory for weights, activations and KV cache")
+    g.add_argument("--kv-cache-memory", default=None,
+                   help="KV cache size in bytes or like '2GiB' (overrides the GPU fraction; CPU default 4GiB)")
+    g.add_argument("--num-kv-blocks", type=int, default=None, help="exact KV block count (debugging)")
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                   default=d.enable_prefix_caching, help="share KV blocks of common prompt prefixes")
+    g.add_argument("--tensor-parallel-size", "-tp", type=int, default=d.tensor_parallel_size,
+                   help="GPUs (ranks) one model is split across")
+    g.add_argument("--distributed-executor-backend", default=None, choices=["uni", "mp"],
+                   help="uni: one in-process rank; mp: one process per extra rank (default for tp > 1)")
+    g.add_argument("--device", default=d.device, help="auto, cpu or cuda (ROCm GPUs are cuda)")
+    g.add_argument("--kernel-backend", default=None,
+                   help="force a kernel backend (torch or triton); default picks by device")
+
+
+def engine_kwargs_from_args(args: argparse.Namespace) -> dict:
+    """The EngineConfig keyword arguments (all but model) found in parsed flags."""
+    names = set(EngineConfig.field_names()) - {"model"}
+    return {k: v for k, v in vars(args).items() if k in names}

@@ -1,0 +1,133 @@
+"""AsyncLLMEngine: the engine behind an asyncio server.
+
+One background task owns the LLMEngine: it applies queued adds and aborts between steps and
+runs each step in a worker thread, so the event loop keeps serving HTTP meanwhile. Each
+request's outputs arrive on its own queue; `generate()` is an async iterator over them, and
+leaving it early (client gone, task cancelled) aborts the request.
+"""
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from pagedserve.engine.config import EngineConfig
+from pagedserve.engine.llm_engine import LLMEngine, ParentRequest
+from pagedserve.engine.outputs import RequestOutput
+from pagedserve.engine.sampling_params import SamplingParams
+from pagedserve.engine.tokenizer import PromptType
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop failed; every request in flight gets this, and so do new ones."""
+
+
+class AsyncLLMEngine:
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self.queues: dict[str, asyncio.Queue] = {}
+        self._adds: list[ParentRequest] = []
+        self._aborts: list[str] = []
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self.dead_error: BaseException | None = None
+        self.steps = 0
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "AsyncLLMEngine":
+        return cls(LLMEngine(config))
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def is_running(self) -> bool:
+        return self._task is not None and not self._task.done() and self.dead_error is None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def generate(self, prompt: PromptType, params: SamplingParams | None = None,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Yield cumulative RequestOutputs until the request finishes. Bad input raises
+        ValueError before anything is queued."""
+        self._check_alive()
+        self.start()
+        parent = self.engine.make_request(request_id, prompt, params)
+        rid = parent.request_id
+        if rid in self.queues:
+            raise ValueError(f"request id {rid!r} is already running")
+        queue: asyncio.Queue = asyncio.Queue()
+        self.queues[rid] = queue
+        self._adds.append(parent)
+        self._wakeup.set()
+        finished = False
+        try:
+            while not finished:
+                out = await queue.get()
+                if isinstance(out, BaseException):
+                    raise out
+                finished = out.finished
+                yield out
+        finally:
+            self.queues.pop(rid, None)
+            if not finished:
+                self.abort(rid)
+
+    def abort(self, request_id: str) -> None:
+        """Abort between steps; its KV blocks return to the pool before the next step."""
+        if self._wakeup is not None:
+            self._aborts.append(request_id)
+            self._wakeup.set()
+
+    def _check_alive(self) -> None:
+        if self.dead_error is not None:
+            raise EngineDeadError(f"the engine has stopped: {self.dead_error!r}")
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not (self._adds or self._aborts or self.engine.has_unfinished_requests()):
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                self._apply_pending()
+                if not self.engine.has_unfinished_requests():
+                    continue
+                outputs = await asyncio.to_thread(self.engine.step)
+                self.steps += 1
+                for out in outputs:
+                    queue = self.queues.get(out.request_id)
+                    if queue is not None:
+                        queue.put_nowait(out)
+        except asyncio.CancelledError:
+            self._fail_all(EngineDeadError("the engine was shut down"))
+            raise
+        except BaseException as e:
+            logger.exception("engine loop failed")
+            self.dead_error = e
+            self._fail_all(EngineDeadError(f"the engine failed: {e!r}"))
+
+    def _apply_pending(self) -> None:
+        adds, self._adds = self._adds, []
+        for parent in adds:
+            if parent.request_id in self.queues:
+                self.engine.add_parent(parent)
+        aborts, self._aborts = self._aborts, []
+        for rid in aborts:
+            self.engine.abort_request(rid)
+
+    def _fail_all(self, error: BaseException) -> None:
+        for queue in self.queues.values():
+            queue.put_nowait(error)
+
+    async def shutdown(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self.engine.shutdown()

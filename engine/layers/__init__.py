@@ -1,0 +1,1 @@
+"""Tensor-parallel-ready building blocks for the models."""

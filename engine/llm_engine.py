@@ -1,0 +1,191 @@
+"""LLMEngine: requests in, RequestOutputs out, one scheduler step at a time."""
+import itertools
+import time
+from dataclasses import dataclass
+
+from pagedserve.engine.block_manager import BlockManager
+from pagedserve.engine.config import EngineConfig
+from pagedserve.engine.detokenizer import Detokenizer
+from pagedserve.engine.executor import build_step_input, make_executor
+from pagedserve.engine.loader import resolve_model_path
+from pagedserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from pagedserve.engine.request import Request
+from pagedserve.engine.sampler import Sampler
+from pagedserve.engine.sampling_params import SamplingParams
+from pagedserve.engine.scheduler import Scheduler
+from pagedserve.engine.tokenizer import PromptType, eos_token_ids, load_tokenizer, tokenize_prompt
+
+
+@dataclass(slots=True)
+class ParentRequest:
+    """A user's request: its prompt and the n sampled sequences generated for it."""
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    children: list[Request]
+    detoks: list[Detokenizer]
+    arrival_time: float
+
+    def output(self) -> RequestOutput:
+        outs = []
+        for req, detok in zip(self.children, self.detoks):
+            outs.append(CompletionOutput(
+                req.index, detok.streamable_text(req.finished), req.output_token_ids,
+                req.finish_reason, req.stop_reason, req.logprobs,
+                req.cumulative_logprob if req.logprobs is not None else None))
+        first = [r.first_token_time for r in self.children if r.first_token_time]
+        sched = [r.first_scheduled_time for r in self.children if r.first_scheduled_time]
+        metrics = RequestMetrics(self.arrival_time, min(sched, default=None),
+                                 min(first, default=None),
+                                 num_cached_tokens=max(r.num_cached_tokens for r in self.children))
+        done = all(r.finished for r in self.children)
+        if done:
+            metrics.finished_time = time.monotonic()
+        return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, outs, done,
+                             metrics)
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_preemptions: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+
+
+class LLMEngine:
+    """Synchronous engine core: add_request / step / abort_request / has_unfinished_requests."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        config.load_model_config(resolve_model_path(config.model))
+        self.tokenizer = load_tokenizer(config.tokenizer or config.model_path)
+        self.eos_token_ids = eos_token_ids(config, self.tokenizer)
+        self.executor = make_executor(config)
+        num_blocks = self.executor.init_kv_cache()
+        if num_blocks * config.block_size < config.max_model_len:
+            self.executor.shutdown()
+            raise ValueError(
+                f"the KV cache holds {num_blocks * config.block_size} tokens ({num_blocks} "
+                f"blocks of {config.block_size}), fewer than max_model_len "
+                f"({config.max_model_len}); give it more memory or lower max_model_len")
+        self.block_manager = BlockManager(num_blocks, config.block_size,
+                                          config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
+                                   config.max_num_batched_tokens)
+        self.sampler = Sampler(config.seed)
+        self.parents: dict[str, ParentRequest] = {}
+        self._ids = itertools.count()
+        self.num_prompt_tokens = 0  # prompts fully prefilled, cumulative
+        self.num_generation_tokens = 0  # tokens sampled, cumulative
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "LLMEngine":
+        return cls(EngineConfig(**kwargs))
+
+    def make_request(self, request_id: str | None, prompt: PromptType,
+                     params: SamplingParams | None = None,
+                     arrival_time: float | None = None) -> ParentRequest:
+        """Tokenize and validate without touching engine state (safe from any thread)."""
+        params = params or SamplingParams()
+        text, ids = tokenize_prompt(self.tokenizer, prompt, self.config.hf.vocab_size)
+        limit = self.config.max_model_len
+        if len(ids) >= limit:
+            raise ValueError(f"prompt has {len(ids)} tokens but max_model_len is {limit}; "
+                             f"the prompt must be shorter to leave room for output")
+        request_id = str(next(self._ids)) if request_id is None else request_id
+        room = limit - len(ids)
+        max_out = min(params.max_tokens or room, room)
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        children = [Request(request_id if params.n == 1 else f"{request_id}-{i}", request_id, i,
+                            ids, params, max_out, self.eos_token_ids, arrival)
+                    for i in range(params.n)]
+        detoks = [Detokenizer(self.tokenizer, ids, params) for _ in children]
+        return ParentRequest(request_id, text, ids, children, detoks, arrival)
+
+    def add_parent(self, parent: ParentRequest) -> None:
+        if parent.request_id in self.parents:
+            raise ValueError(f"request id {parent.request_id!r} is already running")
+        self.parents[parent.request_id] = parent
+        for req in parent.children:
+            self.scheduler.add(req)
+
+    def add_request(self, request_id: str | None, prompt: PromptType,
+                    params: SamplingParams | None = None) -> str:
+        parent = self.make_request(request_id, prompt, params)
+        self.add_parent(parent)
+        return parent.request_id
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request wherever it is; all its KV blocks go back to the pool."""
+        parent = self.parents.pop(request_id, None)
+        if parent is None:
+            return None
+        for req in parent.children:
+            if not req.finished:
+                self.scheduler.abort(req)
+                req.finish("abort")
+        return parent.output()
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.parents)
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once for the whole batch, sample, detokenize, stop."""
+        sched = self.scheduler.schedule()
+        if not sched.requests:
+            return []
+        logits = self.executor.execute(build_step_input(sched))
+        rows = [i for i, (r, n) in enumerate(zip(sched.requests, sched.num_new_tokens))
+                if r.num_computed_tokens + n == r.num_tokens]  # prompt done: sample a token
+        touched = {}
+        if rows:
+            sampling = [sched.requests[i] for i in rows]
+            result = self.sampler(logits[rows], sampling)
+            for req, token, lp in zip(sampling, result.token_ids, result.logprobs):
+                self._append_token(req, token, lp)
+                touched[req.parent_id] = self.parents[req.parent_id]
+        self.scheduler.finish_step(sched)
+        return self._collect(touched)
+
+    def _append_token(self, req: Request, token: int, logprobs: dict[int, float] | None) -> None:
+        req.token_ids.append(token)
+        self.num_generation_tokens += 1
+        now = time.monotonic()
+        if req.first_token_time is None:
+            req.first_token_time = now
+            if req.index == 0:
+                self.num_prompt_tokens += req.num_prompt_tokens
+        if logprobs is not None:
+            req.logprobs.append(logprobs)
+            req.cumulative_logprob += logprobs[token]
+        p = req.params
+        detok = self.parents[req.parent_id].detoks[req.index]
+        may_stop = req.num_output_tokens >= p.min_tokens
+        if may_stop and not p.ignore_eos and token in req.eos_token_ids:
+            req.finish("stop")
+        elif may_stop and token in p.stop_token_ids:
+            req.finish("stop", token)
+        elif (stop := detok.add(token, check_stop=may_stop)) is not None:
+            req.finish("stop", stop)
+        elif req.num_output_tokens >= req.max_output_tokens:
+            req.finish("length")
+
+    def _collect(self, touched: dict[str, ParentRequest]) -> list[RequestOutput]:
+        outputs = []
+        for parent in touched.values():
+            out = parent.output()
+            if out.finished:
+                del self.parents[parent.request_id]
+            outputs.append(out)
+        return outputs
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting), bm.usage,
+                           self.scheduler.num_preemptions, bm.prefix_queries, bm.prefix_hits)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown()

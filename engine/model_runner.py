@@ -1,0 +1,125 @@
+"""ModelRunner: owns the model and its KV cache on one rank, and runs one step of a batch."""
+import numpy as np
+import torch
+
+from pagedserve import kernels
+from pagedserve.engine.config import EngineConfig
+from pagedserve.engine.distributed import tp_size
+from pagedserve.engine.layers.attention import Attention, AttentionMetadata
+from pagedserve.engine.loader import load_weights
+from pagedserve.engine.models import model_class
+
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16,
+           "half": torch.float16, "bfloat16": torch.bfloat16}
+CPU_KV_CACHE_DEFAULT = 4 * 2**30
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")  # ROCm is "cuda" too
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but no CUDA/ROCm GPU is visible")
+    if name.split(":")[0] not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, config_dtype: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return _DTYPES[name]
+    if device.type == "cpu":
+        return torch.float32  # exact and fast enough on CPUs; half types are emulated there
+    wanted = _DTYPES.get(config_dtype, torch.bfloat16)
+    return torch.bfloat16 if wanted == torch.float32 else wanted
+
+
+class ModelRunner:
+    """Step inputs are flat: every scheduled token of every request, one forward for all."""
+
+    def __init__(self, config: EngineConfig, device: torch.device) -> None:
+        self.config, self.device = config, device
+        hf = config.hf
+        self.dtype = resolve_dtype(config.dtype, hf.torch_dtype, device)
+        kernels.select_backend(device, config.kernel_backend)
+        torch.manual_seed(config.seed)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            with torch.device(device):
+                self.model = model_class(hf.architectures)(hf)
+        finally:
+            torch.set_default_dtype(default)
+        load_weights(self.model, config.model_path)
+        self.model.eval()
+        self.attn_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        self.block_size = config.block_size
+        self.num_blocks = 0
+
+    def kv_bytes_per_block(self) -> int:
+        a = self.attn_layers[0]
+        per_token = 2 * a.num_kv_heads * a.head_size * self.dtype.itemsize
+        return per_token * self.block_size * len(self.attn_layers)
+
+    def decide_num_blocks(self) -> int:
+        """Pool size: explicit count, else kv_cache_memory, else (GPU) what
+        gpu_memory_utilization leaves after a peak-sized step, else (CPU) up to 4 GiB."""
+        c = self.config
+        if c.num_kv_blocks:
+            return c.num_kv_blocks
+        per_block = self.kv_bytes_per_block()
+        useful = c.max_num_seqs * -(-c.max_model_len // self.block_size)
+        if c.kv_cache_memory:
+            return max(1, c.kv_cache_memory // per_block)
+        if self.device.type == "cpu":
+            return max(1, min(useful, CPU_KV_CACHE_DEFAULT // per_block))
+        return max(1, self._profile_free_bytes() // per_block)
+
+    def _profile_free_bytes(self) -> int:
+        c = self.config
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.allocate_kv_cache(-(-c.max_num_batched_tokens // self.block_size) + 1)
+        n = min(c.max_num_batched_tokens, c.max_model_len)
+        ids = torch.zeros(n, dtype=torch.long)
+        self.execute(ids, torch.arange(n), [list(range(len(self.attn_layers[0].k_cache)))], [n], [n])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        self.allocate_kv_cache(0)
+        torch.cuda.empty_cache()
+        return int(total * c.gpu_memory_utilization) - peak
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        a = self.attn_layers[0]
+        shape = (num_blocks, self.block_size, a.num_kv_heads, a.head_size)
+        for layer in self.attn_layers:
+            layer.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            layer.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.num_blocks = num_blocks
+
+    @torch.inference_mode()
+    def execute(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                block_tables: list[list[int]], seq_lens: list[int],
+                num_new: list[int]) -> torch.Tensor | None:
+        """Run one step; returns the logits of each sequence's last new token (rank 0)."""
+        dev = self.device
+        meta = self._metadata(positions, block_tables, seq_lens, num_new)
+        hidden = self.model(input_ids.to(dev), positions.to(dev), meta)
+        last = meta.query_start_loc[1:].long() - 1
+        return self.model.compute_logits(hidden[last])
+
+    def _metadata(self, positions: torch.Tensor, block_tables: list[list[int]],
+                  seq_lens: list[int], num_new: list[int]) -> AttentionMetadata:
+        width = max(map(len, block_tables))
+        table = np.zeros((len(block_tables), width), dtype=np.int32)
+        for i, row in enumerate(block_tables):
+            table[i, :len(row)] = row
+        table_t = torch.from_numpy(table)
+        seq_of_token = torch.repeat_interleave(torch.arange(len(num_new)), torch.tensor(num_new))
+        block = table_t[seq_of_token, positions // self.block_size].long()
+        slots = block * self.block_size + positions % self.block_size
+        qsl = torch.zeros(len(num_new) + 1, dtype=torch.int32)
+        qsl[1:] = torch.tensor(num_new).cumsum(0)
+        dev = self.device
+        return AttentionMetadata(slots.to(dev), table_t.to(dev),
+                                 torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+                                 qsl.to(dev), max(num_new))

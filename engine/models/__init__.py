@@ -1,0 +1,18 @@
+"""Model architectures, keyed by the `architectures` name in a Hugging Face config.json."""
+from pagedserve.engine.models.llama import LlamaForCausalLM
+
+MODELS = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "MistralForCausalLM": LlamaForCausalLM,
+    "Qwen2ForCausalLM": LlamaForCausalLM,
+    "Qwen3ForCausalLM": LlamaForCausalLM,
+}
+
+
+def model_class(architectures: list[str]):
+    """The class for the first supported architecture; ValueError names them all otherwise."""
+    for arch in architectures:
+        if arch in MODELS:
+            return MODELS[arch]
+    raise ValueError(f"unsupported model architecture {architectures}; "
+                     f"supported: {', '.join(sorted(MODELS))}")

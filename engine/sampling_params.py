@@ -1,0 +1,66 @@
+"""SamplingParams: how one request is decoded and when it stops (vLLM's names and defaults)."""
+from dataclasses import dataclass, field
+
+
+def _check(ok: bool, name: str, value, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """Sampling and stopping controls; invalid values raise ValueError naming field and value.
+
+    temperature 0 means greedy; top_k 0 or -1 and top_p 1 disable those filters.
+    """
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = None
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    stop_strs: list[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.n, int) and self.n >= 1, "n", self.n, "an integer >= 1")
+        _check(self.temperature >= 0, "temperature", self.temperature, ">= 0")
+        _check(0 < self.top_p <= 1, "top_p", self.top_p, "in (0, 1]")
+        _check(isinstance(self.top_k, int) and self.top_k >= -1, "top_k", self.top_k,
+               "-1, 0 (disabled) or a positive integer")
+        _check(0 <= self.min_p <= 1, "min_p", self.min_p, "in [0, 1]")
+        _check(self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
+               "max_tokens", self.max_tokens, "an integer >= 1")
+        _check(isinstance(self.min_tokens, int) and self.min_tokens >= 0, "min_tokens",
+               self.min_tokens, "an integer >= 0")
+        _check(self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",
+               self.min_tokens, f"<= max_tokens ({self.max_tokens})")
+        _check(-2 <= self.presence_penalty <= 2, "presence_penalty", self.presence_penalty, "in [-2, 2]")
+        _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", self.frequency_penalty, "in [-2, 2]")
+        _check(self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty, "> 0")
+        _check(self.logprobs is None or (isinstance(self.logprobs, int) and self.logprobs >= 0),
+               "logprobs", self.logprobs, "None or an integer >= 0")
+        _check(self.seed is None or isinstance(self.seed, int), "seed", self.seed, "an integer")
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        _check(all(isinstance(s, str) and s for s in stops), "stop", self.stop, "non-empty strings")
+        self.stop_strs = stops
+        ids = self.stop_token_ids or []
+        _check(all(isinstance(t, int) and t >= 0 for t in ids), "stop_token_ids",
+               self.stop_token_ids, "non-negative integers")
+        self.stop_token_ids = list(ids)
+        if self.top_k == -1:
+            self.top_k = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1

@@ -1,0 +1,12 @@
+"""Kernels the engine's model code calls: a torch reference and (on GPUs) Triton versions.
+
+Model code calls `kernels.<op>(...)`; which implementation runs is decided once, by
+`select_backend` in `backend.py`, so model code never branches on the device.
+"""
+from pagedserve.kernels.backend import active_backend, select_backend
+from pagedserve.kernels.reference import (paged_attention_decode, paged_prefill_attention,
+                                          rms_norm, rotary_embedding, silu_and_mul,
+                                          store_kv_cache)
+
+__all__ = ["select_backend", "active_backend", "store_kv_cache", "paged_attention_decode",
+           "paged_prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul"]

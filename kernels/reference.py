@@ -1,0 +1,93 @@
+"""Plain-torch kernels: the CPU path and the reference every Triton kernel is tested against.
+
+Layouts shared by both backends:
+  k_cache / v_cache: [num_blocks, block_size, num_kv_heads, head_size]
+  slot_mapping:      int64 [num_tokens], slot = block_id * block_size + offset, -1 = padding
+  block_tables:      int32 [num_seqs, max_blocks_per_seq], unused entries are 0
+  seq_lens:          int32 [num_seqs], tokens in the cache per sequence, this step's included
+  query_start_loc:   int32 [num_seqs + 1], where each sequence's new tokens start in `q`
+"""
+import torch
+import torch.nn.functional as F
+
+
+def store_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
+                   v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Write the step's new keys and values [T, Hkv, D] into the paged cache at their slots."""
+    valid = slot_mapping >= 0
+    slots = slot_mapping[valid]
+    k_cache.view(-1, *k_cache.shape[2:])[slots] = key[valid]
+    v_cache.view(-1, *v_cache.shape[2:])[slots] = value[valid]
+
+
+def _gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, max_len: int) -> torch.Tensor:
+    """[num_seqs, max_len, Hkv, D] view of each sequence's cached tokens (padded)."""
+    num_blocks = -(-max_len // cache.shape[1])
+    return cache[block_tables[:, :num_blocks].long()].flatten(1, 2)[:, :max_len]
+
+
+def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            block_tables: torch.Tensor, query_start_loc: torch.Tensor,
+                            seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of new tokens q [T, Hq, D] over their sequences' whole cached context.
+
+    Sequence i's new tokens are the last q_len_i of its seq_lens[i] tokens, so earlier context
+    (prefix-cache hits, earlier prefill chunks) is read from the cache like the new tokens.
+    """
+    num_seqs = seq_lens.numel()
+    q_lens = (query_start_loc[1:] - query_start_loc[:-1]).long()
+    max_q, max_kv = int(q_lens.max()), int(seq_lens.max())
+    seq_of_token = torch.repeat_interleave(torch.arange(num_seqs, device=q.device), q_lens)
+    offset = torch.arange(q.shape[0], device=q.device) - query_start_loc[seq_of_token].long()
+    qp = q.new_zeros(num_seqs, max_q, *q.shape[1:])
+    qp[seq_of_token, offset] = q
+    q_pos = (seq_lens.long() - q_lens)[:, None] + torch.arange(max_q, device=q.device)
+    mask = torch.arange(max_kv, device=q.device)[None, None, :] <= q_pos[:, :, None]
+    k = _gather_kv(k_cache, block_tables, max_kv).transpose(1, 2)
+    v = _gather_kv(v_cache, block_tables, max_kv).transpose(1, 2)
+    out = F.scaled_dot_product_attention(qp.transpose(1, 2), k, v, attn_mask=mask[:, None],
+                                         scale=scale, enable_gqa=True)
+    return out.transpose(1, 2)[seq_of_token, offset]
+
+
+def paged_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                           scale: float) -> torch.Tensor:
+    """One query token per sequence, q [B, Hq, D], over seq_lens[i] cached tokens."""
+    max_kv = int(seq_lens.max())
+    mask = torch.arange(max_kv, device=q.device)[None, :] < seq_lens[:, None]
+    k = _gather_kv(k_cache, block_tables, max_kv).transpose(1, 2)
+    v = _gather_kv(v_cache, block_tables, max_kv).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask[:, None, None],
+                                         scale=scale, enable_gqa=True)
+    return out[:, :, 0]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: torch.Tensor | None = None):
+    """RMSNorm in fp32; with `residual`, adds it first and returns (normed, new_residual)."""
+    if residual is not None:
+        x = x + residual
+        residual = x
+    xf = x.float()
+    out = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+    return out if residual is None else (out, residual)
+
+
+def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                     cos_sin_cache: torch.Tensor) -> None:
+    """Neox-style rotary embedding applied in place to q [T, Hq, D] and k [T, Hkv, D].
+
+    cos_sin_cache: [max_position, D] fp32, cos in the first half and sin in the second.
+    """
+    cos, sin = cos_sin_cache[positions].chunk(2, dim=-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    for x in (q, k):
+        x1, x2 = x.float().chunk(2, dim=-1)
+        x.copy_(torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype))
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """SwiGLU: silu(x[..., :d]) * x[..., d:] for x [..., 2d]."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
