@@ -45,6 +45,13 @@ class AsyncLLMEngine:
     def is_running(self) -> bool:
         return self._task is not None and not self._task.done() and self.dead_error is None
 
+    @property
+    def num_waiting(self) -> int:
+        """Sequences not yet scheduled: queued for the loop or waiting in the scheduler.
+        The server bounds this (--max-queue-len), so requests added within one event-loop
+        tick, before the loop hands them to the scheduler, must count too."""
+        return sum(len(p.children) for p in self._adds) + len(self.engine.scheduler.waiting)
+
     def start(self) -> None:
         if self._task is None:
             self._wakeup = asyncio.Event()
