@@ -1,0 +1,56 @@
+"""Small helpers shared by the Triton kernels (imported only when Triton is in use)."""
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+
+def interpreted(t: torch.Tensor) -> bool:
+    """Triton runs on a CPU tensor only under TRITON_INTERPRET=1; kernels then cast `tl.dot`
+    operands to fp32, because the interpreter's half-precision dot is unreliable."""
+    return t.device.type == "cpu"
+
+
+def pow2(n: int, floor: int = 1) -> int:
+    """Tile width for n elements: a power of two (Triton needs them), at least `floor`."""
+    return max(floor, triton.next_power_of_2(n))
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors (CUs on ROCm) to fill; a nominal 4 for the CPU interpreter."""
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@triton.jit
+def page_offsets(bt_row_ptr, tok, tok_mask, PAGE: tl.constexpr, stride_block, stride_tok):
+    """Element offsets of cache rows for token positions `tok`, through one block table row."""
+    block = tl.load(bt_row_ptr + tok // PAGE, mask=tok_mask, other=0).to(tl.int64)
+    return block * stride_block + (tok % PAGE) * stride_tok
+
+
+@triton.jit
+def attend_tile(q, k, v, qk_mask, m, l, acc, scale_log2, FP32_DOT: tl.constexpr):
+    """One online-softmax step: fold the tile (k [N, D], v [N, D]) into the running row max
+    `m`, denominator `l` (both base 2) and unnormalised output `acc` [M, D] of queries q [M, D].
+
+    Rows whose mask is all false in this tile keep their state (p = 0), provided `m` is
+    already finite for them; callers make sure every row sees a valid key in its first tile.
+    """
+    if FP32_DOT:
+        qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+    else:
+        qk = tl.dot(q, tl.trans(k))
+    qk = tl.where(qk_mask, qk * scale_log2, float("-inf"))
+    m_new = tl.maximum(m, tl.max(qk, 1))
+    p = tl.exp2(qk - m_new[:, None])
+    alpha = tl.exp2(m - m_new)
+    l = l * alpha + tl.sum(p, 1)
+    if FP32_DOT:
+        pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+    else:
+        pv = tl.dot(p.to(v.dtype), v)
+    return m_new, l, acc * alpha[:, None] + pv
