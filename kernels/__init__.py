@@ -1,7 +1,8 @@
 """Kernels the engine's model code calls: a torch reference and (on GPUs) Triton versions.
 
-Model code calls `kernels.<op>(...)`; which implementation runs is decided once, by
-`select_backend` in `backend.py`, so model code never branches on the device.
+Model code calls `kernels.<op>(...)` (never `from pagedserve.kernels import <op>`): which
+implementation runs is decided once, by `select_backend` in `backend.py`, which rebinds the
+names below. Until then they are the torch reference. Triton is imported only when chosen.
 """
 from pagedserve.kernels.backend import active_backend, select_backend
 from pagedserve.kernels.reference import (paged_attention_decode, paged_prefill_attention,

@@ -1,21 +1,70 @@
-"""The one place that decides which kernel implementation runs."""
+"""The one place that decides which kernel implementation runs.
+
+`select_backend` rebinds the op names of the `pagedserve.kernels` package to the chosen
+implementation, so the model code's `kernels.<op>(...)` costs one attribute lookup per call
+with no branching. It is called once per process by the ModelRunner (each TP worker too).
+"""
+import importlib
 import os
+import sys
 
 import torch
 
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "triton")
+OPS = ("store_kv_cache", "paged_attention_decode", "paged_prefill_attention", "rms_norm",
+       "rotary_embedding", "silu_and_mul")
+ENV_VAR = "PAGEDSERVE_KERNEL_BACKEND"
+_MODULES = {"torch": "pagedserve.kernels.reference", "triton": "pagedserve.kernels.triton_ops"}
 _active = "torch"
 
 
-def select_backend(device: torch.device, override: str | None = None) -> str:
-    """Pick the kernel backend for `device`; `override` or PAGEDSERVE_KERNEL_BACKEND wins."""
-    global _active
-    name = override or os.environ.get("PAGEDSERVE_KERNEL_BACKEND") or "torch"
+def triton_available() -> bool:
+    """True when `import triton` works (the `kernels` extra, or ROCm torch's own Triton)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _check(name: str, device: torch.device) -> None:
     if name not in BACKENDS:
         raise ValueError(f"unknown kernel backend {name!r}; choose one of {BACKENDS}")
+    if name != "triton":
+        return
+    if not triton_available():
+        raise ValueError("kernel backend 'triton' needs Triton: pip install 'pagedserve[kernels]'")
+    if device.type != "cuda" and not _interpreting():
+        raise ValueError(f"kernel backend 'triton' on device {str(device)!r} needs a CUDA/ROCm "
+                         "GPU, or TRITON_INTERPRET=1 (set before triton is imported) to "
+                         "interpret the kernels on CPU")
+
+
+def select_backend(device: torch.device | str, override: str | None = None) -> str:
+    """Pick and activate the kernel backend for `device`; returns its name.
+
+    `override` (EngineConfig.kernel_backend, --kernel-backend) wins over the environment
+    variable PAGEDSERVE_KERNEL_BACKEND; by default Triton runs on CUDA/ROCm GPUs when it
+    imports, and torch everywhere else.
+    """
+    global _active
+    device = torch.device(device)
+    name = override or os.environ.get(ENV_VAR)
+    if not name:
+        name = "triton" if device.type == "cuda" and triton_available() else "torch"
+    _check(name, device)
+    impl = importlib.import_module(_MODULES[name])
+    package = sys.modules["pagedserve.kernels"]
+    for op in OPS:
+        setattr(package, op, getattr(impl, op))
     _active = name
     return name
 
 
 def active_backend() -> str:
+    """Name of the backend that `kernels.<op>` currently calls."""
     return _active
