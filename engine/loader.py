@@ -1,23 +1,17 @@
 """Find a model's files and load its safetensors weights shard by shard into our layers."""
 import glob
 import os
+from importlib.resources import files
 
 import torch
 from safetensors import safe_open
 from torch import nn
 
-BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "pagedserve", "models", "stories260K")
 
 
 def default_model() -> str:
-    """The bundled stories260K model folder (package data when installed)."""
-    try:
-        from importlib.resources import files
-        path = str(files("pagedserve") / "models" / "stories260K")
-    except (ImportError, ModuleNotFoundError):  # running from a source tree
-        path = BUNDLED_MODEL
-    return path if os.path.isdir(path) else BUNDLED_MODEL
+    """The bundled stories260K model folder (package data of `pagedserve`)."""
+    return str(files("pagedserve") / "models" / "stories260K")
 
 
 def resolve_model_path(model: str) -> str:
@@ -30,13 +24,20 @@ def resolve_model_path(model: str) -> str:
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise ValueError(f"model path {model!r} does not exist")
     from huggingface_hub import snapshot_download
+    # read the environment now, not at huggingface_hub's import, so late settings apply
+    cache = os.environ.get("HF_HUB_CACHE") or (
+        os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
     try:
-        return snapshot_download(model, allow_patterns=patterns, local_files_only=True)
+        return snapshot_download(model, allow_patterns=patterns, cache_dir=cache,
+                                 local_files_only=True)
     except Exception:
-        pass
+        if offline:
+            raise ValueError(f"model {model!r} is neither a local folder nor in the Hugging "
+                             f"Face cache (offline mode)") from None
     try:
-        return snapshot_download(model, allow_patterns=patterns)
+        return snapshot_download(model, allow_patterns=patterns, cache_dir=cache)
     except Exception as e:
         raise ValueError(f"model {model!r} is neither a local folder nor in the Hugging Face "
                          f"cache, and could not be downloaded ({type(e).__name__})") from None
