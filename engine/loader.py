@@ -8,7 +8,6 @@ from safetensors import safe_open
 from torch import nn
 
 
-
 def default_model() -> str:
     """The bundled stories260K model folder (package data of `pagedserve`)."""
     return str(files("pagedserve") / "models" / "stories260K")
