@@ -1,0 +1,104 @@
+"""charts/pagedserve renders, lints and validates for every value set an admin might use."""
+import json
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from pathlib import Path
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "pagedserve"
+# Custom resources whose CRD comes from another project; checked field by field elsewhere.
+FOREIGN_KINDS = {"ServiceMonitor"}
+
+
+def test_lint_is_clean(value_set, chart):
+    report = helm.lint(str(CHART), chart.value_set(value_set), strict=True)
+    assert report["errors"] == []
+    # The only remark allowed is INFO "icon is recommended": the project has no logo.
+    remarks = [m for m in report["messages"] if m["error"] != "icon is recommended"]
+    assert remarks == []
+
+
+def test_lint_for_the_oldest_and_newest_kubernetes(kube_version):
+    report = helm.lint(str(CHART), strict=True, kube_version=f"v{kube_version}.0")
+    assert report["errors"] == [] and all(m["severity"] < 2 for m in report["messages"]), report
+
+
+def test_every_manifest_is_valid_kubernetes(value_set, kube_version, chart):
+    docs = chart.render(chart.value_set(value_set))
+    assert docs
+    checked = 0
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, kube_version, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            if doc["kind"] in FOREIGN_KINDS:
+                continue
+            try:
+                chart.validate_custom_resource(doc)
+            except LookupError:
+                if doc["kind"] == "LLMDeployment":
+                    pytest.skip("the LLMDeployment CRD (operator issue) has not landed yet")
+                raise
+        checked += 1
+    assert checked >= 4  # ServiceAccount, RBAC, Deployment, ... really went through a schema
+
+
+def test_crds_are_valid_kubernetes(kube_version, chart):
+    crds = chart.crds()
+    assert {"ClusterKopfPeering", "KopfPeering"} <= set(crds)
+    for crd in crds.values():
+        kubernetes_validate.validate(crd, kube_version, strict=True)
+
+
+def test_resources_land_in_the_release_namespace(chart):
+    docs = chart.render({}, namespace="ops")
+    namespaced = {"ServiceAccount", "Deployment"}
+    for doc in docs:
+        if doc["kind"] in namespaced:
+            assert doc["metadata"]["namespace"] == "ops"
+    (binding,) = chart.find(docs, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ps-pagedserve", "namespace": "ops"}]
+
+
+def test_everything_carries_the_release_labels(value_set, chart):
+    for doc in chart.render(chart.value_set(value_set)):
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "ps", doc["kind"]
+        assert labels["app.kubernetes.io/managed-by"] == "Helm", doc["kind"]
+
+
+def test_notes_tell_how_to_apply_a_model_and_reach_it(chart):
+    text = chart.notes({"models": [{"model": "01-ai/Yi-34B-Chat", "tensorParallelSize": 4}]})
+    assert "kubectl apply -f" in text
+    assert "kubectl get llmd" in text
+    assert "/v1/chat/completions" in text
+    assert "llmd/yi-34b-chat in pagedserve-system (01-ai/Yi-34B-Chat)" in text
+
+
+def test_notes_mention_only_the_watched_namespaces(chart):
+    text = chart.notes({"operator": {"watchNamespaces": ["team-a"]}})
+    assert "serves LLMDeployments in: team-a." in text
+    assert "all namespaces" not in text
+
+
+def test_dashboard_configmap_holds_the_dashboard_json(chart):
+    docs = chart.render({"metrics": {"grafanaDashboard": {"enabled": True}}})
+    (cm,) = chart.find(docs, "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["namespace"] == "pagedserve-system"
+    dashboard = json.loads(cm["data"]["pagedserve.json"])
+    assert dashboard == json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+
+
+def test_optional_parts_are_off_by_default(chart):
+    kinds = {d["kind"] for d in chart.render({})}
+    assert "ServiceMonitor" not in kinds and "ConfigMap" not in kinds and "LLMDeployment" not in kinds
+
+
+def test_values_yaml_matches_the_chart_defaults(chart):
+    # what the chart loads is the values.yaml we document, and it passes its own schema
+    assert chart.loaded.values == yaml.safe_load((CHART / "values.yaml").read_text())
+    chart.loaded.validate_schema(chart.loaded.values)
