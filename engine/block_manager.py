@@ -67,8 +67,6 @@ class BlockManager:
                 break
             found.append(block_id)
             parent = h
-        self.prefix_queries += req.num_tokens
-        self.prefix_hits += len(found) * self.block_size
         return found
 
     def can_admit(self, req: Request, cached: list[int], num_new_tokens: int) -> bool:
@@ -90,6 +88,9 @@ class BlockManager:
             parent = block.hash
             req.block_hashes.append(parent)
         req.num_computed_tokens = req.num_cached_tokens = len(cached) * self.block_size
+        if self.enable_prefix_caching:  # counted once per admission, like vLLM's metric
+            self.prefix_queries += req.num_tokens
+            self.prefix_hits += req.num_cached_tokens
 
     def allocate(self, req: Request, num_new_tokens: int) -> bool:
         """Grow req's block table to hold num_new_tokens more; False if the pool is short."""
