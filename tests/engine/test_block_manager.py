@@ -37,6 +37,7 @@ def test_shared_prefix_is_reused_and_reference_counted():
     assert a.block_table[:2] == b.block_table[:2]
     assert [bm.blocks[i].ref_count for i in a.block_table[:2]] == [2, 2]
     assert b.num_cached_tokens == 8
+    assert (bm.prefix_queries, bm.prefix_hits) == (10 + 11, 8)
     bm.free_request(a)
     assert [bm.blocks[i].ref_count for i in b.block_table[:2]] == [1, 1]
     bm.free_request(b)
