@@ -46,11 +46,12 @@ def _decode_split(q_ptr, kc_ptr, vc_ptr, bt_ptr, lens_ptr, o_ptr, lse_ptr, scale
         v = tl.load(vc_ptr + (v_rows + hk * s_vh)[:, None] + d[None, :], mask=nd_mask, other=0.0)
         m, l, acc = attend_tile(q, k, v, tok_mask[None, :], m, l, acc, scale_log2, FP32_DOT)
     # an empty split (past this sequence's end) leaves l == 0 and weighs nothing in the merge
-    out = acc / tl.where(l > 0, l, 1.0)[:, None]
+    l_safe = tl.where(l > 0, l, 1.0)
+    out = acc / l_safe[:, None]
     o_ptrs = o_ptr + b * s_ob + heads[:, None] * s_oh + s * s_os + d[None, :]
     tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=gd_mask)
     if SPLIT:
-        lse = tl.where(l > 0, m + tl.log2(l), float("-inf"))
+        lse = tl.where(l > 0, m + tl.log2(l_safe), float("-inf"))
         tl.store(lse_ptr + b * s_lb + heads * s_lh + s, lse, mask=g < GROUP)
 
 
