@@ -1,0 +1,84 @@
+"""`pagedserve serve`: the OpenAI-compatible server, with `vllm serve`'s flag names.
+
+The parser imports no torch (so `--help` is instant); run() loads the server.
+"""
+import argparse
+import os
+import sys
+
+API_KEY_ENV = "PAGEDSERVE_API_KEY"
+BUNDLED_NAME = "stories260K"
+
+
+def add_parser(subparsers) -> None:
+    from pagedserve.engine.arg_utils import add_engine_args
+    p = subparsers.add_parser(
+        "serve", help="run the OpenAI-compatible server",
+        description="Serve a model over an OpenAI-compatible HTTP API (/v1/completions, "
+                    "/v1/chat/completions, /v1/models) with /health and Prometheus /metrics.")
+    p.add_argument("model_tag", nargs="?", metavar="MODEL",
+                   help="model folder or Hugging Face hub id (default: the bundled stories260K)")
+    p.add_argument("--model", default=None, help="the same as MODEL")
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    g.add_argument("--port", type=int, default=8000, help="port to listen on")
+    g.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
+                   help="model name(s) the API accepts; the first is reported (default: MODEL, "
+                        f"or {BUNDLED_NAME} for the bundled model)")
+    g.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV} "
+                        "if set); /health and /metrics stay open")
+    g.add_argument("--chat-template", default=None,
+                   help="Jinja chat template: a file or the template text (default: the "
+                        "tokenizer's; without one, chat requests get 400)")
+    g.add_argument("--max-queue-len", type=_non_negative(int), default=None,
+                   help="when this many sequences already wait for a batch slot, new requests "
+                        "get 503 with Retry-After (default: unbounded)")
+    g.add_argument("--shutdown-timeout", type=_non_negative(float), default=30.0,
+                   help="on SIGTERM, seconds to let in-flight requests finish before exiting; "
+                        "/health turns 503 and new requests get 503 meanwhile")
+    g.add_argument("--uvicorn-log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug", "trace"])
+    add_engine_args(p)
+    p.set_defaults(run=run)
+
+
+def _non_negative(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+    return parse
+
+
+def settings_from_args(args: argparse.Namespace):
+    """ServeSettings from parsed flags; SystemExit with a message on conflicting input."""
+    from pagedserve.engine.arg_utils import engine_kwargs_from_args
+    from pagedserve.engine.loader import default_model
+    from pagedserve.server.state import ServeSettings
+    if args.model_tag and args.model and args.model_tag != args.model:
+        sys.exit(f"pagedserve serve: error: MODEL {args.model_tag!r} and --model "
+                 f"{args.model!r} disagree; give one")
+    model = args.model_tag or args.model
+    names = args.served_model_name or [model or BUNDLED_NAME]
+    return ServeSettings(
+        model=model or default_model(), served_model_names=names,
+        engine_kwargs=engine_kwargs_from_args(args),
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        chat_template=_load_template(args.chat_template),
+        max_queue_len=args.max_queue_len, shutdown_timeout=args.shutdown_timeout)
+
+
+def _load_template(value: str | None) -> str | None:
+    if value is None or os.path.isfile(value):
+        return value and open(value).read()
+    if "{{" in value or "{%" in value:
+        return value
+    sys.exit(f"pagedserve serve: error: --chat-template {value!r} is neither a file nor a "
+             "Jinja template")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pagedserve.server.serve import serve
+    return serve(settings_from_args(args), args.host, args.port, args.uvicorn_log_level)

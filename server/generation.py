@@ -1,0 +1,169 @@
+"""What completions and chat share: prompt checks, running requests, client disconnects, SSE."""
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable
+
+from fastapi import Request
+from pydantic import BaseModel
+
+from pagedserve.engine.outputs import RequestOutput
+from pagedserve.engine.sampling_params import SamplingParams
+from pagedserve.server.errors import APIError, error_info, from_value_error, invalid
+from pagedserve.server.protocol import SamplingFields
+from pagedserve.server.state import ServerState, logger
+
+_DONE = object()
+
+
+def check_length(state: ServerState, num_prompt: int, max_tokens: int | None, what: str) -> int:
+    """The completion's max_tokens; 400 with both numbers if prompt + output exceed the context."""
+    limit = state.engine.engine.config.max_model_len
+    if max_tokens is None:
+        if num_prompt >= limit:
+            raise invalid(f"This model's maximum context length is {limit} tokens, but the "
+                          f"{what} has {num_prompt} tokens, leaving no room for the completion.",
+                          what)
+        return limit - num_prompt
+    if max_tokens >= 1 and num_prompt + max_tokens > limit:
+        raise invalid(f"This model's maximum context length is {limit} tokens. However, you "
+                      f"requested {num_prompt + max_tokens} tokens ({num_prompt} in the {what}, "
+                      f"{max_tokens} for the completion). Please reduce the length of the "
+                      f"{what} or max_tokens.", "max_tokens")
+    return max_tokens
+
+
+def sampling_params(body: SamplingFields, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    try:
+        return body.sampling_params(max_tokens, logprobs)
+    except ValueError as e:
+        raise from_value_error(e, set(type(body).model_fields)) from None
+
+
+async def generate(state: ServerState, prompt_ids: list[int], params: SamplingParams,
+                   request_id: str) -> AsyncIterator[RequestOutput]:
+    """engine.generate with metrics; leaving early (client gone) aborts and counts an abort."""
+    first, finished = True, False
+    try:
+        async for out in state.engine.generate({"prompt_token_ids": prompt_ids}, params,
+                                               request_id):
+            if first:
+                state.metrics.first_output(out)
+                first = False
+            if out.finished:
+                finished = True
+                state.metrics.finished(out)
+            yield out
+    finally:
+        if not finished:
+            state.metrics.aborted()
+
+
+async def merge(gens: list[AsyncIterator]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Interleave several requests' outputs as they come, tagged with the request's index."""
+    if len(gens) == 1:
+        async for out in gens[0]:
+            yield 0, out
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, gen: AsyncIterator) -> None:
+        try:
+            async for out in gen:
+                queue.put_nowait((i, out))
+        except Exception as e:
+            queue.put_nowait((i, e))
+        finally:
+            queue.put_nowait((i, _DONE))
+    tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
+    try:
+        left = len(tasks)
+        while left:
+            i, item = await queue.get()
+            if item is _DONE:
+                left -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield i, item
+    finally:  # cancelling a pump aborts its request
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def final_outputs(gens: list[AsyncIterator]) -> list[RequestOutput]:
+    finals: list[RequestOutput | None] = [None] * len(gens)
+    async for i, out in merge(gens):
+        finals[i] = out
+    return finals
+
+
+async def _client_gone(request: Request) -> None:
+    # The body is read, so the next ASGI message is the disconnect (or the end of the response).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(request: Request, work: Awaitable):
+    """Await work; if the client disconnects first, cancel it, which aborts its requests."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        logger.info("client disconnected; request aborted")
+        raise APIError(499, "client disconnected")
+    return task.result()
+
+
+def sse(chunk: BaseModel | dict | str) -> str:
+    if isinstance(chunk, BaseModel):
+        chunk = chunk.model_dump_json()
+    elif isinstance(chunk, dict):
+        chunk = json.dumps(chunk)
+    return f"data: {chunk}\n\n"
+
+
+def stream_error(e: Exception) -> str:
+    """An error in the middle of a stream: one error event (the status is already sent)."""
+    if isinstance(e, APIError):
+        return sse(error_info(e.status, e.message, e.param, e.code))
+    logger.error("stream failed: %r", e)
+    return sse(error_info(500, str(e) or type(e).__name__))
+
+
+def top_logprobs(lps: dict[int, float], k: int) -> list[tuple[int, float]]:
+    return sorted(lps.items(), key=lambda kv: -kv[1])[:k]
+
+
+class Deltas:
+    """Turns cumulative outputs into stream deltas: per choice, what was already sent."""
+
+    def __init__(self) -> None:
+        self.text: dict[int, str] = {}
+        self.tokens: dict[int, int] = {}
+        self.done: set[int] = set()
+
+    def next(self, index: int, out) -> tuple[str, int] | None:
+        """(new text, index of the first unsent token), or None when there is nothing to
+        send. The engine already holds back text that may start a stop string."""
+        if index in self.done:
+            return None
+        sent = self.text.get(index, "")
+        delta = out.text[len(sent):]
+        if not delta and not out.finished and index in self.text:
+            return None
+        start = self.tokens.get(index, 0)
+        self.text[index], self.tokens[index] = out.text, len(out.token_ids)
+        if out.finished:
+            self.done.add(index)
+        return delta, start
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.tokens.values())

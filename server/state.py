@@ -1,0 +1,121 @@
+"""What one server process knows: its settings, the engine (once loaded), metrics, lifecycle."""
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pagedserve.engine.async_engine import AsyncLLMEngine, EngineDeadError
+from pagedserve.engine.config import EngineConfig
+from pagedserve.server.errors import APIError
+from pagedserve.server.metrics import Metrics
+
+logger = logging.getLogger("pagedserve.server")
+
+
+@dataclass(slots=True)
+class ServeSettings:
+    """`pagedserve serve` options that are not the engine's."""
+    model: str
+    served_model_names: list[str]
+    engine_kwargs: dict = field(default_factory=dict)
+    api_key: str | None = field(default=None, repr=False)  # never logged
+    chat_template: str | None = None
+    max_queue_len: int | None = None
+    shutdown_timeout: float = 30.0
+
+
+class ServerState:
+    """Shared by the routes. `request_exit` is set by whoever runs the server (uvicorn)."""
+
+    def __init__(self, settings: ServeSettings, engine: AsyncLLMEngine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.metrics = Metrics(settings.served_model_names[0], lambda: self.engine)
+        self.draining = False
+        self.in_flight = 0  # /v1 requests being answered, streams included
+        self.exit_code = 0
+        self.request_exit: Callable[[], None] = lambda: None
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.served_model_names[0]
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and self.engine.is_running and not self.draining
+
+    def engine_or_raise(self) -> AsyncLLMEngine:
+        if self.engine is None:
+            raise APIError(503, "the model is still loading", headers={"Retry-After": "5"})
+        if self.engine.dead_error is not None:
+            raise EngineDeadError(f"the engine has stopped: {self.engine.dead_error!r}")
+        return self.engine
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name not in self.settings.served_model_names:
+            raise APIError(404, f"The model `{name}` does not exist; this server serves "
+                           f"`{self.model_name}`.", "model", "model_not_found")
+
+    def admit(self, num_seqs: int) -> None:
+        """Refuse new work while the queue is full (--max-queue-len) rather than queue it."""
+        limit = self.settings.max_queue_len
+        if limit is not None and self.engine.num_waiting >= limit:
+            raise APIError(503, f"the server is busy: {self.engine.num_waiting} sequences are "
+                           f"waiting (--max-queue-len {limit}); retry later",
+                           code="queue_full", headers={"Retry-After": "1"})
+
+    # ---- lifecycle: load, watch, drain ----
+
+    async def load_engine(self) -> None:
+        config = EngineConfig(model=self.settings.model, **self.settings.engine_kwargs)
+        try:
+            self.engine = await asyncio.to_thread(AsyncLLMEngine.from_config, config)
+        except Exception:
+            logger.exception("could not load the model %r", self.settings.model)
+            self.exit(1)
+            return
+        self.engine.start()
+        logger.info("engine ready: %s (max_model_len %d)", self.model_name,
+                    self.engine.engine.config.max_model_len)
+        await self.watch_engine()
+
+    async def watch_engine(self) -> None:
+        """When the engine loop dies, in-flight requests fail (the engine errors them), health
+        turns 503, and the process exits non-zero so its supervisor restarts it."""
+        while self.engine.is_running:
+            await asyncio.sleep(0.2)
+        if self.engine.dead_error is None:
+            return  # shut down on purpose
+        logger.error("the engine loop died (%r); exiting once in-flight requests have their "
+                     "errors", self.engine.dead_error)
+        self.exit_code = 1
+        await self.wait_in_flight(5.0)
+        self.exit(1)
+
+    async def drain(self) -> None:
+        """SIGTERM: fail readiness, refuse new work, let in-flight requests finish up to
+        --shutdown-timeout, then stop."""
+        if self.draining:
+            return
+        self.draining = True
+        logger.info("draining: %d requests in flight, waiting up to %.0f s", self.in_flight,
+                    self.settings.shutdown_timeout)
+        if not await self.wait_in_flight(self.settings.shutdown_timeout):
+            logger.warning("shutdown timeout: %d requests are cut off", self.in_flight)
+        self.exit(self.exit_code)
+
+    async def wait_in_flight(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return not self.in_flight
+
+    def exit(self, code: int) -> None:
+        self.exit_code = self.exit_code or code
+        self.request_exit()
+
+    async def tick_metrics(self) -> None:
+        while True:
+            self.metrics.tick()
+            await asyncio.sleep(1.0)
