@@ -11,6 +11,7 @@ import sys
 SUBCOMMANDS = {
     "generate": "pagedserve.engine.generate_cli",
     "serve": "pagedserve.server.cli",
+    "operator": "pagedserve.operator.cli",
 }
 
 

@@ -1,0 +1,94 @@
+"""Create what is missing, patch what drifted, leave alone what matches: the level-based apply.
+
+"Matches" means the desired object is a subset of the live one: the API server adds defaults
+(imagePullPolicy, clusterIP, probe timeouts, ...) that are no drift. Comparing that way (and
+quantities by value) is what keeps a second pass from patching anything.
+"""
+from dataclasses import dataclass
+from typing import Any
+
+from pagedserve.operator.kube import Kube
+from pagedserve.operator.quantity import same_quantity
+
+# quantities the API server may rewrite ("1024Mi" -> "1Gi"): values of these keys or inside these maps
+QUANTITY_KEYS = ("sizeLimit", "storage")
+QUANTITY_PARENTS = ("limits", "requests", "capacity")
+
+
+class NotOurs(Exception):
+    """A child's name is taken by an object that this LLMDeployment does not control."""
+
+
+def strip_none(obj: Any) -> Any:
+    """The object without None values (what is sent on create)."""
+    if isinstance(obj, dict):
+        return {k: strip_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [strip_none(v) for v in obj if v is not None]
+    return obj
+
+
+def patch_body(obj: Any) -> Any:
+    """A JSON merge patch: None stays (it deletes the key), except inside lists, which replace whole."""
+    if isinstance(obj, dict):
+        return {k: patch_body(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return strip_none(obj)
+    return obj
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == {} or value == []
+
+
+def is_subset(desired: Any, live: Any, key: str = "", container: str = "") -> bool:
+    """True when everything desired is in live; None (or empty) desired means absent or empty."""
+    if _empty(desired):
+        return _empty(live) or (desired == {} and isinstance(live, dict))
+    if isinstance(desired, dict):
+        if not isinstance(live, dict):
+            return False
+        return all(is_subset(v, live.get(k), k, key) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(live, list) or len(desired) != len(live):
+            return False
+        return all(is_subset(d, l, key, container) for d, l in zip(desired, live))
+    if desired == live:
+        return True
+    quantity = key in QUANTITY_KEYS or container in QUANTITY_PARENTS
+    return quantity and same_quantity(desired, live)
+
+
+def controlled_by(obj: dict, owner_uid: str) -> bool:
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == owner_uid and ref.get("controller") for ref in refs)
+
+
+@dataclass(slots=True)
+class Applied:
+    kind: str
+    action: str  # created | patched | unchanged | deleted | absent
+    live: dict | None
+
+
+def ensure(kube: Kube, desired: dict, owner_uid: str) -> Applied:
+    """Bring one child to its desired state; NotOurs if the name belongs to someone else."""
+    kind, meta = desired["kind"], desired["metadata"]
+    live = kube.get(kind, meta["namespace"], meta["name"])
+    if live is None:
+        return Applied(kind, "created", kube.create(kind, meta["namespace"], strip_none(desired)))
+    if not controlled_by(live, owner_uid):
+        raise NotOurs(f"{kind} {meta['name']} exists and is not controlled by this LLMDeployment; "
+                      "rename one of them or delete that object")
+    if is_subset(desired, live):
+        return Applied(kind, "unchanged", live)
+    return Applied(kind, "patched", kube.patch(kind, meta["namespace"], meta["name"], patch_body(desired)))
+
+
+def remove(kube: Kube, kind: str, namespace: str, name: str, owner_uid: str) -> Applied:
+    """Delete a child the spec no longer asks for, but only one this LLMDeployment controls."""
+    live = kube.get(kind, namespace, name)
+    if live is None or not controlled_by(live, owner_uid):
+        return Applied(kind, "absent", None)
+    kube.delete(kind, namespace, name)
+    return Applied(kind, "deleted", None)

@@ -1,0 +1,51 @@
+"""`pagedserve operator`: run the LLMDeployment operator (kopf) against the current cluster."""
+import argparse
+import dataclasses
+
+from pagedserve.operator.config import OperatorConfig
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "operator", help="run the Kubernetes operator for LLMDeployment resources",
+        description="Reconcile LLMDeployment resources (pagedserve.io/v1alpha1) into model-server "
+                    "Deployments, Services, HPAs and PDBs. Uses the in-cluster service account, "
+                    "else $KUBECONFIG. Every setting also reads PAGEDSERVE_<SETTING> from the environment.")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                       help="serve LLMDeployments in this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true",
+                       help="serve every namespace (the default when no --namespace is given)")
+    peers = p.add_mutually_exclusive_group()
+    peers.add_argument("--standalone", action="store_true",
+                       help="no peering: this is the only operator (the default without --peering)")
+    peers.add_argument("--peering", default=None, metavar="NAME",
+                       help="kopf peering object name: of several operators, one is active")
+    p.add_argument("--liveness", default=None, metavar="URL",
+                   help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                   help="default: $PAGEDSERVE_LOG_LEVEL or info")
+    g = p.add_argument_group("settings")
+    for f in dataclasses.fields(OperatorConfig):
+        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                       help=f"(env PAGEDSERVE_{f.name.upper()})")
+    p.set_defaults(run=run)
+
+
+def _configure_logging(level: str) -> None:
+    import kopf
+    kopf.configure(debug=level == "debug", verbose=level == "info", quiet=level in ("warning", "error"))
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    import kopf
+
+    import pagedserve.operator.handlers  # noqa: F401  (registers the handlers)
+    config = OperatorConfig.from_env(**{f.name: getattr(args, f.name) for f in dataclasses.fields(OperatorConfig)})
+    _configure_logging(args.log_level or os.environ.get("PAGEDSERVE_LOG_LEVEL", "info"))
+    kopf.run(clusterwide=not args.namespace, namespaces=args.namespace,
+             standalone=args.peering is None, peering_name=args.peering,
+             liveness_endpoint=args.liveness, memo=kopf.Memo(config=config))
+    return 0

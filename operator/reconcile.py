@@ -1,0 +1,139 @@
+"""One level-based pass over one LLMDeployment: spec -> children -> status (and an Event).
+
+Every entry point (create/update/resume handlers, child events, the periodic resync) runs this
+same function; it reads the world, so running it again changes nothing.
+"""
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+
+from kubernetes.client.exceptions import ApiException
+
+from pagedserve.operator import manifests
+from pagedserve.operator.apply import Applied, NotOurs, ensure, remove
+from pagedserve.operator.config import OperatorConfig
+from pagedserve.operator.kube import Kube
+from pagedserve.operator.spec import LLMDeploymentSpec, SpecError, parse_spec
+from pagedserve.operator.status import build_status, event_for, same_status
+
+log = logging.getLogger(__name__)
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+# API answers worth a quick retry: conflicts, throttling, server trouble
+TRANSIENT = (409, 429, 500, 502, 503, 504)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one pass did; problem is (reason, message) when the children could not be applied."""
+    status: dict
+    problem: tuple[str, str] | None = None
+    permanent: bool = False  # only a spec change can fix it
+    actions: list[Applied] = field(default_factory=list)
+
+
+class KeyedLocks:
+    """One lock per LLMDeployment: handlers, child events and the resync never interleave on it."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+
+    def __call__(self, namespace: str, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
+
+
+def check_references(kube: Kube, namespace: str, spec: LLMDeploymentSpec) -> None:
+    """The Secrets and the existing claim the pods need must exist, or the pods never start."""
+    for field_name, ref in (("hfTokenSecret", spec.hf_token_secret), ("apiKeySecret", spec.api_key_secret)):
+        if ref is None:
+            continue
+        secret = kube.get("Secret", namespace, ref.name)
+        if secret is None:
+            raise SpecError(f"spec.{field_name}: Secret {ref.name!r} not found in namespace {namespace!r}",
+                            "SecretNotFound")
+        if ref.key not in (secret.get("data") or {}) and ref.key not in (secret.get("stringData") or {}):
+            raise SpecError(f"spec.{field_name}: Secret {ref.name!r} has no key {ref.key!r}", "SecretKeyNotFound")
+    claim = spec.model_cache.existing_claim if spec.model_cache else None
+    if claim and kube.get("PersistentVolumeClaim", namespace, claim) is None:
+        raise SpecError(f"spec.modelCache.existingClaim: PVC {claim!r} not found in namespace {namespace!r}",
+                        "ClaimNotFound")
+
+
+def apply_children(kube: Kube, owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig) -> list[Applied]:
+    uid, meta = owner["metadata"]["uid"], owner["metadata"]
+    actions = []
+    for kind, desired in manifests.desired_children(owner, spec, config).items():
+        if desired is not None:
+            actions.append(ensure(kube, desired, uid))
+        else:
+            name = f"{meta['name']}-model-cache" if kind == "PersistentVolumeClaim" else meta["name"]
+            actions.append(remove(kube, kind, meta["namespace"], name, uid))
+    return actions
+
+
+def _apply(kube: Kube, owner: dict, config: OperatorConfig) -> tuple[int, list[Applied]]:
+    """(the Service port, what was done); SpecError or NotOurs when it cannot be done."""
+    name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    if not DNS_LABEL.match(name):
+        raise SpecError(f"metadata.name {name!r} must be a DNS label (lowercase letters, digits, '-', "
+                        "at most 63, starting with a letter): the Service is named after it")
+    spec = parse_spec(owner.get("spec"))
+    check_references(kube, namespace, spec)
+    return spec.service_port, apply_children(kube, owner, spec, config)
+
+
+def reconcile(kube: Kube, config: OperatorConfig, owner: dict) -> Outcome:
+    """Apply the children and write the status; transient API errors propagate (retry soon)."""
+    name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    port = (owner.get("spec") or {}).get("service", {}).get("port", 8000)
+    problem, permanent, actions = None, False, []
+    try:
+        port, actions = _apply(kube, owner, config)
+    except SpecError as exc:
+        problem, permanent = (exc.reason, str(exc)), exc.reason == "InvalidSpec"
+    except NotOurs as exc:
+        problem = ("NameConflict", str(exc))
+    except ApiException as exc:
+        if exc.status in TRANSIENT:
+            raise
+        problem = ("ApiError", f"the API server refused a child ({exc.status} {exc.reason}): {_api_message(exc)}")
+    deployment = next((a.live for a in actions if a.kind == "Deployment"), None)
+    if problem:
+        deployment = kube.get("Deployment", namespace, name)  # still report the pods already serving
+    status = build_status(owner, deployment, port if isinstance(port, int) else 8000, problem)
+    _publish(kube, owner, status)
+    changed = [f"{a.kind} {a.action}" for a in actions if a.action not in ("unchanged", "absent")]
+    if changed:
+        log.info("%s/%s: %s", namespace, name, ", ".join(changed))
+    return Outcome(status, problem, permanent, actions)
+
+
+def _api_message(exc: ApiException) -> str:
+    import json
+    try:
+        return json.loads(exc.body or "{}").get("message") or str(exc.body)
+    except ValueError:
+        return str(exc.body)
+
+
+def _publish(kube: Kube, owner: dict, status: dict) -> None:
+    """Write the status if it changed, and post an Event if the change is news."""
+    meta = owner["metadata"]
+    old = owner.get("status")
+    if same_status(old, status):
+        return
+    try:
+        kube.patch("LLMDeployment", meta["namespace"], meta["name"], {"status": status}, subresource="status")
+    except ApiException as exc:
+        if exc.status == 404:  # deleted meanwhile: nothing to report on
+            return
+        raise
+    news = event_for(old, status)
+    if news is None:
+        return
+    try:
+        kube.create("Event", meta["namespace"], manifests.event(owner, *news))
+    except ApiException as exc:  # an Event is a courtesy; the status already says it all
+        log.warning("could not post an Event for %s/%s: %s", meta["namespace"], meta["name"], exc.status)

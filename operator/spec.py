@@ -1,0 +1,271 @@
+"""The LLMDeployment spec as dataclasses, parsed and checked.
+
+The CRD's OpenAPI schema rejects most bad values before they reach us, but the operator checks
+again: a cluster may run without the schema, and some rules (a cache size that parses, a GPU
+limit that agrees with tensorParallelSize) are beyond what the schema can say. The defaults
+here equal the CRD's (a test holds them together).
+"""
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from pagedserve.operator.quantity import parse_quantity
+
+# accelerator -> the extended resource its device plugin advertises (None: plain CPU pods)
+GPU_RESOURCE = {"amd": "amd.com/gpu", "nvidia": "nvidia.com/gpu", "cpu": None}
+DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod")
+# env vars the operator sets itself; a user's env entry may not shadow them
+RESERVED_ENV = ("HF_HOME", "HF_TOKEN", "PAGEDSERVE_API_KEY")
+# flags the operator renders from other fields; extraArgs may not repeat them
+OWNED_FLAGS = ("--port", "--host", "--tensor-parallel-size", "-tp", "--distributed-executor-backend",
+               "--device", "--api-key", "--model", "--shutdown-timeout")
+
+
+class SpecError(ValueError):
+    """A spec the operator cannot serve; reason is a CamelCase word for the status condition."""
+
+    def __init__(self, message: str, reason: str = "InvalidSpec"):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class SecretRef:
+    name: str
+    key: str
+
+
+@dataclass(slots=True)
+class EngineSpec:
+    """Engine flags; None leaves the server's own default."""
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    gpu_memory_utilization: float | None = None
+    block_size: int | None = None
+    dtype: str | None = None
+    enable_prefix_caching: bool | None = None
+    max_queue_len: int | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class CacheSpec:
+    size: str | None = None
+    storage_class_name: str | None = None
+    existing_claim: str | None = None
+    access_mode: str = "ReadWriteOnce"
+
+
+@dataclass(slots=True)
+class AutoscalingSpec:
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_requests_waiting: int = 5
+
+
+@dataclass(slots=True)
+class LLMDeploymentSpec:
+    model: str
+    served_model_name: str | None = None
+    replicas: int = 1
+    tensor_parallel_size: int = 1
+    accelerator: str = "amd"
+    image: str | None = None
+    engine: EngineSpec = field(default_factory=EngineSpec)
+    model_cache: CacheSpec | None = None
+    hf_token_secret: SecretRef | None = None
+    api_key_secret: SecretRef | None = None
+    resources: dict = field(default_factory=dict)
+    node_selector: dict | None = None
+    tolerations: list | None = None
+    affinity: dict | None = None
+    priority_class_name: str | None = None
+    env: list = field(default_factory=list)
+    service_type: str = "ClusterIP"
+    service_port: int = 8000
+    autoscaling: AutoscalingSpec | None = None
+    pod_disruption_budget: dict | None = None
+    startup_timeout_seconds: int = 3600
+    shutdown_timeout_seconds: int = 30
+
+    @property
+    def gpu_resource(self) -> str | None:
+        return GPU_RESOURCE[self.accelerator]
+
+
+def _only(obj: Mapping, allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(obj) - set(allowed))
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+
+
+def _get(obj: Mapping, key: str, where: str, kind: type | tuple, default: Any = None) -> Any:
+    value = obj.get(key)
+    if value is None:
+        return default
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)))
+    if not ok:
+        names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise SpecError(f"{where}.{key} must be {names.replace('dict', 'an object').replace('list', 'a list')}, got {value!r}")
+    return value
+
+
+def _int(obj: Mapping, key: str, where: str, default: int | None = None, minimum: int = 0) -> int | None:
+    value = _get(obj, key, where, int, default)
+    if value is not None and value < minimum:
+        raise SpecError(f"{where}.{key} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def _choice(obj: Mapping, key: str, where: str, choices: tuple[str, ...], default: str | None) -> str | None:
+    value = _get(obj, key, where, str, default)
+    if value is not None and value not in choices:
+        raise SpecError(f"{where}.{key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _secret(obj: Mapping, key: str) -> SecretRef | None:
+    ref = _get(obj, key, "spec", dict)
+    if ref is None:
+        return None
+    _only(ref, ("name", "key"), f"spec.{key}")
+    name, item = _get(ref, "name", f"spec.{key}", str), _get(ref, "key", f"spec.{key}", str)
+    if not name or not item:
+        raise SpecError(f"spec.{key} needs both name and key, got {dict(ref)!r}")
+    return SecretRef(name, item)
+
+
+def _engine(obj: Mapping) -> EngineSpec:
+    w = "spec.engine"
+    _only(obj, ("maxModelLen", "maxNumSeqs", "maxNumBatchedTokens", "gpuMemoryUtilization", "blockSize",
+                "dtype", "enablePrefixCaching", "maxQueueLen", "extraArgs"), w)
+    util = _get(obj, "gpuMemoryUtilization", w, (int, float))
+    if util is not None and not 0 < util <= 1:
+        raise SpecError(f"{w}.gpuMemoryUtilization must be in (0, 1], got {util}")
+    extra = _get(obj, "extraArgs", w, list, [])
+    for arg in extra:
+        if not isinstance(arg, str):
+            raise SpecError(f"{w}.extraArgs must be a list of strings, got {arg!r}")
+        if arg.split("=", 1)[0] in OWNED_FLAGS:
+            raise SpecError(f"{w}.extraArgs may not set {arg.split('=', 1)[0]}: the operator sets it "
+                            "(use tensorParallelSize, accelerator, apiKeySecret, service.port or shutdownTimeoutSeconds)")
+    return EngineSpec(
+        max_model_len=_int(obj, "maxModelLen", w, minimum=1), max_num_seqs=_int(obj, "maxNumSeqs", w, minimum=1),
+        max_num_batched_tokens=_int(obj, "maxNumBatchedTokens", w, minimum=1), gpu_memory_utilization=util,
+        block_size=_int(obj, "blockSize", w, minimum=1), dtype=_choice(obj, "dtype", w, DTYPES, None),
+        enable_prefix_caching=_get(obj, "enablePrefixCaching", w, bool),
+        max_queue_len=_int(obj, "maxQueueLen", w, minimum=0), extra_args=list(extra))
+
+
+def _cache(obj: Mapping) -> CacheSpec:
+    w = "spec.modelCache"
+    _only(obj, ("size", "storageClassName", "existingClaim", "accessMode"), w)
+    size = _get(obj, "size", w, (str, int))
+    claim = _get(obj, "existingClaim", w, str)
+    if size is None and claim is None:
+        raise SpecError(f"{w} needs size (a new PVC) or existingClaim (a PVC that exists)")
+    if size is not None:
+        try:
+            if parse_quantity(size) <= 0:
+                raise ValueError(f"{size!r} is not positive")
+        except ValueError as exc:
+            raise SpecError(f"{w}.size: {exc}") from None
+    return CacheSpec(size=None if size is None else str(size), storage_class_name=_get(obj, "storageClassName", w, str),
+                     existing_claim=claim, access_mode=_choice(obj, "accessMode", w, ACCESS_MODES, "ReadWriteOnce"))
+
+
+def _autoscaling(obj: Mapping) -> AutoscalingSpec:
+    w = "spec.autoscaling"
+    _only(obj, ("minReplicas", "maxReplicas", "targetRequestsWaiting"), w)
+    lo = _int(obj, "minReplicas", w, 1, minimum=1)
+    hi = _int(obj, "maxReplicas", w, None, minimum=1)
+    if hi is None:
+        raise SpecError(f"{w}.maxReplicas is required")
+    if hi < lo:
+        raise SpecError(f"{w}.maxReplicas ({hi}) must be >= minReplicas ({lo})")
+    return AutoscalingSpec(lo, hi, _int(obj, "targetRequestsWaiting", w, 5, minimum=1))
+
+
+def _resources(obj: Mapping, accelerator: str, tp: int) -> dict:
+    _only(obj, ("limits", "requests", "claims"), "spec.resources")
+    for part in ("limits", "requests"):
+        for name, value in (_get(obj, part, "spec.resources", dict, {})).items():
+            try:
+                parse_quantity(value)
+            except ValueError as exc:
+                raise SpecError(f"spec.resources.{part}[{name!r}]: {exc}") from None
+    gpu = GPU_RESOURCE[accelerator]
+    for part in ("limits", "requests"):
+        given = (obj.get(part) or {}).get(gpu) if gpu else None
+        if given is not None and parse_quantity(given) != tp:
+            raise SpecError(f"spec.resources.{part}[{gpu!r}] is {given} but tensorParallelSize is {tp}: "
+                            "each pod gets one GPU per rank, leave the GPU count to the operator")
+    return {k: dict(v) if isinstance(v, Mapping) else v for k, v in obj.items()}
+
+
+def _env(items: list) -> list:
+    for item in items:
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            raise SpecError(f"spec.env entries must be objects with a name, got {item!r}")
+        if item["name"] in RESERVED_ENV:
+            raise SpecError(f"spec.env may not set {item['name']}: the operator sets it "
+                            "(from modelCache, hfTokenSecret or apiKeySecret)")
+    return [dict(item) for item in items]
+
+
+def _pdb(obj: Mapping) -> dict:
+    _only(obj, ("minAvailable", "maxUnavailable"), "spec.podDisruptionBudget")
+    given = {k: v for k, v in obj.items() if v is not None}
+    if len(given) != 1:
+        raise SpecError("spec.podDisruptionBudget needs exactly one of minAvailable and maxUnavailable")
+    (key, value), = given.items()
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0) and \
+            not (isinstance(value, str) and value.endswith("%") and value[:-1].isdigit()):
+        raise SpecError(f"spec.podDisruptionBudget.{key} must be a count or a percentage like '50%', got {value!r}")
+    return given
+
+
+SPEC_FIELDS = ("model", "servedModelName", "replicas", "tensorParallelSize", "accelerator", "image", "engine",
+               "modelCache", "hfTokenSecret", "apiKeySecret", "resources", "nodeSelector", "tolerations",
+               "affinity", "priorityClassName", "env", "service", "autoscaling", "podDisruptionBudget",
+               "startupTimeoutSeconds", "shutdownTimeoutSeconds")
+
+
+def parse_spec(spec: Mapping | None) -> LLMDeploymentSpec:
+    """The typed spec, defaults filled in; SpecError naming the first bad field."""
+    spec = spec or {}
+    w = "spec"
+    _only(spec, SPEC_FIELDS, w)
+    model = _get(spec, "model", w, str)
+    if not model or not model.strip():
+        raise SpecError("spec.model is required: a Hugging Face hub id or a path inside the pod")
+    accelerator = _choice(spec, "accelerator", w, tuple(GPU_RESOURCE), "amd")
+    tp = _int(spec, "tensorParallelSize", w, 1, minimum=1)
+    service = _get(spec, "service", w, dict, {})
+    _only(service, ("type", "port"), "spec.service")
+    port = _int(service, "port", "spec.service", 8000, minimum=1)
+    if port > 65535:
+        raise SpecError(f"spec.service.port must be <= 65535, got {port}")
+    node_selector = _get(spec, "nodeSelector", w, dict)
+    if node_selector and not all(isinstance(v, str) for v in node_selector.values()):
+        raise SpecError(f"spec.nodeSelector values must be strings, got {dict(node_selector)!r}")
+    cache, scaling, pdb = spec.get("modelCache"), spec.get("autoscaling"), spec.get("podDisruptionBudget")
+    return LLMDeploymentSpec(
+        model=model.strip(), served_model_name=_get(spec, "servedModelName", w, str),
+        replicas=_int(spec, "replicas", w, 1, minimum=0), tensor_parallel_size=tp, accelerator=accelerator,
+        image=_get(spec, "image", w, str), engine=_engine(_get(spec, "engine", w, dict, {})),
+        model_cache=None if cache is None else _cache(_get(spec, "modelCache", w, dict)),
+        hf_token_secret=_secret(spec, "hfTokenSecret"), api_key_secret=_secret(spec, "apiKeySecret"),
+        resources=_resources(_get(spec, "resources", w, dict, {}), accelerator, tp),
+        node_selector=dict(node_selector) if node_selector else None,
+        tolerations=list(_get(spec, "tolerations", w, list, [])) or None,
+        affinity=dict(_get(spec, "affinity", w, dict, {})) or None,
+        priority_class_name=_get(spec, "priorityClassName", w, str),
+        env=_env(_get(spec, "env", w, list, [])),
+        service_type=_choice(service, "type", "spec.service", SERVICE_TYPES, "ClusterIP"), service_port=port,
+        autoscaling=None if scaling is None else _autoscaling(_get(spec, "autoscaling", w, dict)),
+        pod_disruption_budget=None if pdb is None else _pdb(_get(spec, "podDisruptionBudget", w, dict)),
+        startup_timeout_seconds=_int(spec, "startupTimeoutSeconds", w, 3600, minimum=10),
+        shutdown_timeout_seconds=_int(spec, "shutdownTimeoutSeconds", w, 30, minimum=0))
