@@ -23,7 +23,8 @@ def timer(device: torch.device, reps: int) -> Callable[[Callable[[], object]], f
         times = []
         for _ in range(reps):
             if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
                 start.record()
                 fn()
                 end.record()

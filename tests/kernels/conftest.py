@@ -73,6 +73,11 @@ def pytest_terminal_summary(terminalreporter) -> None:
             terminalreporter.write_line(f"{name:40s} {err:.3g}")
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)  # the same random inputs on every run
+
+
 @pytest.fixture
 def triton_ops():
     """The Triton backend module (imported after TRITON_INTERPRET is set)."""

@@ -30,11 +30,11 @@ def test_cuda_defaults_to_triton_when_it_imports(triton_ops):
         assert getattr(kernels, op) is getattr(triton_ops, op)
 
 
-def test_override_and_environment(monkeypatch, triton_ops):
+def test_override_and_environment(monkeypatch, kit, triton_ops):
     monkeypatch.setenv(backend.ENV_VAR, "triton")
-    assert kernels.select_backend("cpu") == "triton"  # interpreted: TRITON_INTERPRET=1 here
+    assert kernels.select_backend(kit.device) == "triton"  # on CPU: TRITON_INTERPRET=1 here
     assert kernels.paged_attention_decode is triton_ops.paged_attention_decode
-    assert kernels.select_backend("cpu", "torch") == "torch"  # the argument beats the env
+    assert kernels.select_backend(kit.device, "torch") == "torch"  # the argument beats the env
     assert kernels.paged_attention_decode is reference.paged_attention_decode
 
 

@@ -8,9 +8,10 @@ from pagedserve import LLM, SamplingParams, kernels
 PROMPTS = [[1] + list(range(40, 70)), [1] + list(range(40, 55)) + [9, 8], [1, 300, 301]]
 
 
-def greedy(path: str, backend: str) -> list[list[int]]:
-    llm = LLM(path, device="cpu", kernel_backend=backend, block_size=16, max_model_len=64,
-              max_num_batched_tokens=24, max_num_seqs=4, num_kv_blocks=16)
+def greedy(path: str, backend: str, device) -> list[list[int]]:
+    llm = LLM(path, device=str(device), dtype="float32", kernel_backend=backend,
+              block_size=16, max_model_len=64, max_num_batched_tokens=24, max_num_seqs=4,
+              num_kv_blocks=16)
     assert kernels.active_backend() == backend
     params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
     outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
@@ -18,7 +19,7 @@ def greedy(path: str, backend: str) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_triton_backend_matches_torch_greedy(tiny_model, triton_ops, monkeypatch, arch):
+def test_triton_backend_matches_torch_greedy(tiny_model, kit, triton_ops, monkeypatch, arch):
     prefill_calls = []
 
     def spy(q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale):
@@ -29,10 +30,10 @@ def test_triton_backend_matches_torch_greedy(tiny_model, triton_ops, monkeypatch
     monkeypatch.setattr(triton_ops, "paged_prefill_attention", spy)
     path = tiny_model(arch)
     try:
-        on_triton = greedy(path, "triton")
+        on_triton = greedy(path, "triton", kit.device)
     finally:
         kernels.select_backend("cpu", "torch")
-    assert on_triton == greedy(path, "torch")
+    assert on_triton == greedy(path, "torch", kit.device)
     assert all(len(ids) == 4 for ids in on_triton)
     # the batches did exercise new tokens attending to context already in the cache
     seen = [pair for call in prefill_calls for pair in call]
