@@ -41,6 +41,12 @@ def llmdeployment_keys(namespace: str, name: str, **_) -> dict:
     return {(namespace, name): None}
 
 
+@kopf.on.login()
+def login(**kwargs) -> kopf.ConnectionInfo | None:
+    """The service account in a pod, else $KUBECONFIG as it is now (as Kube.from_environment)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, llmdeployment_keys: kopf.Index,
                   logger: logging.Logger, **_) -> None:

@@ -4,6 +4,7 @@ Manifests stay plain dicts end to end (no model classes to convert through), and
 the operator makes goes through these five methods, which is what rbac.RULES lists.
 """
 import json
+import os
 from importlib.metadata import version
 
 from kubernetes import client, config
@@ -50,7 +51,8 @@ class Kube:
         try:
             config.load_incluster_config(client_configuration=cfg)
         except ConfigException:
-            config.load_kube_config(client_configuration=cfg)
+            # read $KUBECONFIG now: the client's default was fixed when it was imported
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
         return cls(client.ApiClient(cfg))
 
     def close(self) -> None:
