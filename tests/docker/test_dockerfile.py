@@ -185,3 +185,11 @@ def test_operator_cli_starts_with_only_the_operator_image_dependencies():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "usage:" in result.stdout
+
+
+def test_engine_image_agrees_with_the_pods_the_operator_writes():
+    pod = pytest.importorskip("pagedserve.operator.pod", reason="the operator (issue 6) has not landed")
+    from pagedserve.operator.config import OperatorConfig
+    engine = stages()["engine"]
+    assert f"HF_HOME={pod.CACHE_PATH}" in " ".join(instruction(engine, "ENV"))
+    assert instruction(engine, "USER")[-1] == OperatorConfig().run_as_user
