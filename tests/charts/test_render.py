@@ -1,5 +1,6 @@
 """charts/pagedserve renders, lints and validates for every value set an admin might use."""
 import json
+import re
 
 import helm_python as helm
 import kubernetes_validate
@@ -102,3 +103,27 @@ def test_values_yaml_matches_the_chart_defaults(chart):
     # what the chart loads is the values.yaml we document, and it passes its own schema
     assert chart.loaded.values == yaml.safe_load((CHART / "values.yaml").read_text())
     chart.loaded.validate_schema(chart.loaded.values)
+
+
+def value_leaves(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out |= value_leaves(value, f"{prefix}{key}.")
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_readme_values_table_covers_every_value_with_its_default(chart):
+    rows = re.findall(r"^\| `([^`]+)` \| \w+ \| `(.*?)` \|", (CHART / "README.md").read_text(), re.M)
+    table = {key: json.loads(default) for key, default in rows}
+    values = chart.loaded.values
+    for key in value_leaves(values):
+        documented = [k for k in table if key == k or key.startswith(k + ".")]
+        assert documented, f"README values table lacks {key}"
+    for key, default in table.items():
+        node = values
+        for part in key.split("."):
+            node = node[part]  # KeyError = a row for a value that no longer exists
+        assert node == default, f"README says {key} defaults to {default!r}, values.yaml has {node!r}"
