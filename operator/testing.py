@@ -29,6 +29,7 @@ import pathlib
 import secrets
 import tempfile
 import threading
+import time
 import uuid
 from typing import Iterator, NamedTuple
 
@@ -229,3 +230,30 @@ def running_operator(cluster: EmulatedCluster, namespaces: tuple[str, ...] = (),
     args = ["run", "--standalone", *scope, "-m", "pagedserve.operator.handlers"]
     with KopfRunner(args, settings=settings, timeout=timeout) as runner:
         yield runner
+
+
+def llmdeployment(name: str, namespace: str = "default", **spec) -> dict:
+    """An LLMDeployment body; the spec defaults to the bundled model on CPU."""
+    spec = {"model": "stories260K", "accelerator": "cpu", **spec}
+    return {"apiVersion": "pagedserve.io/v1alpha1", "kind": "LLMDeployment",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def condition(body: dict | None, kind: str) -> dict:
+    """The status condition of that type, or {}."""
+    for cond in ((body or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return cond
+    return {}
+
+
+def wait_for(check, timeout: float = 20.0, interval: float = 0.1, what: str = "a condition"):
+    """Poll check() until it returns something truthy and return that; AssertionError otherwise."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {value!r}")
