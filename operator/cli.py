@@ -33,8 +33,12 @@ def add_parser(subparsers) -> None:
 
 
 def _configure_logging(level: str) -> None:
+    import logging
+
     import kopf
-    kopf.configure(debug=level == "debug", verbose=level == "info", quiet=level in ("warning", "error"))
+    # kopf's verbose means DEBUG, so it is never passed; the root level is then set exactly
+    kopf.configure(debug=level == "debug", quiet=level in ("warning", "error"))
+    logging.getLogger().setLevel(level.upper())
 
 
 def run(args: argparse.Namespace) -> int:

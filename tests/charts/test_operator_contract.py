@@ -90,3 +90,19 @@ def test_chart_app_version_is_the_package_version():
     chart_yaml = yaml.safe_load((ROOT / "charts" / "pagedserve" / "Chart.yaml").read_text())
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert chart_yaml["appVersion"] == project["version"]
+
+
+@pytest.mark.parametrize("level", ["debug", "info", "warning", "error"])
+def test_log_level_value_sets_the_operators_log_level(chart, level):
+    import logging
+
+    from pagedserve.operator.cli import _configure_logging
+    _, args = parsed_operator_args(chart, {"operator": {"logLevel": level}})
+    root = logging.getLogger()
+    saved = root.level, root.handlers[:]
+    try:
+        _configure_logging(args.log_level)
+        assert root.level == getattr(logging, level.upper())
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]

@@ -65,10 +65,11 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{/*
-What the operator calls on the API server, split by scope. This is the one list of the
-chart's RBAC; tests/charts compares it with pagedserve.operator.rbac and with a recorded run.
-Cluster-wide operators get all of it in a ClusterRole; namespaced ones get the namespaced
-part in a Role per watched namespace.
+What the operator calls on the API server: a copy of pagedserve.operator.rbac that
+tests/charts compares with it and with a recorded run of the real operator. `namespaced` goes
+into a ClusterRole when the operator serves all namespaces, else into a Role per watched
+namespace. kopf's peering objects are cluster-scoped for a cluster-wide operator and
+namespaced otherwise, and not used at all when it runs standalone.
 */}}
 {{- define "pagedserve.rbacRules" -}}
 namespaced:
@@ -77,32 +78,33 @@ namespaced:
     verbs: [get, list, watch, patch]
   - apiGroups: [pagedserve.io]
     resources: [llmdeployments/status]
-    verbs: [get, patch]
+    verbs: [patch]
   - apiGroups: [apps]
     resources: [deployments]
     verbs: [get, list, watch, create, patch]
   - apiGroups: [""]
     resources: [services]
-    verbs: [get, create, patch]
-  - apiGroups: [""]
-    resources: [persistentvolumeclaims]
-    verbs: [get, create, patch]
-  - apiGroups: [""]
-    resources: [secrets]
-    verbs: [get]
+    verbs: [get, list, watch, create, patch]
   - apiGroups: [autoscaling]
     resources: [horizontalpodautoscalers]
     verbs: [get, create, patch, delete]
   - apiGroups: [policy]
     resources: [poddisruptionbudgets]
     verbs: [get, create, patch, delete]
-  - apiGroups: ["", events.k8s.io]
+  - apiGroups: [""]
+    resources: [persistentvolumeclaims]
+    verbs: [get, create, patch, delete]
+  - apiGroups: [""]
+    resources: [secrets]
+    verbs: [get]
+  - apiGroups: [""]
     resources: [events]
     verbs: [create]
+peeringNamespaced:
   - apiGroups: [kopf.dev]
     resources: [kopfpeerings]
     verbs: [list, watch, patch]
-cluster:
+peeringCluster:
   - apiGroups: [kopf.dev]
     resources: [clusterkopfpeerings]
     verbs: [list, watch, patch]
