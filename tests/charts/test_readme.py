@@ -1,0 +1,36 @@
+"""The README's Kubernetes walk-through points at files and names that exist."""
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def deploy_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split("## Deploy on Kubernetes (Helm)", 1)[1].split("\n## ", 1)[0]
+
+
+def test_walkthrough_has_the_install_path():
+    section = deploy_section()
+    for step in ("helm install pagedserve charts/pagedserve", "kubectl apply -f examples/", "kubectl get llmd",
+                 "curl http://localhost:8000/v1/chat/completions"):
+        assert step in section
+
+
+def test_applied_examples_exist_and_serve_the_seed_models():
+    section = deploy_section()
+    files = re.findall(r"kubectl apply -f (examples/\S+\.yaml)", section)
+    models = {yaml.safe_load((ROOT / f).read_text())["spec"]["model"] for f in files}
+    assert models == {"Qwen/Qwen2-7B-Instruct", "01-ai/Yi-34B-Chat", "meta-llama/Meta-Llama-3-70B-Instruct"}
+
+
+def test_curl_uses_the_service_and_model_name_of_an_example():
+    section = deploy_section()
+    service = re.search(r"kubectl port-forward svc/(\S+) ", section).group(1)
+    model = re.search(r'"model": "([^"]+)"', section).group(1)
+    examples = [yaml.safe_load(p.read_text()) for p in (ROOT / "examples").glob("*.yaml")]
+    (example,) = [e for e in examples if e["metadata"]["name"] == service]
+    assert model == example["spec"].get("servedModelName", example["spec"]["model"])
+    assert f"http://{service}.default.svc.cluster.local:8000/v1" in section
