@@ -84,3 +84,35 @@ def check_fits(requests: list[BenchRequest], max_model_len: int) -> None:
 def token_counts(requests: list[BenchRequest]) -> tuple[int, int]:
     """(prompt tokens, output tokens) of a workload."""
     return sum(r.prompt_len for r in requests), sum(r.output_len for r in requests)
+
+
+def model_facts(model_path: str) -> tuple[int, int, frozenset[int]]:
+    """(vocab size, context length, special token ids) from a model folder's config.json."""
+    with open(f"{model_path}/config.json") as f:
+        c = json.load(f)
+    special = set()
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        v = c.get(key)
+        special.update(v if isinstance(v, list) else [] if v is None else [v])
+    return c["vocab_size"], c.get("max_position_embeddings", 2048), frozenset(special)
+
+
+def load_workload(args, model_path: str, max_model_len: int | None = None) -> list[BenchRequest]:
+    """The workload the flags describe (--dataset, --num-prompts, --input-len, --output-len,
+    --seed), checked to fit the model's context."""
+    vocab, context, special = model_facts(model_path)
+    if args.dataset == "random":
+        reqs = random_requests(args.num_prompts, parse_range(args.input_len),
+                               parse_range(args.output_len), vocab, args.seed, special)
+    elif args.dataset == "sharegpt-json":
+        if not args.dataset_path:
+            raise ValueError("--dataset sharegpt-json needs --dataset-path FILE")
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(model_path)
+        out_range = parse_range(args.output_len) if args.output_len else None
+        reqs = sharegpt_requests(args.dataset_path, args.num_prompts, tok, args.seed, out_range,
+                                 max_total_len=max_model_len or context)
+    else:
+        raise ValueError(f"unknown dataset {args.dataset!r}; choose random or sharegpt-json")
+    check_fits(reqs, max_model_len or context)
+    return reqs

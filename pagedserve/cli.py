@@ -10,6 +10,7 @@ import sys
 # subcommand -> module with add_parser(subparsers) and run(args)
 SUBCOMMANDS = {
     "generate": "pagedserve.engine.generate_cli",
+    "bench": "pagedserve.benchmarks.cli",
     "serve": "pagedserve.server.cli",
     "operator": "pagedserve.operator.cli",
 }
