@@ -106,3 +106,22 @@ def test_log_level_value_sets_the_operators_log_level(chart, level):
     finally:
         root.setLevel(saved[0])
         root.handlers[:] = saved[1]
+
+
+def test_service_monitor_selects_the_services_the_operator_makes(chart):
+    from pagedserve.operator.manifests import service
+    from pagedserve.operator.spec import parse_spec
+    owner = {"metadata": {"name": "chat", "namespace": "team-a", "uid": "u"}, "spec": {"model": "m"}}
+    svc = service(owner, parse_spec(owner["spec"]))
+    docs = chart.render({"metrics": {"serviceMonitor": {"enabled": True}}})
+    (sm,) = chart.find(docs, "ServiceMonitor")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]}
+
+
+def test_models_from_values_are_specs_the_operator_accepts(chart):
+    from pagedserve.operator.spec import parse_spec
+    docs = chart.find(chart.render(chart.value_set("seed-models")), "LLMDeployment")
+    specs = [parse_spec(d["spec"]) for d in docs]
+    assert sorted(s.tensor_parallel_size for s in specs) == [1, 4, 4]
