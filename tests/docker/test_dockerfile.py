@@ -3,13 +3,16 @@
 No Docker engine runs here, so the images are not built; these tests check what can be
 checked offline: hadolint, the stage layout, and the requirement lists the stages install.
 """
+import fnmatch
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -193,3 +196,51 @@ def test_engine_image_agrees_with_the_pods_the_operator_writes():
     engine = stages()["engine"]
     assert f"HF_HOME={pod.CACHE_PATH}" in " ".join(instruction(engine, "ENV"))
     assert instruction(engine, "USER")[-1] == OperatorConfig().run_as_user
+
+
+def docker_context(dest: Path) -> Path:
+    """Copy what `docker build .` sends (the repo minus .dockerignore) into dest.
+    Handles the pattern forms our .dockerignore uses: names, globs, and **/ prefixes."""
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+
+    def ignored(rel: str) -> bool:
+        for p in patterns:
+            if p.startswith("**/"):
+                if any(fnmatch.fnmatch(part, p[3:]) for part in rel.split("/")):
+                    return True
+            elif fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel.split("/")[0], p):
+                return True
+        return False
+
+    for folder, dirs, files in os.walk(ROOT):
+        rel_dir = os.path.relpath(folder, ROOT)
+        rel = lambda name: name if rel_dir == "." else f"{rel_dir}/{name}"  # noqa: E731
+        dirs[:] = [d for d in dirs if not ignored(rel(d))]
+        for f in files:
+            if not ignored(rel(f)):
+                (dest / rel(f)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(folder) / f, dest / rel(f))
+    return dest
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_wheel_stage_builds_a_complete_package_from_the_docker_context(tmp_path):
+    """What the `wheel` stage runs, on what the build context holds: every package, every
+    CLI subcommand, and the bundled model end up in the wheel the images install."""
+    assert instruction(stages()["wheel"], "COPY") == [". ."]  # so the context is what the stage sees
+    context = docker_context(tmp_path / "context")
+    assert not (context / "tests").exists() and not (context / ".venv").exists()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "--wheel-dir", str(tmp_path / "dist"), str(context)], check=True, timeout=240,
+                   capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("pagedserve-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for package in pyproject()["tool"]["setuptools"]["packages"]:
+        assert f"{package.replace('.', '/')}/__init__.py" in names, f"{package} missing from the image's wheel"
+    from pagedserve.cli import SUBCOMMANDS
+    for module in SUBCOMMANDS.values():
+        assert module.replace(".", "/") + ".py" in names, f"`pagedserve` imports {module}, not in the wheel"
+    assert any(n.startswith("pagedserve/models/stories260K/") for n in names)
+    assert (context / "docker" / "install-engine.sh").exists()
