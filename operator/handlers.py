@@ -61,6 +61,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, llmdeploymen
     memo.config = memo.get("config") or OperatorConfig.from_env()
     memo.kube = Kube.from_environment()
     memo.locks = KeyedLocks()
+    memo.stopping = asyncio.Event()
     memo.resync = asyncio.create_task(_resync_forever(memo, llmdeployment_keys, logger))
     logger.info("pagedserve operator: images %s | %s | %s, resync every %ss", memo.config.image_amd,
                 memo.config.image_nvidia, memo.config.image_cpu, memo.config.resync_interval)
@@ -70,9 +71,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, llmdeploymen
 async def cleanup(memo: kopf.Memo, **_) -> None:
     task = memo.get("resync")
     if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        memo.stopping.set()
+        try:  # let a pass in flight finish: its thread cannot be cancelled anyway
+            await asyncio.wait_for(task, timeout=60)
+        except asyncio.TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if memo.get("kube") is not None:
         memo.kube.close()
 
@@ -120,7 +125,10 @@ def reconcile_by_name(memo: kopf.Memo, namespace: str, name: str, logger: loggin
 
 
 async def _resync_forever(memo: kopf.Memo, keys: kopf.Index, logger: logging.Logger) -> None:
-    while True:
-        await asyncio.sleep(memo.config.resync_interval)
+    while not memo.stopping.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(memo.stopping.wait(), timeout=memo.config.resync_interval)
         for namespace, name in list(keys):
+            if memo.stopping.is_set():
+                return
             await asyncio.to_thread(reconcile_by_name, memo, namespace, name, logger)

@@ -122,13 +122,13 @@ def cache_claim(owner: dict, spec: LLMDeploymentSpec) -> dict:
 
 def desired_children(owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig) -> dict[str, dict | None]:
     """kind -> the child as it should be, or None where the spec asks for none of that kind."""
-    children = {
+    children = {  # in apply order: the claim before the pods that mount it
+        "PersistentVolumeClaim": (cache_claim(owner, spec)
+                                  if spec.model_cache and not spec.model_cache.existing_claim else None),
         "Deployment": deployment(owner, spec, config),
         "Service": service(owner, spec),
         "HorizontalPodAutoscaler": horizontal_pod_autoscaler(owner, spec, config) if spec.autoscaling else None,
         "PodDisruptionBudget": pod_disruption_budget(owner, spec) if spec.pod_disruption_budget else None,
-        "PersistentVolumeClaim": (cache_claim(owner, spec)
-                                  if spec.model_cache and not spec.model_cache.existing_claim else None),
     }
     present = [child for child in children.values() if child is not None]
     kopf.adopt(present, owner=copy.deepcopy(owner))
