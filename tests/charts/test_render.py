@@ -127,3 +127,18 @@ def test_readme_values_table_covers_every_value_with_its_default(chart):
         for part in key.split("."):
             node = node[part]  # KeyError = a row for a value that no longer exists
         assert node == default, f"README says {key} defaults to {default!r}, values.yaml has {node!r}"
+
+
+def test_notes_example_is_a_valid_llmdeployment_that_the_curl_reaches(chart):
+    import textwrap
+    text = chart.notes()
+    manifest = yaml.safe_load(textwrap.dedent(text.split("<<'YAML'\n", 1)[1].split("YAML\n", 1)[0]))
+    try:
+        chart.validate_custom_resource({**manifest, "metadata": {**manifest["metadata"], "namespace": "default"}})
+    except LookupError:
+        pytest.skip("the LLMDeployment CRD (operator issue) has not landed yet")
+    service = re.search(r"port-forward svc/(\S+) ", text).group(1)
+    model = re.search(r'"model": "([^"]+)"', text).group(1)
+    assert service == manifest["metadata"]["name"]
+    # the API answers to the served model name, else to the model id itself
+    assert model == manifest["spec"].get("servedModelName", manifest["spec"]["model"])
