@@ -4,6 +4,7 @@ No Docker engine runs here, so the images are not built; these tests check what 
 checked offline: hadolint, the stage layout, and the requirement lists the stages install.
 """
 import fnmatch
+import importlib.util
 import json
 import os
 import re
@@ -19,8 +20,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile.rocm"
-sys.path.insert(0, str(ROOT / "docker"))
-from requirements import image_requirements, requirement_name  # noqa: E402
+_spec = importlib.util.spec_from_file_location("docker_requirements", ROOT / "docker" / "requirements.py")
+_requirements = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_requirements)
+image_requirements, requirement_name = _requirements.image_requirements, _requirements.requirement_name
 
 
 def hadolint() -> str:
