@@ -19,6 +19,10 @@ class NotOurs(Exception):
     """A child's name is taken by an object that this LLMDeployment does not control."""
 
 
+class OwnerGone(Exception):
+    """The owner was deleted while a pass was running: create nothing for it."""
+
+
 def strip_none(obj: Any) -> Any:
     """The object without None values (what is sent on create)."""
     if isinstance(obj, dict):
@@ -71,11 +75,17 @@ class Applied:
     live: dict | None
 
 
-def ensure(kube: Kube, desired: dict, owner_uid: str) -> Applied:
-    """Bring one child to its desired state; NotOurs if the name belongs to someone else."""
+def ensure(kube: Kube, desired: dict, owner_uid: str, owner_exists=lambda: True) -> Applied:
+    """Bring one child to its desired state; NotOurs if the name belongs to someone else.
+
+    owner_exists() is asked right before a create: a child made for a deleted owner would be an
+    orphan until the garbage collector found it.
+    """
     kind, meta = desired["kind"], desired["metadata"]
     live = kube.get(kind, meta["namespace"], meta["name"])
     if live is None:
+        if not owner_exists():
+            raise OwnerGone(f"{kind} {meta['name']}: the LLMDeployment is gone")
         return Applied(kind, "created", kube.create(kind, meta["namespace"], strip_none(desired)))
     if not controlled_by(live, owner_uid):
         raise NotOurs(f"{kind} {meta['name']} exists and is not controlled by this LLMDeployment; "

@@ -116,7 +116,8 @@ def cache_claim(owner: dict, spec: LLMDeploymentSpec) -> dict:
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": _meta(owner, cache_claim_name(owner["metadata"]["name"], spec)),
         "spec": {"accessModes": [cache.access_mode], "resources": {"requests": {"storage": cache.size}},
-                 "storageClassName": cache.storage_class_name},
+                 # absent, not None: the API server fills in the default class, which is no drift
+                 **({"storageClassName": cache.storage_class_name} if cache.storage_class_name else {})},
     }
 
 

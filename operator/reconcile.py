@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from kubernetes.client.exceptions import ApiException
 
 from pagedserve.operator import manifests
-from pagedserve.operator.apply import Applied, NotOurs, ensure, remove
+from pagedserve.operator.apply import Applied, NotOurs, OwnerGone, ensure, remove
 from pagedserve.operator.config import OperatorConfig
 from pagedserve.operator.kube import Kube
 from pagedserve.operator.spec import LLMDeploymentSpec, SpecError, parse_spec
@@ -63,10 +63,15 @@ def check_references(kube: Kube, namespace: str, spec: LLMDeploymentSpec) -> Non
 
 def apply_children(kube: Kube, owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig) -> list[Applied]:
     uid, meta = owner["metadata"]["uid"], owner["metadata"]
+
+    def owner_exists() -> bool:
+        live = kube.get("LLMDeployment", meta["namespace"], meta["name"])
+        return live is not None and live["metadata"].get("uid") == uid and not live["metadata"].get("deletionTimestamp")
+
     actions = []
     for kind, desired in manifests.desired_children(owner, spec, config).items():
         if desired is not None:
-            actions.append(ensure(kube, desired, uid))
+            actions.append(ensure(kube, desired, uid, owner_exists))
         else:
             name = f"{meta['name']}-model-cache" if kind == "PersistentVolumeClaim" else meta["name"]
             actions.append(remove(kube, kind, meta["namespace"], name, uid))
@@ -91,6 +96,9 @@ def reconcile(kube: Kube, config: OperatorConfig, owner: dict) -> Outcome:
     problem, permanent, actions = None, False, []
     try:
         port, actions = _apply(kube, owner, config)
+    except OwnerGone:
+        log.info("%s/%s was deleted during a pass; nothing to do", namespace, name)
+        return Outcome({}, None)
     except SpecError as exc:
         problem, permanent = (exc.reason, str(exc)), exc.reason == "InvalidSpec"
     except NotOurs as exc:

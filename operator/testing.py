@@ -239,12 +239,12 @@ class EmulatedCluster:
         """Every request served so far (kmock Request objects)."""
         return self._sync(lambda: self.emulator._requests.everything())
 
-    def api_calls(self, agents: tuple[str, ...] = OPERATOR_AGENTS) -> set[ApiCall]:
-        """(apiGroup, resource, verb) of every resource request whose User-Agent starts with one of
-        agents: compare it with a ClusterRole's rules. Discovery (/api, /apis) is left out: every
-        authenticated user may read it."""
+    def api_calls(self, agents: tuple[str, ...] = OPERATOR_AGENTS, since: int = 0) -> set[ApiCall]:
+        """(apiGroup, resource, verb) of every resource request (from the since-th on) whose
+        User-Agent starts with one of agents: compare it with a ClusterRole's rules. Discovery
+        (/api, /apis) is left out: every authenticated user may read it."""
         calls = set()
-        for req in self.requests():
+        for req in self.requests()[since:]:
             agent = req.headers.get("User-Agent", "")
             if req.resource is None or req.resource.plural is None or not agent.startswith(agents):
                 continue
