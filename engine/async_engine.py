@@ -16,6 +16,7 @@ from pagedserve.engine.sampling_params import SamplingParams
 from pagedserve.engine.tokenizer import PromptType
 
 logger = logging.getLogger(__name__)
+HEALTH_CHECK_INTERVAL_S = 1.0
 
 
 class EngineDeadError(RuntimeError):
@@ -99,7 +100,7 @@ class AsyncLLMEngine:
             while True:
                 if not (self._adds or self._aborts or self.engine.has_unfinished_requests()):
                     self._wakeup.clear()
-                    await self._wakeup.wait()
+                    await self._idle()
                 self._apply_pending()
                 if not self.engine.has_unfinished_requests():
                     continue
@@ -116,6 +117,15 @@ class AsyncLLMEngine:
             logger.exception("engine loop failed")
             self.dead_error = e
             self._fail_all(EngineDeadError(f"the engine failed: {e!r}"))
+
+    async def _idle(self) -> None:
+        """Wait for work, checking the executor meanwhile: a tensor-parallel worker can die
+        while nothing runs, and /health must say so without waiting for a request."""
+        while not self._wakeup.is_set():
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), HEALTH_CHECK_INTERVAL_S)
+            except TimeoutError:
+                self.engine.check_health()
 
     def _apply_pending(self) -> None:
         adds, self._adds = self._adds, []

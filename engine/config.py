@@ -4,6 +4,7 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 
+EXECUTOR_BACKENDS = ("uni", "mp")
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
           "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tib": 2**40}
 
@@ -105,6 +106,32 @@ class EngineConfig:
             self.kv_cache_memory = parse_bytes(self.kv_cache_memory)
         if self.dtype not in ("auto", "float32", "float16", "bfloat16", "half", "float"):
             raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+        self._check_backend()
+
+    def _check_backend(self) -> None:
+        tp, backend = self.tensor_parallel_size, self.distributed_executor_backend
+        if backend is None:
+            self.distributed_executor_backend = "uni" if tp == 1 else "mp"
+        elif backend not in EXECUTOR_BACKENDS:
+            raise ValueError(f"distributed_executor_backend {backend!r} is not supported; use "
+                             f"'mp' (a process per extra rank) or 'uni' (one in-process rank)")
+        elif backend == "uni" and tp > 1:
+            raise ValueError(f"distributed_executor_backend 'uni' runs one rank; "
+                             f"tensor_parallel_size={tp} needs 'mp'")
+
+    def _check_tensor_parallel(self) -> None:
+        """What tensor parallelism splits must split evenly; checked before any rank starts."""
+        tp, hf = self.tensor_parallel_size, self.hf
+        heads, kv = hf.num_attention_heads, hf.num_key_value_heads
+        if heads % tp:
+            raise ValueError(f"the model's {heads} attention heads are not divisible by "
+                             f"tensor_parallel_size={tp}")
+        if kv % tp and tp % kv:
+            raise ValueError(f"the model's {kv} KV heads do not split over tensor_parallel_size"
+                             f"={tp}: one must be a multiple of the other")
+        if hf.intermediate_size % tp:
+            raise ValueError(f"the model's intermediate_size {hf.intermediate_size} is not "
+                             f"divisible by tensor_parallel_size={tp}")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -114,6 +141,7 @@ class EngineConfig:
         """Read config.json and settle max_model_len against the model's limits."""
         self.model_path = model_path
         self.hf = ModelConfig.from_json(os.path.join(model_path, "config.json"))
+        self._check_tensor_parallel()
         limit = self.hf.max_position_embeddings
         if self.hf.sliding_window:
             # without sliding-window attention, stay inside the window to remain exact

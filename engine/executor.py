@@ -1,18 +1,33 @@
 """Executors run a step's inputs through the model on every tensor-parallel rank.
 
-`uni` runs the single rank in-process. Rank 0 always lives in the engine process; it alone
-receives logits and samples.
+`uni` runs the single rank in-process. `mp` keeps rank 0 in the engine process and spawns a
+worker process per extra rank (engine/worker.py). Rank 0 alone receives logits and samples.
 """
+import atexit
+import os
+import threading
+import time
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 
 import numpy as np
 import torch
+import torch.multiprocessing as mp
 
 from pagedserve.engine.config import EngineConfig
-from pagedserve.engine.model_runner import ModelRunner, resolve_device
+from pagedserve.engine.distributed import (TPGroup, abort_group, check_no_group, destroy_group,
+                                           init_group, make_store, rendezvous_address)
+from pagedserve.engine.model_runner import ModelRunner, pad_block_tables, resolve_device
 from pagedserve.engine.scheduler import SchedulerOutput
+from pagedserve.engine.worker import (EXIT, INIT_KV, encode_command, encode_step,
+                                      init_kv_cache, rank_device, run_worker)
 
-BACKENDS = ("uni", "mp")
+FAILURE_GRACE_S = 3.0  # after a failed collective, how long to wait for a worker to be seen dead
+SHUTDOWN_GRACE_S = 5.0
+
+
+class TensorParallelError(RuntimeError):
+    """A tensor-parallel rank died or failed; the engine cannot go on."""
 
 
 @dataclass(slots=True)
@@ -60,14 +75,177 @@ class UniExecutor:
         pass
 
 
-def make_executor(config: EngineConfig):
-    backend = config.distributed_executor_backend or ("uni" if config.tensor_parallel_size == 1 else "mp")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown distributed_executor_backend {backend!r}; "
-                         f"supported: {', '.join(BACKENDS)}")
-    if backend == "uni" and config.tensor_parallel_size > 1:
-        raise ValueError(f"distributed_executor_backend 'uni' runs one rank; "
-                         f"tensor_parallel_size={config.tensor_parallel_size} needs 'mp'")
-    if backend == "mp" and config.tensor_parallel_size > 1:
-        raise NotImplementedError("the mp executor is not built yet")
+class MPExecutor:
+    """Rank 0 in this process, ranks 1..N-1 in spawned workers driven over pipes.
+
+    A worker that dies or raises fails the engine: the step in flight (or, when idle, the
+    next check_health) raises TensorParallelError naming the rank, and every worker is gone.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.size = size = config.tensor_parallel_size
+        _check_devices(resolve_device(config.device), size)
+        self.error: str | None = None
+        self.procs: list[mp.Process] = []
+        self.conns = []
+        self._closed = False
+        self._lock = threading.Lock()
+        self._reasons: dict[int, str] = {}
+        self._threads = torch.get_num_threads()
+        check_no_group()
+        host, port = rendezvous_address()
+        self.store = make_store(host, port, size, is_master=True)
+        self.port = self.store.port
+        try:
+            self._start(config, host)
+        except BaseException:
+            self._teardown(grace=0)
+            raise
+        threading.Thread(target=self._watch, name="tp-watch", daemon=True).start()
+        atexit.register(self.shutdown)
+
+    def _start(self, config: EngineConfig, host: str) -> None:
+        # on CPU the ranks share the cores: oversubscribing them costs more than TP gains
+        threads = 0
+        if resolve_device(config.device).type == "cpu":
+            threads = max(1, len(os.sched_getaffinity(0)) // self.size)
+        ctx = mp.get_context("spawn")
+        for rank in range(1, self.size):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=run_worker, name=f"pagedserve-tp-rank{rank}", daemon=True,
+                               args=(rank, config, host, self.port, theirs, threads))
+            proc.start()
+            theirs.close()  # so a dead worker reads as EOF here
+            self.procs.append(proc)
+            self.conns.append(ours)
+        if threads:
+            torch.set_num_threads(threads)
+        self.runner = ModelRunner(config, rank_device(config, 0), TPGroup(0, self.size))
+        self._wait_loaded()
+        init_group(self.store, 0, self.size, self.runner.device)
+
+    def _wait_loaded(self) -> None:
+        """Block until every worker has loaded its shards, failing fast if one cannot."""
+        pending = set(range(1, self.size))
+        while pending:
+            wait([self.conns[r - 1] for r in pending] +
+                 [self.procs[r - 1].sentinel for r in pending])
+            for rank in sorted(pending):
+                if self._reason(rank) == "loaded":
+                    pending.discard(rank)
+                elif rank in self._reasons or not self.procs[rank - 1].is_alive():
+                    raise TensorParallelError(f"tensor-parallel worker rank {rank} failed "
+                                              f"while loading the model: {self._reason(rank)}")
+
+    def _reason(self, rank: int) -> str:
+        """What a worker said or how it ended; reads its pipe at most once per message."""
+        with self._lock:
+            conn = self.conns[rank - 1]
+            try:
+                if conn.poll():
+                    kind, text = conn.recv()
+                    if kind == "error":
+                        self._reasons[rank] = f"error in the worker:\n{text}"
+                    return kind
+            except (EOFError, OSError):
+                pass
+            if rank in self._reasons:
+                return self._reasons[rank]
+            code = self.procs[rank - 1].exitcode
+            return ("still running" if code is None else
+                    f"killed by signal {-code}" if code < 0 else f"exited with code {code}")
+
+    def init_kv_cache(self) -> int:
+        return self._on_all_ranks(encode_command(INIT_KV), lambda: init_kv_cache(self.runner))
+
+    def execute(self, step: StepInput) -> torch.Tensor:
+        table = pad_block_tables(step.block_tables)
+        msg = encode_step(step.input_ids, step.positions, table, step.seq_lens, step.num_new)
+        return self._on_all_ranks(msg, lambda: self.runner.execute(
+            step.input_ids, step.positions, table, step.seq_lens, step.num_new))
+
+    def _on_all_ranks(self, msg: bytes, run_rank0):
+        try:
+            self.check_health()
+            for conn in self.conns:
+                conn.send_bytes(msg)
+            return run_rank0()
+        except BaseException as e:
+            error = self._fail(e)
+            if isinstance(e, Exception):
+                raise error from e
+            raise  # KeyboardInterrupt and friends keep their type; the executor is closed
+
+    def _fail(self, cause: BaseException) -> TensorParallelError:
+        """Name the rank behind a failed step, then stop every worker: the ranks are out of
+        step now and cannot be resynchronised."""
+        deadline = time.monotonic() + FAILURE_GRACE_S
+        while self.error is None and time.monotonic() < deadline:
+            dead = [r for r, p in enumerate(self.procs, 1) if not p.is_alive()]
+            if dead:
+                self.error = self._describe(dead[0])
+                break
+            time.sleep(0.05)
+        if self.error is None:
+            self.error = f"tensor-parallel rank 0 failed during a step: {cause!r}"
+        self._teardown(grace=0)
+        return TensorParallelError(self.error)
+
+    def _describe(self, rank: int) -> str:
+        return f"tensor-parallel worker rank {rank} died ({self._reason(rank)})"
+
+    def _watch(self) -> None:
+        sentinels = {p.sentinel: rank for rank, p in enumerate(self.procs, 1)}
+        ready = wait(list(sentinels))
+        if self._closed or self.error is not None:
+            return
+        self.error = self._describe(sentinels[ready[0]])
+        abort_group()  # an NCCL collective waiting on the dead rank returns now
+
+    def check_health(self) -> None:
+        """Raise TensorParallelError if any rank has died (cheap; safe to call often)."""
+        if self.error is None:
+            dead = [r for r, p in enumerate(self.procs, 1) if not p.is_alive()]
+            if dead:
+                self.error = self._describe(dead[0])
+        if self.error is not None:
+            raise TensorParallelError(self.error)
+
+    def shutdown(self) -> None:
+        """Stop the workers, leave the process group and free the rendezvous port."""
+        self._teardown(grace=SHUTDOWN_GRACE_S)
+
+    def _teardown(self, grace: float) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.shutdown)
+        for conn in self.conns:
+            try:
+                conn.send_bytes(encode_command(EXIT))
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        for proc in self.procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for conn in self.conns:
+            conn.close()
+        destroy_group()
+        self.store = self.runner = None
+        torch.set_num_threads(self._threads)
+
+
+def _check_devices(device: torch.device, size: int) -> None:
+    if device.type == "cuda" and torch.cuda.device_count() < size:
+        raise ValueError(f"tensor_parallel_size={size} needs {size} GPUs, but "
+                         f"{torch.cuda.device_count()} are visible")
+
+
+def make_executor(config: EngineConfig) -> UniExecutor | MPExecutor:
+    """`uni` for one rank; `mp` for more (the backend name was checked by EngineConfig)."""
+    if config.distributed_executor_backend == "mp" and config.tensor_parallel_size > 1:
+        return MPExecutor(config)
     return UniExecutor(config)

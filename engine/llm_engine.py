@@ -187,5 +187,9 @@ class LLMEngine:
         return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting), bm.usage,
                            self.scheduler.num_preemptions, bm.prefix_queries, bm.prefix_hits)
 
+    def check_health(self) -> None:
+        """Raise if the executor cannot run steps any more (e.g. a tensor-parallel worker died)."""
+        self.executor.check_health()
+
     def shutdown(self) -> None:
         self.executor.shutdown()

@@ -4,7 +4,7 @@ import torch
 
 from pagedserve import kernels
 from pagedserve.engine.config import EngineConfig
-from pagedserve.engine.distributed import tp_size
+from pagedserve.engine.distributed import TPGroup, use_group
 from pagedserve.engine.layers.attention import Attention, AttentionMetadata
 from pagedserve.engine.loader import load_weights
 from pagedserve.engine.models import model_class
@@ -33,11 +33,21 @@ def resolve_dtype(name: str, config_dtype: str, device: torch.device) -> torch.d
     return torch.bfloat16 if wanted == torch.float32 else wanted
 
 
+def pad_block_tables(block_tables: list[list[int]]) -> np.ndarray:
+    """The tables as one zero-padded [num_seqs, max_blocks] int32 array."""
+    width = max(map(len, block_tables))
+    table = np.zeros((len(block_tables), width), dtype=np.int32)
+    for i, row in enumerate(block_tables):
+        table[i, :len(row)] = row
+    return table
+
+
 class ModelRunner:
     """Step inputs are flat: every scheduled token of every request, one forward for all."""
 
-    def __init__(self, config: EngineConfig, device: torch.device) -> None:
-        self.config, self.device = config, device
+    def __init__(self, config: EngineConfig, device: torch.device,
+                 tp: TPGroup = TPGroup()) -> None:
+        self.config, self.device, self.tp = config, device, tp
         hf = config.hf
         self.dtype = resolve_dtype(config.dtype, hf.torch_dtype, device)
         kernels.select_backend(device, config.kernel_backend)
@@ -45,11 +55,12 @@ class ModelRunner:
         default = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
-            with torch.device(device):
+            with torch.device(device), use_group(tp):
                 self.model = model_class(hf.architectures)(hf)
         finally:
             torch.set_default_dtype(default)
-        load_weights(self.model, config.model_path)
+        with use_group(tp):  # each rank reads only its own shards
+            load_weights(self.model, config.model_path)
         self.model.eval()
         self.attn_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.block_size = config.block_size
@@ -70,8 +81,8 @@ class ModelRunner:
         useful = c.max_num_seqs * -(-c.max_model_len // self.block_size)
         if c.kv_cache_memory:
             return max(1, c.kv_cache_memory // per_block)
-        if self.device.type == "cpu":
-            return max(1, min(useful, CPU_KV_CACHE_DEFAULT // per_block))
+        if self.device.type == "cpu":  # the ranks share the host's memory
+            return max(1, min(useful, CPU_KV_CACHE_DEFAULT // self.tp.size // per_block))
         return max(1, self._profile_free_bytes() // per_block)
 
     def _profile_free_bytes(self) -> int:
@@ -98,22 +109,23 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                block_tables: list[list[int]], seq_lens: list[int],
+                block_tables: list[list[int]] | np.ndarray, seq_lens: list[int],
                 num_new: list[int]) -> torch.Tensor | None:
-        """Run one step; returns the logits of each sequence's last new token (rank 0)."""
+        """Run one step; returns the logits of each sequence's last new token (rank 0; other
+        tensor-parallel ranks get None). block_tables may come padded as an array."""
         dev = self.device
         meta = self._metadata(positions, block_tables, seq_lens, num_new)
-        hidden = self.model(input_ids.to(dev), positions.to(dev), meta)
-        last = meta.query_start_loc[1:].long() - 1
-        return self.model.compute_logits(hidden[last])
+        with use_group(self.tp):
+            hidden = self.model(input_ids.to(dev), positions.to(dev), meta)
+            last = meta.query_start_loc[1:].long() - 1
+            return self.model.compute_logits(hidden[last])
 
-    def _metadata(self, positions: torch.Tensor, block_tables: list[list[int]],
+    def _metadata(self, positions: torch.Tensor, block_tables: list[list[int]] | np.ndarray,
                   seq_lens: list[int], num_new: list[int]) -> AttentionMetadata:
-        width = max(map(len, block_tables))
-        table = np.zeros((len(block_tables), width), dtype=np.int32)
-        for i, row in enumerate(block_tables):
-            table[i, :len(row)] = row
-        table_t = torch.from_numpy(table)
+        table = block_tables
+        if not isinstance(table, np.ndarray):
+            table = pad_block_tables(block_tables)
+        table_t = torch.from_numpy(table.astype(np.int32, copy=False))
         seq_of_token = torch.repeat_interleave(torch.arange(len(num_new)), torch.tensor(num_new))
         block = table_t[seq_of_token, positions // self.block_size].long()
         slots = block * self.block_size + positions % self.block_size

@@ -67,8 +67,12 @@ class QKVParallelLinear(ColumnParallelLinear):
         tp = tp_size()
         self.head_size = head_size
         self.num_heads = _divide(num_heads, tp, "number of attention heads")
-        if tp > num_kv_heads:
-            _divide(tp, num_kv_heads, "tensor_parallel_size vs. KV heads")
+        if tp > num_kv_heads:  # each KV head is replicated on tp // num_kv_heads ranks
+            if tp % num_kv_heads:
+                raise ValueError(f"tensor_parallel_size ({tp}) must be a multiple of the "
+                                 f"number of KV heads ({num_kv_heads}) when larger than it")
+        else:
+            _divide(num_kv_heads, tp, "number of KV heads")
         self.num_kv_heads = max(1, num_kv_heads // tp)
         self.kv_replicas = max(1, tp // num_kv_heads)
         out = (self.num_heads + 2 * self.num_kv_heads) * head_size

@@ -1,0 +1,125 @@
+"""Tensor-parallel worker processes: ranks 1..N-1 of the mp executor.
+
+Rank 0 (in the engine process) drives each worker over a pipe. A step travels as raw int64
+bytes: a 4-int header (command, tokens, sequences, block-table width) and the step's flat
+arrays, never pickled request objects. The model's own traffic between ranks goes through
+torch.distributed collectives.
+"""
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+
+import numpy as np
+import torch
+
+from pagedserve.engine.config import EngineConfig
+from pagedserve.engine.distributed import (TPGroup, all_reduce, destroy_group, init_group,
+                                           make_store, use_group)
+from pagedserve.engine.model_runner import ModelRunner, resolve_device
+
+EXIT, STEP, INIT_KV = 0, 1, 2
+
+
+def encode_command(kind: int) -> bytes:
+    return np.array([kind, 0, 0, 0], dtype=np.int64).tobytes()
+
+
+def encode_step(input_ids: torch.Tensor, positions: torch.Tensor, table: np.ndarray,
+                seq_lens: list[int], num_new: list[int]) -> bytes:
+    header = [STEP, len(input_ids), table.shape[0], table.shape[1]]
+    return np.concatenate([header, input_ids.numpy(), positions.numpy(), seq_lens, num_new,
+                           table.ravel()], dtype=np.int64).tobytes()
+
+
+def decode(msg: bytes) -> tuple[int, tuple | None]:
+    """(command, execute() arguments for a STEP or None)."""
+    data = np.frombuffer(msg, dtype=np.int64)
+    kind, n, s, w = data[:4].tolist()
+    if kind != STEP:
+        return kind, None
+    body = data[4:]
+    if len(body) != 2 * n + 2 * s + s * w:
+        raise ValueError(f"step message of {len(body)} ints does not match its header "
+                         f"({n} tokens, {s} sequences, table width {w})")
+    ids = torch.from_numpy(body[:n].copy())
+    positions = torch.from_numpy(body[n:2 * n].copy())
+    seq_lens = body[2 * n:2 * n + s].tolist()
+    num_new = body[2 * n + s:2 * n + 2 * s].tolist()
+    return kind, (ids, positions, body[2 * n + 2 * s:].reshape(s, w), seq_lens, num_new)
+
+
+def rank_device(config: EngineConfig, rank: int) -> torch.device:
+    """CPU for every rank, or GPU number `rank` of the visible ones."""
+    device = resolve_device(config.device)
+    if device.type == "cuda" and config.tensor_parallel_size > 1:
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def init_kv_cache(runner: ModelRunner) -> int:
+    """Every rank sizes its pool, then all take the smallest, so a block id names the same
+    slot on every rank. Run by all ranks together."""
+    n = torch.tensor([runner.decide_num_blocks()], dtype=torch.long, device=runner.device)
+    with use_group(runner.tp):
+        all_reduce(n, op=torch.distributed.ReduceOp.MIN)
+    runner.allocate_kv_cache(int(n.item()))
+    return runner.num_blocks
+
+
+def run_worker(rank: int, config: EngineConfig, host: str, port: int, conn: Connection,
+               threads: int) -> None:
+    """Entry point of a spawned worker: load this rank's shards, join the group, serve steps."""
+    # Ctrl-C reaches the whole process group; rank 0 alone decides what happens then.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        size = config.tensor_parallel_size
+        device = rank_device(config, rank)
+        runner = ModelRunner(config, device, TPGroup(rank, size))
+        conn.send(("loaded", None))
+        store = make_store(host, port, size, is_master=False)
+        init_group(store, rank, size, device)
+        _serve(runner, conn)
+    except EOFError:
+        os._exit(0)  # the engine process is gone; nobody is left to serve
+    except BaseException:
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except OSError:
+            pass
+        os._exit(1)  # skip cleanup that could wait on peers
+    destroy_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # interpreter teardown with torch loaded takes seconds and frees nothing
+
+
+def _serve(runner: ModelRunner, conn: Connection) -> None:
+    while True:
+        kind, step = decode(conn.recv_bytes())
+        if kind == EXIT:
+            return
+        if kind == STEP:
+            runner.execute(*step)
+        elif kind == INIT_KV:
+            init_kv_cache(runner)
+        else:
+            raise ValueError(f"unknown command {kind}")
+
+
+def _exit_with_parent() -> None:
+    """Leave when the engine process dies, even in the middle of a collective."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
