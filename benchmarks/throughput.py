@@ -157,7 +157,7 @@ def main(args) -> int:
 def load_workload_for(args, model_path: str) -> list[BenchRequest]:
     from pagedserve.benchmarks.workload import load_workload
     try:
-        return load_workload(args, model_path, args.max_model_len)
+        return load_workload(args, model_path, getattr(args, "max_model_len", None))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -1,0 +1,137 @@
+"""`pagedserve bench serve`: load a running server over the OpenAI completions API, streaming.
+
+Requests go out at --request-rate (Poisson arrivals; inf = all at once) with at most
+--max-concurrency in flight. Every streamed chunk is timestamped: TTFT is the first chunk,
+ITL the gaps between chunks, TPOT (e2e - TTFT) / (tokens - 1) per request.
+"""
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+
+from pagedserve.benchmarks.stats import summarize, throughput, tpot
+from pagedserve.benchmarks.workload import BenchRequest
+
+
+@dataclass(slots=True)
+class RequestResult:
+    """What one request measured; times in seconds from the moment it was sent."""
+    prompt_len: int
+    output_len: int = 0  # tokens the server reported generating
+    ttft: float | None = None
+    e2e: float | None = None
+    chunk_times: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+def summarize_results(results: list[RequestResult], duration_s: float) -> dict:
+    """Throughput over the run's wall time and latency percentiles (ms) of successes."""
+    ok = [r for r in results if r.error is None]
+    itl = [b - a for r in ok for a, b in zip(r.chunk_times, r.chunk_times[1:])]
+    tpots = [t for r in ok if (t := tpot(r.e2e, r.ttft, r.output_len)) is not None]
+    ms = lambda xs: {k: v * 1e3 for k, v in summarize(xs).items()}  # noqa: E731
+    return {"completed": len(ok), "failed": len(results) - len(ok),
+            **throughput(len(ok), sum(r.prompt_len for r in ok),
+                         sum(r.output_len for r in ok), duration_s),
+            "ttft_ms": ms([r.ttft for r in ok]), "tpot_ms": ms(tpots), "itl_ms": ms(itl),
+            "e2e_ms": ms([r.e2e for r in ok]),
+            "errors": sorted({r.error for r in results if r.error})[:5]}
+
+
+async def _one(client, url: str, payload: dict, req: BenchRequest) -> RequestResult:
+    res = RequestResult(req.prompt_len)
+    start = time.perf_counter()
+    try:
+        async with client.stream("POST", url, json=payload) as resp:
+            if resp.status_code != 200:
+                body = (await resp.aread()).decode(errors="replace")
+                res.error = f"HTTP {resp.status_code}: {body[:200]}"
+                return res
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    res.error = str(chunk["error"].get("message"))
+                    return res
+                now = time.perf_counter() - start
+                if chunk.get("usage"):
+                    res.output_len = chunk["usage"]["completion_tokens"]
+                if any(c.get("text") for c in chunk.get("choices", [])):
+                    res.chunk_times.append(now)
+    except Exception as e:  # a dropped connection counts as a failed request
+        res.error = f"{type(e).__name__}: {e}"
+        return res
+    res.e2e = time.perf_counter() - start
+    res.output_len = res.output_len or len(res.chunk_times)
+    if not res.chunk_times:
+        res.error = "no tokens streamed"
+    else:
+        res.ttft = res.chunk_times[0]
+    return res
+
+
+async def run_load(base_url: str, model: str, requests: list[BenchRequest], request_rate: float,
+                   max_concurrency: int | None, temperature: float = 1.0,
+                   api_key: str | None = None, seed: int = 0) -> tuple[list[RequestResult], float]:
+    """Send every request, return their results and the run's wall time."""
+    import httpx
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    limit = max_concurrency or len(requests)
+    gate = asyncio.Semaphore(limit)
+    rng = random.Random(seed)
+    url = base_url.rstrip("/") + "/v1/completions"
+    limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
+    async with httpx.AsyncClient(timeout=None, headers=headers, limits=limits) as client:
+        async def gated(req: BenchRequest) -> RequestResult:
+            payload = {"model": model, "prompt": req.prompt_token_ids, "max_tokens": req.output_len,
+                       "ignore_eos": True, "temperature": temperature, "stream": True,
+                       "stream_options": {"include_usage": True}}
+            async with gate:
+                return await _one(client, url, payload, req)
+
+        tasks = []
+        start = time.perf_counter()
+        for req in requests:
+            tasks.append(asyncio.create_task(gated(req)))
+            if request_rate != float("inf"):
+                await asyncio.sleep(rng.expovariate(request_rate))
+        results = await asyncio.gather(*tasks)
+        return list(results), time.perf_counter() - start
+
+
+def served_model(base_url: str, api_key: str | None) -> str:
+    import httpx
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    resp = httpx.get(base_url.rstrip("/") + "/v1/models", headers=headers, timeout=30)
+    resp.raise_for_status()
+    return resp.json()["data"][0]["id"]
+
+
+def main(args) -> int:
+    from pagedserve.benchmarks import report
+    from pagedserve.benchmarks.models import resolve_model
+    from pagedserve.benchmarks.throughput import load_workload_for
+    from pagedserve.engine.loader import default_model, resolve_model_path
+    if args.request_rate <= 0:
+        raise SystemExit("--request-rate must be positive (inf sends all at once)")
+    path = resolve_model_path(resolve_model(args.tokenizer) or default_model())
+    requests = load_workload_for(args, path)
+    model = args.model or served_model(args.base_url, args.api_key)
+    results, duration = asyncio.run(run_load(args.base_url, model, requests, args.request_rate,
+                                             args.max_concurrency, args.temperature,
+                                             args.api_key, args.seed))
+    s = summarize_results(results, duration)
+    print(f"{args.base_url} model {model}: {s['completed']} completed, {s['failed']} failed "
+          f"in {duration:.1f} s; rate {args.request_rate}, max concurrency "
+          f"{args.max_concurrency}; load {report.machine()['load_avg_1_5_15']}")
+    print(f"request throughput {s['requests_per_s']:.2f} req/s, output {s['output_tokens_per_s']:.1f} "
+          f"tok/s, total {s['total_tokens_per_s']:.1f} tok/s")
+    report.print_table([{"metric": m.upper(), **s[f"{m}_ms"]} for m in ("ttft", "tpot", "itl", "e2e")],
+                       [("metric", "ms", "s"), ("mean", "mean", ".2f"),
+                        ("median", "median", ".2f"), ("p99", "p99", ".2f")])
+    for e in s["errors"]:
+        print(f"error: {e}")
+    report.write_json(args.output_json, "serve", args, s)
+    return 1 if s["failed"] else 0
