@@ -61,7 +61,7 @@ def build_app(settings: ServeSettings, engine: AsyncLLMEngine | None = None) -> 
         if state.engine is None:
             watcher = asyncio.create_task(state.load_engine())
         else:
-            state.engine.start()
+            state.start_engine()
             watcher = asyncio.create_task(state.watch_engine())
         ticker = asyncio.create_task(state.tick_metrics())
         yield

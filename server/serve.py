@@ -44,7 +44,7 @@ def serve(settings: ServeSettings, host: str, port: int, log_level: str = "info"
     state: ServerState = app.state.server
     # the drain already waited for requests; this only bounds closing the connections
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=2)
+                            timeout_graceful_shutdown=1)
     logger.info("serving %s as %s on http://%s:%d%s", settings.model,
                 ", ".join(settings.served_model_names), host, port,
                 " (API key required on /v1)" if settings.api_key else "")

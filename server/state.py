@@ -75,10 +75,14 @@ class ServerState:
             logger.exception("could not load the model %r", self.settings.model)
             self.exit(1)
             return
+        self.start_engine()
+        await self.watch_engine()
+
+    def start_engine(self) -> None:
         self.engine.start()
+        self.metrics.tick()  # the throughput window starts when the engine does
         logger.info("engine ready: %s (max_model_len %d)", self.model_name,
                     self.engine.engine.config.max_model_len)
-        await self.watch_engine()
 
     async def watch_engine(self) -> None:
         """When the engine loop dies, in-flight requests fail (the engine errors them), health

@@ -1,4 +1,5 @@
 """Real `pagedserve serve` processes on free localhost ports, and helpers to talk to them."""
+import contextlib
 import os
 import signal
 import socket
@@ -14,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 LAUNCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch.py")
 # small KV pool: every test server fits in memory next to the others
 BASE_ARGS = ["--host", "127.0.0.1", "--kv-cache-memory", "8MiB", "--uvicorn-log-level", "warning"]
+API_KEY = "sk-test-4f1c9a"
+MAX_QUEUE_LEN = 12
 TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}assistant:{% endif %}")
 
@@ -28,17 +31,37 @@ class Server:
     """One server process; `url` is its base URL. Output goes to `log` for failure messages."""
 
     def __init__(self, tmp_path, args: list[str], env: dict | None = None,
-                 wait: bool = True) -> None:
+                 wait: bool = True, api_key: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.api_key = api_key
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # raw HTTP with the key; `.post("/v1/completions", json=...)`
+        self.http = httpx.Client(base_url=self.url, headers=self.headers, timeout=60)
+        if api_key:  # as the Kubernetes operator passes it: from a Secret, via the environment
+            env = {**(env or {}), "PAGEDSERVE_API_KEY": api_key}
         self.log = tmp_path / f"server-{self.port}.log"
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # test hooks of launch.py: touch these files to pause or break the engine
+        self.pause_file = tmp_path / "pause"
+        self.fail_file = tmp_path / "fail"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1",
+                    "PAGEDSERVE_TEST_PAUSE_FILE": str(self.pause_file),
+                    "PAGEDSERVE_TEST_FAIL_FILE": str(self.fail_file), **(env or {})}
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, LAUNCH, *BASE_ARGS, "--port", str(self.port), *args],
                 stdout=out, stderr=subprocess.STDOUT, env=full_env)
         if wait:
             self.wait_healthy()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Engine steps wait inside this block; requests stay exactly where they are."""
+        self.pause_file.touch()
+        try:
+            yield
+        finally:
+            self.pause_file.unlink()
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -57,7 +80,7 @@ class Server:
         raise TimeoutError(f"server not healthy after {timeout} s:\n{self.output()}")
 
     def client(self, **kwargs) -> openai.OpenAI:
-        kwargs.setdefault("api_key", "unused")
+        kwargs.setdefault("api_key", self.api_key or "unused")
         return openai.OpenAI(base_url=self.url + "/v1", max_retries=0, timeout=60, **kwargs)
 
     def metrics(self) -> dict[tuple, float]:
@@ -82,23 +105,18 @@ class Server:
             value = self.metric(name, **labels)
         return value
 
-    def stop(self) -> int:
+    def terminate(self) -> None:
+        """SIGTERM without waiting (interpreter teardown takes seconds on a busy machine)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
-
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """The bundled model with default serving flags (no API key, no chat template)."""
-    srv = Server(tmp_path_factory.mktemp("server"), ["--max-num-seqs", "32"])
-    yield srv
-    srv.stop()
+    def wait_exit(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +124,33 @@ def template_file(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("template") / "chat.jinja"
     path.write_text(TEMPLATE)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def server(start_server, template_file):
+    """The bundled model behind an API key, with a chat template, an alias and a queue bound.
+    (The bare model's missing chat template is tested in-process.)"""
+    srv = start_server(["--max-num-seqs", "32", "--max-queue-len", str(MAX_QUEUE_LEN),
+                        "--chat-template", template_file,
+                        "--served-model-name", "stories260K", "alias"], api_key=API_KEY)
+    srv.max_queue_len = MAX_QUEUE_LEN
+    yield srv
+    srv.terminate()
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory):
+    """start_server(args, env=None, wait=True) -> Server; whatever is still running at the end
+    of the session is stopped."""
+    started: list[Server] = []
+
+    def start(args: list[str], env: dict | None = None, wait: bool = True,
+              api_key: str | None = None) -> Server:
+        srv = Server(tmp_path_factory.mktemp("server"), args, env, wait, api_key)
+        started.append(srv)
+        return srv
+    yield start
+    for srv in started:
+        srv.terminate()
+    for srv in started:
+        srv.wait_exit()

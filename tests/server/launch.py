@@ -2,6 +2,7 @@
 
 PAGEDSERVE_TEST_STEP_DELAY  seconds to sleep in every engine step (keeps requests in flight)
 PAGEDSERVE_TEST_FAIL_FILE   once this file exists, the engine step raises (the loop dies)
+PAGEDSERVE_TEST_PAUSE_FILE  while this file exists, engine steps wait (HTTP is still served)
 PAGEDSERVE_TEST_LOAD_GATE   loading the engine waits until this file exists
 """
 import os
@@ -14,11 +15,14 @@ from pagedserve.engine.llm_engine import LLMEngine
 
 delay = float(os.environ.get("PAGEDSERVE_TEST_STEP_DELAY", "0"))
 fail_file = os.environ.get("PAGEDSERVE_TEST_FAIL_FILE")
+pause_file = os.environ.get("PAGEDSERVE_TEST_PAUSE_FILE")
 load_gate = os.environ.get("PAGEDSERVE_TEST_LOAD_GATE")
 real_step, real_from_config = LLMEngine.step, AsyncLLMEngine.from_config.__func__
 
 
 def step(self):
+    while pause_file and os.path.exists(pause_file):
+        time.sleep(0.01)
     if fail_file and os.path.exists(fail_file):
         raise RuntimeError("injected engine failure")
     if delay:

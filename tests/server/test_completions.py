@@ -1,5 +1,4 @@
 """/v1/completions, /v1/models and the tokenizer routes, through the official openai client."""
-import httpx
 import pytest
 
 
@@ -7,7 +6,7 @@ def test_readme_curl_example(server):
     # the README's `curl` body, as raw JSON
     body = {"model": "stories260K", "prompt": "Once upon a time", "max_tokens": 40,
             "temperature": 0}
-    r = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+    r = server.http.post("/v1/completions", json=body)
     assert r.status_code == 200, r.text
     data = r.json()
     assert data["object"] == "text_completion" and data["model"] == "stories260K"
@@ -37,7 +36,7 @@ def test_client_completion_fields(server):
     echoed = client.completions.create(model="stories260K", prompt="Once upon a time",
                                        max_tokens=12, temperature=0, echo=True)
     assert echoed.choices[0].text == "Once upon a time" + text
-    ids = httpx.post(server.url + "/tokenize", json={"prompt": "Once upon a time"}).json()["tokens"]
+    ids = server.http.post("/tokenize", json={"prompt": "Once upon a time"}).json()["tokens"]
     by_ids = client.completions.create(model="stories260K", prompt=ids, max_tokens=12,
                                        temperature=0)
     assert by_ids.choices[0].text == text
@@ -46,7 +45,7 @@ def test_client_completion_fields(server):
     assert sorted(c.index for c in many.choices) == [0, 1, 2, 3]
     assert many.usage.completion_tokens == 4 * 5
     assert many.usage.prompt_tokens == len(ids) + len(
-        httpx.post(server.url + "/tokenize", json={"prompt": "Tom had"}).json()["tokens"])
+        server.http.post("/tokenize", json={"prompt": "Tom had"}).json()["tokens"])
 
 
 def test_sampling_seed_and_logprobs(server):
@@ -85,7 +84,7 @@ def test_streaming_matches_non_streaming(server):
 
 def test_stream_wire_format_ends_with_done(server):
     body = {"prompt": "Once upon a time", "max_tokens": 3, "stream": True}
-    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
+    with server.http.stream("POST", "/v1/completions", json=body) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [line for line in r.iter_lines() if line]
     assert all(e.startswith("data: ") for e in events)
@@ -94,12 +93,12 @@ def test_stream_wire_format_ends_with_done(server):
 
 def test_models_version_tokenize(server):
     models = server.client().models.list()
-    assert [m.id for m in models.data] == ["stories260K"]
+    assert [m.id for m in models.data] == ["stories260K", "alias"]
     assert models.data[0].model_extra["max_model_len"] == 512
-    assert httpx.get(server.url + "/version").json()["version"]
-    tok = httpx.post(server.url + "/tokenize", json={"prompt": "Hello world"}).json()
+    assert server.http.get("/version").json()["version"]
+    tok = server.http.post("/tokenize", json={"prompt": "Hello world"}).json()
     assert tok["count"] == len(tok["tokens"]) and tok["max_model_len"] == 512
-    back = httpx.post(server.url + "/detokenize", json={"tokens": tok["tokens"]}).json()
+    back = server.http.post("/detokenize", json={"tokens": tok["tokens"]}).json()
     assert back["prompt"].endswith("Hello world")
-    r = httpx.post(server.url + "/detokenize", json={"tokens": [99999]})
+    r = server.http.post("/detokenize", json={"tokens": [99999]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tokens"

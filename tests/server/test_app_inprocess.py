@@ -1,0 +1,102 @@
+"""The app in this process over a real engine (ASGI, no socket): batching, engine death, the
+drain timeout, a model without a chat template, and the OpenAPI schema."""
+import asyncio
+import contextlib
+import json
+import threading
+
+import httpx
+from openapi_spec_validator import validate
+
+from pagedserve.engine import AsyncLLMEngine, EngineConfig
+from pagedserve.server.app import build_app
+from pagedserve.server.state import ServeSettings
+
+
+@contextlib.asynccontextmanager
+async def running(model: str, **settings):
+    """(ServerState, client) for an app with started lifespan; request_exit is recorded."""
+    engine = AsyncLLMEngine.from_config(EngineConfig(model=model, num_kv_blocks=128))
+    app = build_app(ServeSettings(model=model, served_model_names=["stories260K"], **settings),
+                    engine)
+    state = app.state.server
+    state.exited = asyncio.Event()
+    state.request_exit = state.exited.set
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app",
+                                     timeout=60) as client:
+            yield state, client
+
+
+def test_batching_and_missing_chat_template(stories_path):
+    async def main():
+        async with running(stories_path) as (state, client):
+            r = await client.post("/v1/chat/completions",
+                                  json={"messages": [{"role": "user", "content": "Hi"}]})
+            assert r.status_code == 400 and "no chat template" in r.json()["error"]["message"]
+            before = state.engine.steps
+            rs = await asyncio.gather(*[client.post("/v1/completions", json={
+                "prompt": f"Story {i}:", "max_tokens": 16, "ignore_eos": True})
+                for i in range(8)])
+            assert [r.json()["usage"]["completion_tokens"] for r in rs] == [16] * 8
+            assert state.engine.steps - before < 8 * 16 / 2, "requests were not batched"
+    asyncio.run(main())
+
+
+def test_engine_death_fails_requests_and_health(stories_path):
+    async def main():
+        async with running(stories_path) as (state, client):
+            assert (await client.get("/health")).status_code == 200
+            core = state.engine.engine
+
+            def broken_step():
+                raise RuntimeError("a worker died")
+            task = asyncio.create_task(client.post("/v1/completions", json={
+                "prompt": "Hi", "max_tokens": 300, "ignore_eos": True}))
+            while state.engine.steps < 2:
+                await asyncio.sleep(0.005)
+            core.step = broken_step
+            r = await task
+            assert r.status_code == 500
+            assert r.json()["error"]["code"] == "engine_dead"
+            assert "a worker died" in r.json()["error"]["message"]
+            assert (await client.get("/health")).status_code == 503
+            assert (await client.post("/v1/completions", json={"prompt": "Hi"})).status_code == 500
+            await asyncio.wait_for(state.exited.wait(), 30)
+            assert state.exit_code == 1
+    asyncio.run(main())
+
+
+def test_drain_waits_for_in_flight_only_up_to_the_timeout(stories_path):
+    async def main():
+        async with running(stories_path, shutdown_timeout=0.3) as (state, client):
+            core, gate = state.engine.engine, threading.Event()
+            real_step = core.step
+            core.step = lambda: gate.wait() and real_step()  # hold the request in flight
+            task = asyncio.create_task(client.post("/v1/completions", json={
+                "prompt": "Hi", "max_tokens": 5}))
+            while state.in_flight < 1:
+                await asyncio.sleep(0.005)
+            await state.drain()  # returns at the timeout although a request is in flight
+            assert state.exited.is_set() and state.in_flight == 1 and state.exit_code == 0
+            assert (await client.get("/health")).status_code == 503
+            refused = await client.post("/v1/completions", json={"prompt": "Hi"})
+            assert refused.status_code == 503 and refused.headers["retry-after"]
+            gate.set()
+            assert (await task).status_code == 200
+    asyncio.run(main())
+
+
+def test_openapi_schema_is_valid():
+    app = build_app(ServeSettings(model="m", served_model_names=["m"]))
+    schema = json.loads(json.dumps(app.openapi()))
+    validate(schema)
+    assert {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics",
+            "/version", "/tokenize", "/detokenize"} <= set(schema["paths"])
+    completion = schema["components"]["schemas"]["CompletionRequest"]
+    assert "prompt" in completion["required"]
+    assert {"max_tokens", "stream", "stream_options", "logprobs", "echo", "ignore_eos",
+            "min_tokens", "seed", "stop", "n"} <= set(completion["properties"])
+    errors = schema["paths"]["/v1/completions"]["post"]["responses"]
+    assert {"400", "401", "404", "500", "503"} <= set(errors)
