@@ -144,9 +144,10 @@ class MPExecutor:
             try:
                 if conn.poll():
                     kind, text = conn.recv()
-                    if kind == "error":
-                        self._reasons[rank] = f"error in the worker:\n{text}"
-                    return kind
+                    if kind != "error":
+                        return kind
+                    last = text.strip().splitlines()[-1]
+                    self._reasons[rank] = f"raised {last}; its traceback:\n{text}"
             except (EOFError, OSError):
                 pass
             if rank in self._reasons:
