@@ -30,7 +30,7 @@ def server_args(spec: LLMDeploymentSpec) -> list[str]:
     for flag, value in (("--dtype", e.dtype), ("--max-model-len", e.max_model_len),
                         ("--max-num-seqs", e.max_num_seqs), ("--max-num-batched-tokens", e.max_num_batched_tokens),
                         ("--block-size", e.block_size), ("--gpu-memory-utilization", e.gpu_memory_utilization),
-                        ("--max-queue-len", e.max_queue_len)):
+                        ("--max-queue-len", e.max_queue_len), ("--kv-cache-memory", e.kv_cache_memory)):
         if value is not None:
             args += [flag, str(value)]
     if e.enable_prefix_caching is not None:

@@ -47,6 +47,7 @@ class EngineSpec:
     dtype: str | None = None
     enable_prefix_caching: bool | None = None
     max_queue_len: int | None = None
+    kv_cache_memory: int | None = None  # bytes
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -140,10 +141,17 @@ def _secret(obj: Mapping, key: str) -> SecretRef | None:
 def _engine(obj: Mapping) -> EngineSpec:
     w = "spec.engine"
     _only(obj, ("maxModelLen", "maxNumSeqs", "maxNumBatchedTokens", "gpuMemoryUtilization", "blockSize",
-                "dtype", "enablePrefixCaching", "maxQueueLen", "extraArgs"), w)
+                "dtype", "enablePrefixCaching", "maxQueueLen", "kvCacheMemory", "extraArgs"), w)
     util = _get(obj, "gpuMemoryUtilization", w, (int, float))
     if util is not None and not 0 < util <= 1:
         raise SpecError(f"{w}.gpuMemoryUtilization must be in (0, 1], got {util}")
+    kv = _get(obj, "kvCacheMemory", w, (str, int))
+    try:
+        kv = None if kv is None else int(parse_quantity(kv))
+    except ValueError as exc:
+        raise SpecError(f"{w}.kvCacheMemory: {exc}") from None
+    if kv is not None and kv <= 0:
+        raise SpecError(f"{w}.kvCacheMemory must be positive, got {obj['kvCacheMemory']!r}")
     extra = _get(obj, "extraArgs", w, list, [])
     for arg in extra:
         if not isinstance(arg, str):
@@ -156,7 +164,7 @@ def _engine(obj: Mapping) -> EngineSpec:
         max_num_batched_tokens=_int(obj, "maxNumBatchedTokens", w, minimum=1), gpu_memory_utilization=util,
         block_size=_int(obj, "blockSize", w, minimum=1), dtype=_choice(obj, "dtype", w, DTYPES, None),
         enable_prefix_caching=_get(obj, "enablePrefixCaching", w, bool),
-        max_queue_len=_int(obj, "maxQueueLen", w, minimum=0), extra_args=list(extra))
+        max_queue_len=_int(obj, "maxQueueLen", w, minimum=0), kv_cache_memory=kv, extra_args=list(extra))
 
 
 def _cache(obj: Mapping) -> CacheSpec:

@@ -84,6 +84,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with the gaps listed in the module docstring filled."""
     _gate: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _version: int = attrs.field(default=0, init=False)
+    _scale_paths: dict = attrs.field(factory=dict, init=False)
+    _columns: dict = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -98,6 +100,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 namespaced=spec["scope"] == "Namespaced", shortnames=spec_names.get("shortNames", []),
                 categories=spec_names.get("categories", []), subresources=ver.get("subresources", {}).keys(),
                 verbs={"get", "list", "watch", "create", "patch", "delete", "update", "deletecollection"})
+            if ver.get("additionalPrinterColumns"):
+                self._columns[kmock.resource(spec["group"], ver["name"], spec_names["plural"])] = \
+                    ver["additionalPrinterColumns"]
+            scale = ver.get("subresources", {}).get("scale")
+            if scale:
+                key = kmock.resource(spec["group"], ver["name"], spec_names["plural"])
+                self._scale_paths[key] = (scale["specReplicasPath"], scale["statusReplicasPath"],
+                                          scale.get("labelSelectorPath"))
 
     def _info(self, resource) -> kmock.ResourceInfo:
         return self.resources[resource] if resource in self.resources else kmock.ResourceInfo()
@@ -157,16 +167,79 @@ class KubeEmulator(kmock.KubernetesEmulator):
         patch["metadata"] = {**meta, "resourceVersion": self._next_version(), "generation": generation}
         object.__setattr__(request, "data", patch)
 
+    async def _serve_version(self, request):
+        # as a real API server lists them: subresources have no short names, and /scale is a Scale
+        result = await super()._serve_version(request)
+        for entry in result["resources"]:
+            if "/" in entry["name"]:
+                entry.update(shortNames=[], categories=[], verbs=["get", "patch", "update"])
+                if entry["name"].endswith("/scale"):
+                    entry.update(kind="Scale", group="autoscaling", version="v1")
+        return result
+
+    def _scale(self, request, obj: dict) -> dict:
+        """The autoscaling/v1 Scale view of an object (the CRD's scale paths, else spec/status.replicas)."""
+        spec_path, status_path, selector_path = self._scale_paths.get(
+            request.resource, (".spec.replicas", ".status.replicas", ".status.selector"))
+        meta = {k: obj["metadata"].get(k) for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")}
+        return {"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": meta,
+                "spec": {"replicas": _path(obj, spec_path) or 0},
+                "status": {"replicas": _path(obj, status_path) or 0, "selector": _path(obj, selector_path) or ""}}
+
+    def _wants_table(self, request) -> bool:
+        return "as=Table" in request.headers.get("Accept", "") and request.resource in self._columns
+
+    def _table(self, request, objs: list[dict]) -> dict:
+        """What `kubectl get` shows: the CRD's printer columns, as the API server renders them."""
+        columns = [c for c in self._columns[request.resource] if c["jsonPath"] != ".metadata.creationTimestamp"]
+        return {"apiVersion": "meta.k8s.io/v1", "kind": "Table", "metadata": {"resourceVersion": str(self._version)},
+                "columnDefinitions": [{"name": "Name", "type": "string", "format": "name"}]
+                + [{"name": c["name"], "type": c["type"], "format": ""} for c in columns]
+                + [{"name": "Age", "type": "string", "format": ""}],
+                "rows": [{"cells": [o["metadata"]["name"]] + [_path(o, c["jsonPath"]) for c in columns]
+                          + [_age(o["metadata"].get("creationTimestamp"))],
+                          "object": {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                                     "metadata": o["metadata"]}} for o in objs]}
+
+    async def _serve_fetch(self, request):
+        obj = await super()._serve_fetch(request)
+        if request.subresource == "scale":
+            return self._scale(request, obj)
+        return self._table(request, [obj]) if self._wants_table(request) and not request.subresource else obj
+
+    async def _serve_update(self, request):
+        obj = await super()._serve_update(request)
+        return self._scale(request, obj) if request.subresource == "scale" else obj
+
     async def _serve_create(self, request):
         return kmock.Response(status=201, payload=await super()._serve_create(request))
 
     async def _serve_list(self, request):
         result = await super()._serve_list(request)
+        if self._wants_table(request):
+            return self._table(request, result["items"])
         res = request.resource
         api_version = f"{res.group}/{res.version}" if res.group else res.version
         kind = (self._info(res).kind or "Unknown") + "List"
         return {"apiVersion": api_version, "kind": kind, **result,
                 "metadata": {"resourceVersion": str(self._version)}}
+
+
+def _path(obj, json_path: str | None):
+    """The value at a simple JSON path like .spec.replicas, or None."""
+    if not json_path:
+        return None
+    for key in json_path.strip(".").split("."):
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
+
+def _age(timestamp: str | None) -> str:
+    if not timestamp:
+        return "<unknown>"
+    then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    seconds = int((datetime.datetime.now(datetime.timezone.utc) - then).total_seconds())
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m"
 
 
 class EmulatedCluster:

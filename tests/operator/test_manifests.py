@@ -23,7 +23,8 @@ VARIANTS = {
                    "hfTokenSecret": {"name": "hf", "key": "token"}, "servedModelName": "m",
                    "engine": {"maxModelLen": 4096, "maxNumSeqs": 32, "maxNumBatchedTokens": 2048,
                               "gpuMemoryUtilization": 0.85, "blockSize": 32, "dtype": "bfloat16",
-                              "enablePrefixCaching": False, "maxQueueLen": 100, "extraArgs": ["--seed", "7"]},
+                              "enablePrefixCaching": False, "maxQueueLen": 100, "kvCacheMemory": "2Gi",
+                              "extraArgs": ["--seed", "7"]},
                    "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "128Gi"}},
                    "nodeSelector": {"node.kubernetes.io/instance-type": "mi300x"},
                    "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
@@ -112,6 +113,7 @@ def test_args_are_the_real_server_flags():
     assert (args.max_model_len, args.max_num_seqs, args.max_num_batched_tokens) == (4096, 32, 2048)
     assert (args.gpu_memory_utilization, args.block_size, args.dtype) == (0.85, 32, "bfloat16")
     assert (args.enable_prefix_caching, args.max_queue_len, args.seed) == (False, 100, 7)
+    assert args.kv_cache_memory == str(2 * 2**30)  # bytes: the engine reads 2GiB, not Kubernetes' 2Gi
     assert args.served_model_name == ["m"] and args.device == "cuda"
     assert args.api_key is None  # never a flag: it would show in `ps` and in the pod spec
 
