@@ -6,8 +6,9 @@ limit that agrees with tensorParallelSize) are beyond what the schema can say. T
 here equal the CRD's (a test holds them together).
 """
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Mapping
 
+from pagedserve.operator.fields import SpecError, choice, get, integer, only
 from pagedserve.operator.quantity import parse_quantity
 
 # accelerator -> the extended resource its device plugin advertises (None: plain CPU pods)
@@ -20,14 +21,6 @@ RESERVED_ENV = ("HF_HOME", "HF_TOKEN", "PAGEDSERVE_API_KEY")
 # flags the operator renders from other fields; extraArgs may not repeat them
 OWNED_FLAGS = ("--port", "--host", "--tensor-parallel-size", "-tp", "--distributed-executor-backend",
                "--device", "--api-key", "--model", "--shutdown-timeout")
-
-
-class SpecError(ValueError):
-    """A spec the operator cannot serve; reason is a CamelCase word for the status condition."""
-
-    def __init__(self, message: str, reason: str = "InvalidSpec"):
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -96,43 +89,12 @@ class LLMDeploymentSpec:
         return GPU_RESOURCE[self.accelerator]
 
 
-def _only(obj: Mapping, allowed: tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(obj) - set(allowed))
-    if unknown:
-        raise SpecError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
-
-
-def _get(obj: Mapping, key: str, where: str, kind: type | tuple, default: Any = None) -> Any:
-    value = obj.get(key)
-    if value is None:
-        return default
-    ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)))
-    if not ok:
-        names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise SpecError(f"{where}.{key} must be {names.replace('dict', 'an object').replace('list', 'a list')}, got {value!r}")
-    return value
-
-
-def _int(obj: Mapping, key: str, where: str, default: int | None = None, minimum: int = 0) -> int | None:
-    value = _get(obj, key, where, int, default)
-    if value is not None and value < minimum:
-        raise SpecError(f"{where}.{key} must be an integer >= {minimum}, got {value}")
-    return value
-
-
-def _choice(obj: Mapping, key: str, where: str, choices: tuple[str, ...], default: str | None) -> str | None:
-    value = _get(obj, key, where, str, default)
-    if value is not None and value not in choices:
-        raise SpecError(f"{where}.{key} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
 def _secret(obj: Mapping, key: str) -> SecretRef | None:
-    ref = _get(obj, key, "spec", dict)
+    ref = get(obj, key, "spec", dict)
     if ref is None:
         return None
-    _only(ref, ("name", "key"), f"spec.{key}")
-    name, item = _get(ref, "name", f"spec.{key}", str), _get(ref, "key", f"spec.{key}", str)
+    only(ref, ("name", "key"), f"spec.{key}")
+    name, item = get(ref, "name", f"spec.{key}", str), get(ref, "key", f"spec.{key}", str)
     if not name or not item:
         raise SpecError(f"spec.{key} needs both name and key, got {dict(ref)!r}")
     return SecretRef(name, item)
@@ -140,19 +102,19 @@ def _secret(obj: Mapping, key: str) -> SecretRef | None:
 
 def _engine(obj: Mapping) -> EngineSpec:
     w = "spec.engine"
-    _only(obj, ("maxModelLen", "maxNumSeqs", "maxNumBatchedTokens", "gpuMemoryUtilization", "blockSize",
+    only(obj, ("maxModelLen", "maxNumSeqs", "maxNumBatchedTokens", "gpuMemoryUtilization", "blockSize",
                 "dtype", "enablePrefixCaching", "maxQueueLen", "kvCacheMemory", "extraArgs"), w)
-    util = _get(obj, "gpuMemoryUtilization", w, (int, float))
+    util = get(obj, "gpuMemoryUtilization", w, (int, float))
     if util is not None and not 0 < util <= 1:
         raise SpecError(f"{w}.gpuMemoryUtilization must be in (0, 1], got {util}")
-    kv = _get(obj, "kvCacheMemory", w, (str, int))
+    kv = get(obj, "kvCacheMemory", w, (str, int))
     try:
         kv = None if kv is None else int(parse_quantity(kv))
     except ValueError as exc:
         raise SpecError(f"{w}.kvCacheMemory: {exc}") from None
     if kv is not None and kv <= 0:
         raise SpecError(f"{w}.kvCacheMemory must be positive, got {obj['kvCacheMemory']!r}")
-    extra = _get(obj, "extraArgs", w, list, [])
+    extra = get(obj, "extraArgs", w, list, [])
     for arg in extra:
         if not isinstance(arg, str):
             raise SpecError(f"{w}.extraArgs must be a list of strings, got {arg!r}")
@@ -160,18 +122,18 @@ def _engine(obj: Mapping) -> EngineSpec:
             raise SpecError(f"{w}.extraArgs may not set {arg.split('=', 1)[0]}: the operator sets it "
                             "(use tensorParallelSize, accelerator, apiKeySecret, service.port or shutdownTimeoutSeconds)")
     return EngineSpec(
-        max_model_len=_int(obj, "maxModelLen", w, minimum=1), max_num_seqs=_int(obj, "maxNumSeqs", w, minimum=1),
-        max_num_batched_tokens=_int(obj, "maxNumBatchedTokens", w, minimum=1), gpu_memory_utilization=util,
-        block_size=_int(obj, "blockSize", w, minimum=1), dtype=_choice(obj, "dtype", w, DTYPES, None),
-        enable_prefix_caching=_get(obj, "enablePrefixCaching", w, bool),
-        max_queue_len=_int(obj, "maxQueueLen", w, minimum=0), kv_cache_memory=kv, extra_args=list(extra))
+        max_model_len=integer(obj, "maxModelLen", w, minimum=1), max_num_seqs=integer(obj, "maxNumSeqs", w, minimum=1),
+        max_num_batched_tokens=integer(obj, "maxNumBatchedTokens", w, minimum=1), gpu_memory_utilization=util,
+        block_size=integer(obj, "blockSize", w, minimum=1), dtype=choice(obj, "dtype", w, DTYPES, None),
+        enable_prefix_caching=get(obj, "enablePrefixCaching", w, bool),
+        max_queue_len=integer(obj, "maxQueueLen", w, minimum=0), kv_cache_memory=kv, extra_args=list(extra))
 
 
 def _cache(obj: Mapping) -> CacheSpec:
     w = "spec.modelCache"
-    _only(obj, ("size", "storageClassName", "existingClaim", "accessMode"), w)
-    size = _get(obj, "size", w, (str, int))
-    claim = _get(obj, "existingClaim", w, str)
+    only(obj, ("size", "storageClassName", "existingClaim", "accessMode"), w)
+    size = get(obj, "size", w, (str, int))
+    claim = get(obj, "existingClaim", w, str)
     if size is None and claim is None:
         raise SpecError(f"{w} needs size (a new PVC) or existingClaim (a PVC that exists)")
     if size is not None:
@@ -180,26 +142,26 @@ def _cache(obj: Mapping) -> CacheSpec:
                 raise ValueError(f"{size!r} is not positive")
         except ValueError as exc:
             raise SpecError(f"{w}.size: {exc}") from None
-    return CacheSpec(size=None if size is None else str(size), storage_class_name=_get(obj, "storageClassName", w, str),
-                     existing_claim=claim, access_mode=_choice(obj, "accessMode", w, ACCESS_MODES, "ReadWriteOnce"))
+    return CacheSpec(size=None if size is None else str(size), storage_class_name=get(obj, "storageClassName", w, str),
+                     existing_claim=claim, access_mode=choice(obj, "accessMode", w, ACCESS_MODES, "ReadWriteOnce"))
 
 
 def _autoscaling(obj: Mapping) -> AutoscalingSpec:
     w = "spec.autoscaling"
-    _only(obj, ("minReplicas", "maxReplicas", "targetRequestsWaiting"), w)
-    lo = _int(obj, "minReplicas", w, 1, minimum=1)
-    hi = _int(obj, "maxReplicas", w, None, minimum=1)
+    only(obj, ("minReplicas", "maxReplicas", "targetRequestsWaiting"), w)
+    lo = integer(obj, "minReplicas", w, 1, minimum=1)
+    hi = integer(obj, "maxReplicas", w, None, minimum=1)
     if hi is None:
         raise SpecError(f"{w}.maxReplicas is required")
     if hi < lo:
         raise SpecError(f"{w}.maxReplicas ({hi}) must be >= minReplicas ({lo})")
-    return AutoscalingSpec(lo, hi, _int(obj, "targetRequestsWaiting", w, 5, minimum=1))
+    return AutoscalingSpec(lo, hi, integer(obj, "targetRequestsWaiting", w, 5, minimum=1))
 
 
 def _resources(obj: Mapping, accelerator: str, tp: int) -> dict:
-    _only(obj, ("limits", "requests", "claims"), "spec.resources")
+    only(obj, ("limits", "requests", "claims"), "spec.resources")
     for part in ("limits", "requests"):
-        for name, value in (_get(obj, part, "spec.resources", dict, {})).items():
+        for name, value in (get(obj, part, "spec.resources", dict, {})).items():
             try:
                 parse_quantity(value)
             except ValueError as exc:
@@ -224,7 +186,7 @@ def _env(items: list) -> list:
 
 
 def _pdb(obj: Mapping) -> dict:
-    _only(obj, ("minAvailable", "maxUnavailable"), "spec.podDisruptionBudget")
+    only(obj, ("minAvailable", "maxUnavailable"), "spec.podDisruptionBudget")
     given = {k: v for k, v in obj.items() if v is not None}
     if len(given) != 1:
         raise SpecError("spec.podDisruptionBudget needs exactly one of minAvailable and maxUnavailable")
@@ -245,35 +207,35 @@ def parse_spec(spec: Mapping | None) -> LLMDeploymentSpec:
     """The typed spec, defaults filled in; SpecError naming the first bad field."""
     spec = spec or {}
     w = "spec"
-    _only(spec, SPEC_FIELDS, w)
-    model = _get(spec, "model", w, str)
+    only(spec, SPEC_FIELDS, w)
+    model = get(spec, "model", w, str)
     if not model or not model.strip():
         raise SpecError("spec.model is required: a Hugging Face hub id or a path inside the pod")
-    accelerator = _choice(spec, "accelerator", w, tuple(GPU_RESOURCE), "amd")
-    tp = _int(spec, "tensorParallelSize", w, 1, minimum=1)
-    service = _get(spec, "service", w, dict, {})
-    _only(service, ("type", "port"), "spec.service")
-    port = _int(service, "port", "spec.service", 8000, minimum=1)
+    accelerator = choice(spec, "accelerator", w, tuple(GPU_RESOURCE), "amd")
+    tp = integer(spec, "tensorParallelSize", w, 1, minimum=1)
+    service = get(spec, "service", w, dict, {})
+    only(service, ("type", "port"), "spec.service")
+    port = integer(service, "port", "spec.service", 8000, minimum=1)
     if port > 65535:
         raise SpecError(f"spec.service.port must be <= 65535, got {port}")
-    node_selector = _get(spec, "nodeSelector", w, dict)
+    node_selector = get(spec, "nodeSelector", w, dict)
     if node_selector and not all(isinstance(v, str) for v in node_selector.values()):
         raise SpecError(f"spec.nodeSelector values must be strings, got {dict(node_selector)!r}")
     cache, scaling, pdb = spec.get("modelCache"), spec.get("autoscaling"), spec.get("podDisruptionBudget")
     return LLMDeploymentSpec(
-        model=model.strip(), served_model_name=_get(spec, "servedModelName", w, str),
-        replicas=_int(spec, "replicas", w, 1, minimum=0), tensor_parallel_size=tp, accelerator=accelerator,
-        image=_get(spec, "image", w, str), engine=_engine(_get(spec, "engine", w, dict, {})),
-        model_cache=None if cache is None else _cache(_get(spec, "modelCache", w, dict)),
+        model=model.strip(), served_model_name=get(spec, "servedModelName", w, str),
+        replicas=integer(spec, "replicas", w, 1, minimum=0), tensor_parallel_size=tp, accelerator=accelerator,
+        image=get(spec, "image", w, str), engine=_engine(get(spec, "engine", w, dict, {})),
+        model_cache=None if cache is None else _cache(get(spec, "modelCache", w, dict)),
         hf_token_secret=_secret(spec, "hfTokenSecret"), api_key_secret=_secret(spec, "apiKeySecret"),
-        resources=_resources(_get(spec, "resources", w, dict, {}), accelerator, tp),
+        resources=_resources(get(spec, "resources", w, dict, {}), accelerator, tp),
         node_selector=dict(node_selector) if node_selector else None,
-        tolerations=list(_get(spec, "tolerations", w, list, [])) or None,
-        affinity=dict(_get(spec, "affinity", w, dict, {})) or None,
-        priority_class_name=_get(spec, "priorityClassName", w, str),
-        env=_env(_get(spec, "env", w, list, [])),
-        service_type=_choice(service, "type", "spec.service", SERVICE_TYPES, "ClusterIP"), service_port=port,
-        autoscaling=None if scaling is None else _autoscaling(_get(spec, "autoscaling", w, dict)),
-        pod_disruption_budget=None if pdb is None else _pdb(_get(spec, "podDisruptionBudget", w, dict)),
-        startup_timeout_seconds=_int(spec, "startupTimeoutSeconds", w, 3600, minimum=10),
-        shutdown_timeout_seconds=_int(spec, "shutdownTimeoutSeconds", w, 30, minimum=0))
+        tolerations=list(get(spec, "tolerations", w, list, [])) or None,
+        affinity=dict(get(spec, "affinity", w, dict, {})) or None,
+        priority_class_name=get(spec, "priorityClassName", w, str),
+        env=_env(get(spec, "env", w, list, [])),
+        service_type=choice(service, "type", "spec.service", SERVICE_TYPES, "ClusterIP"), service_port=port,
+        autoscaling=None if scaling is None else _autoscaling(get(spec, "autoscaling", w, dict)),
+        pod_disruption_budget=None if pdb is None else _pdb(get(spec, "podDisruptionBudget", w, dict)),
+        startup_timeout_seconds=integer(spec, "startupTimeoutSeconds", w, 3600, minimum=10),
+        shutdown_timeout_seconds=integer(spec, "shutdownTimeoutSeconds", w, 30, minimum=0))

@@ -66,7 +66,7 @@ def test_crd_schema_rejects_what_the_operator_rejects(crd_validator):
 @pytest.mark.parametrize("spec, reason, fragment", [
     ({}, "InvalidSpec", "spec.model is required"),
     ({"model": "m", "tensorParallelSize": 0}, "InvalidSpec", "tensorParallelSize must be an integer >= 1, got 0"),
-    ({"model": "m", "tensorParallelSize": "4"}, "InvalidSpec", "tensorParallelSize must be int"),
+    ({"model": "m", "tensorParallelSize": "4"}, "InvalidSpec", "tensorParallelSize must be an integer, got '4'"),
     ({"model": "m", "accelerator": "tpu"}, "InvalidSpec", "accelerator must be one of amd, nvidia, cpu, got 'tpu'"),
     ({"model": "m", "modelCache": {"size": "lots"}}, "InvalidSpec", "modelCache.size: not a Kubernetes quantity: 'lots'"),
     ({"model": "m", "modelCache": {}}, "InvalidSpec", "needs size"),
@@ -84,6 +84,10 @@ def test_crd_schema_rejects_what_the_operator_rejects(crd_validator):
     ({"model": "m", "podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}, "InvalidSpec", "exactly one"),
     ({"model": "m", "service": {"port": 70000}}, "InvalidSpec", "port must be <= 65535"),
     ({"model": "m", "tensorParalelSize": 2}, "InvalidSpec", "unknown field(s) tensorParalelSize"),
+    ({"model": "m", "replicas": True}, "InvalidSpec", "replicas must be an integer, got True"),
+    ({"model": "m", "engine": {"gpuMemoryUtilization": "high"}}, "InvalidSpec", "must be a number, got 'high'"),
+    ({"model": "m", "engine": {"kvCacheMemory": "lots"}}, "InvalidSpec", "kvCacheMemory: not a Kubernetes quantity"),
+    ({"model": "m", "service": []}, "InvalidSpec", "spec.service must be an object, got []"),
 ])
 def test_bad_specs_name_the_field(spec, reason, fragment):
     with pytest.raises(SpecError) as info:
