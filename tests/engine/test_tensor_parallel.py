@@ -300,3 +300,29 @@ def test_server_fails_fast_when_a_worker_dies(tp_server):
                 "/health 503 after a worker was killed")
     assert tp_server.proc.wait(60) == 1  # exits, so its supervisor restarts the pod
     assert "rank 1" in tp_server.logs()
+
+
+SCRIPT = """
+import sys, time
+from pagedserve import LLM
+llm = LLM(sys.argv[1], tensor_parallel_size=2)
+print(*[p.pid for p in llm.llm_engine.executor.procs], flush=True)
+if sys.argv[2] == "wait":
+    time.sleep(300)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("ending", ["exit", "kill"])
+def test_engine_process_ending_takes_its_workers(model, ending):
+    """A script that exits without shutting down, or is killed outright, leaves no workers."""
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, model("llama"),
+                             "wait" if ending == "kill" else "exit"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 1
+    if ending == "kill":
+        proc.kill()
+    proc.wait(60)
+    _wait_until(lambda: not any(map(_alive, pids)), 10, "workers gone")
