@@ -7,7 +7,8 @@
   subresource) never status, and the scale subresource reads and writes a Scale;
 - lists carry kind and apiVersion; `kubectl get` gets a Table of the CRD's printer columns;
 - discovery: built-in resources from kmock's bundled data, custom ones from CRDs (declare_crd);
-- PUT answers 405 (nothing here sends it).
+- PUT answers 405 (nothing here sends it);
+- fail_next() makes chosen requests fail (409, 500, ...) to test retries.
 
 It runs no controllers, collects no garbage, selects no labels, serves no OpenAPI and checks
 no RBAC. Test support only (needs kmock, from the test extra); see testing.EmulatedCluster.
@@ -54,6 +55,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _version: int = attrs.field(default=0, init=False)
     _scale_paths: dict = attrs.field(factory=dict, init=False)
     _columns: dict = attrs.field(factory=dict, init=False)
+    _failures: list = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -90,7 +92,22 @@ class KubeEmulator(kmock.KubernetesEmulator):
         finally:
             self._requests.done(request)
 
+    def fail_next(self, method: str, path_suffix: str, status: int, times: int = 1) -> None:
+        """Answer the next `times` requests of that method whose path ends so with an API error."""
+        self._failures.append([method.upper(), path_suffix, status, times])
+
+    def _injected_failure(self, request) -> int | None:
+        for failure in self._failures:
+            method, suffix, status, times = failure
+            if times > 0 and request.method.value == method and request.url.path.endswith(suffix):
+                failure[3] -= 1
+                return status
+        return None
+
     async def _handle_k8s(self, request):
+        status = self._injected_failure(request)
+        if status is not None:
+            raise kmock.KubernetesError(status, "Injected", f"a failure the test asked for ({status})")
         if request.resource is not None and request.method == kmock.method.PUT:
             raise kmock.KubernetesError(405, "MethodNotAllowed", "the emulator serves no PUT; send a PATCH")
         if request.resource is None or request.action not in (kmock.action.CREATE, kmock.action.UPDATE):

@@ -3,6 +3,7 @@
 Every entry point (create/update/resume handlers, child events, the periodic resync) runs this
 same function; it reads the world, so running it again changes nothing.
 """
+import json
 import logging
 import re
 import threading
@@ -92,8 +93,7 @@ def _apply(kube: Kube, owner: dict, config: OperatorConfig) -> tuple[int, list[A
 def reconcile(kube: Kube, config: OperatorConfig, owner: dict) -> Outcome:
     """Apply the children and write the status; transient API errors propagate (retry soon)."""
     name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
-    port = (owner.get("spec") or {}).get("service", {}).get("port", 8000)
-    problem, permanent, actions = None, False, []
+    port, problem, permanent, actions = _port_hint(owner), None, False, []
     try:
         port, actions = _apply(kube, owner, config)
     except OwnerGone:
@@ -110,7 +110,7 @@ def reconcile(kube: Kube, config: OperatorConfig, owner: dict) -> Outcome:
     deployment = next((a.live for a in actions if a.kind == "Deployment"), None)
     if problem:
         deployment = kube.get("Deployment", namespace, name)  # still report the pods already serving
-    status = build_status(owner, deployment, port if isinstance(port, int) else 8000, problem)
+    status = build_status(owner, deployment, port, problem)
     _publish(kube, owner, status)
     changed = [f"{a.kind} {a.action}" for a in actions if a.action not in ("unchanged", "absent")]
     if changed:
@@ -118,8 +118,15 @@ def reconcile(kube: Kube, config: OperatorConfig, owner: dict) -> Outcome:
     return Outcome(status, problem, permanent, actions)
 
 
+def _port_hint(owner: dict) -> int:
+    """The Service port for status.endpoint even when the spec does not parse."""
+    spec = owner.get("spec")
+    service = spec.get("service") if isinstance(spec, dict) else None
+    port = service.get("port") if isinstance(service, dict) else None
+    return port if isinstance(port, int) and not isinstance(port, bool) else 8000
+
+
 def _api_message(exc: ApiException) -> str:
-    import json
     try:
         return json.loads(exc.body or "{}").get("message") or str(exc.body)
     except ValueError:

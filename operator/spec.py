@@ -205,7 +205,8 @@ SPEC_FIELDS = ("model", "servedModelName", "replicas", "tensorParallelSize", "ac
 
 def parse_spec(spec: Mapping | None) -> LLMDeploymentSpec:
     """The typed spec, defaults filled in; SpecError naming the first bad field."""
-    spec = spec or {}
+    if not isinstance(spec, Mapping):
+        raise SpecError(f"spec must be an object, got {spec!r}")
     w = "spec"
     only(spec, SPEC_FIELDS, w)
     model = get(spec, "model", w, str)

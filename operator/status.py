@@ -63,7 +63,8 @@ def build_status(owner: dict, deployment: dict | None, port: int,
     generation = meta.get("generation")
     old = (owner.get("status") or {}).get("conditions") or []
     st = (deployment or {}).get("status") or {}
-    asked = (owner.get("spec") or {}).get("replicas", 1)
+    spec = owner.get("spec") if isinstance(owner.get("spec"), dict) else {}
+    asked = spec.get("replicas", 1)
     want = (deployment or {}).get("spec", {}).get("replicas", asked if isinstance(asked, int) else 0)
     ready = st.get("readyReplicas") or 0
     if problem:

@@ -106,6 +106,10 @@ class EmulatedCluster:
                     and not obj.deleted and namespace in (None, ns)]
         return self._sync(pick)
 
+    def fail_next(self, method: str, path_suffix: str, status: int, times: int = 1) -> None:
+        """Make the next matching requests fail with that HTTP status (see KubeEmulator.fail_next)."""
+        self._sync(lambda: self.emulator.fail_next(method, path_suffix, status, times))
+
     def requests(self) -> list:
         """Every request served so far (kmock Request objects)."""
         return self._sync(lambda: self.emulator._requests.everything())

@@ -49,6 +49,23 @@ def test_reconciling_twice_changes_nothing(cluster, kubeconfig, ns):
     assert second.status == first.status
 
 
+@pytest.mark.parametrize("spec", [None, "serve it", {"model": "m", "service": []}, {"model": "m", "env": "A=1"},
+                                  {"model": 7}, {"model": "m", "replicas": "two", "service": {"port": "http"}}])
+def test_garbage_specs_get_a_condition_not_a_crash(cluster, kubeconfig, ns, spec):
+    body = llmdeployment("junk", ns)
+    body["spec"] = spec
+    cluster.kube.create("LLMDeployment", ns, body)
+    kube = Kube.from_environment()
+    try:
+        outcome = reconcile(kube, OperatorConfig.from_env({}), cluster.kube.get("LLMDeployment", ns, "junk"))
+    finally:
+        kube.close()
+    assert outcome.problem[0] == "InvalidSpec" and outcome.permanent
+    ready = condition(cluster.kube.get("LLMDeployment", ns, "junk"), "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert cluster.objects("Deployment", ns) == []
+
+
 def test_restarted_operator_duplicates_nothing(cluster, kubeconfig, ns):
     with running_operator(cluster, namespaces=(ns,)):
         for name in ("one", "two"):
@@ -89,6 +106,21 @@ def test_deleted_llmdeployment_is_gone_at_once_and_not_resurrected(cluster, kube
     assert [s["metadata"]["name"] for s in cluster.objects("Service", ns)] == ["other"]
     # nothing written but (maybe) kopf's last word on the deleted resource itself
     assert [w for w in writes_by_operator(cluster, mark) if "/llmdeployments/" not in w] == []
+
+
+def test_api_conflicts_and_server_errors_are_retried(cluster, kubeconfig, monkeypatch, ns):
+    monkeypatch.setenv("PAGEDSERVE_RESYNC_INTERVAL", "600")  # only the handler's own retries count here
+    cluster.fail_next("POST", f"/namespaces/{ns}/deployments", 503, times=2)
+    cluster.fail_next("PATCH", f"/namespaces/{ns}/llmdeployments/flaky/status", 409)
+    with running_operator(cluster, namespaces=(ns,)) as runner:
+        cluster.kube.create("LLMDeployment", ns, llmdeployment("flaky", ns))
+        wait_for(lambda: cluster.kube.get("Deployment", ns, "flaky"), timeout=30, what="the Deployment after retries")
+        owner = wait_for(lambda: condition(cluster.kube.get("LLMDeployment", ns, "flaky"), "Reconciled")
+                         and cluster.kube.get("LLMDeployment", ns, "flaky"), timeout=30, what="the status")
+    assert condition(owner, "Reconciled")["status"] == "True"
+    posts = [r for r in cluster.requests() if r.method == "POST" and r.url.path.endswith(f"/namespaces/{ns}/deployments")]
+    assert len(posts) == 3 and len(cluster.objects("Deployment", ns)) == 1
+    assert "retrying" in runner.output
 
 
 def test_operator_calls_only_what_its_rbac_list_allows(cluster, kubeconfig, ns):
