@@ -70,6 +70,7 @@ def container(spec: LLMDeploymentSpec, config: OperatorConfig) -> dict:
         "command": ["pagedserve"],
         "args": server_args(spec),  # a list, never a shell string: no quoting, no injection
         "env": server_env(spec),
+        # the server listens on the Service's port, so the port in args is the one clients use
         "ports": [{"name": "http", "containerPort": spec.service_port, "protocol": "TCP"}],
         "resources": _resources(spec),
         "volumeMounts": [{"name": "model-cache", "mountPath": CACHE_PATH},
@@ -89,6 +90,8 @@ def _security_context(spec: LLMDeploymentSpec, config: OperatorConfig) -> dict:
     if config.run_as_user:
         # the engine image's user is in group 0, which also owns the cache volume (fsGroup)
         ctx.update(runAsNonRoot=True, runAsUser=int(config.run_as_user), runAsGroup=0, fsGroup=0)
+    if spec.service_port < 1024:  # let the non-root server bind it: a sysctl every kubelet allows
+        ctx["sysctls"] = [{"name": "net.ipv4.ip_unprivileged_port_start", "value": str(spec.service_port)}]
     if spec.accelerator == "amd" and config.gpu_group_ids:
         ctx["supplementalGroups"] = config.gpu_group_ids  # video and render own /dev/kfd, /dev/dri
     return ctx

@@ -115,6 +115,10 @@ def test_args_are_the_real_server_flags():
     assert (args.enable_prefix_caching, args.max_queue_len, args.seed) == (False, 100, 7)
     assert args.kv_cache_memory == str(2 * 2**30)  # bytes: the engine reads 2GiB, not Kubernetes' 2Gi
     assert args.served_model_name == ["m"] and args.device == "cuda"
+    # port 80 as a non-root user: the pod lowers the unprivileged port floor to it
+    pod = children["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["sysctls"] == [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "80"}]
+    assert container["ports"] == [{"name": "http", "containerPort": 80, "protocol": "TCP"}]
     assert args.api_key is None  # never a flag: it would show in `ps` and in the pod spec
 
 
