@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.usefixtures("operator"),
 
 
 def kubectl(cluster, *args: str) -> str:
-    env = {**os.environ, "KUBECONFIG": cluster.kubeconfig, "HOME": os.environ.get("HOME", "/tmp")}
+    # the discovery cache goes with the emulator's temporary folder, not into ~/.kube
+    env = {**os.environ, "KUBECONFIG": cluster.kubeconfig,
+           "KUBECACHEDIR": str(pathlib.Path(cluster.kubeconfig).parent / "kubectl-cache")}
     done = subprocess.run([KUBECTL, *args], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
     return done.stdout
