@@ -134,8 +134,12 @@ class MPExecutor:
                 if self._reason(rank) == "loaded":
                     pending.discard(rank)
                 elif rank in self._reasons or not self.procs[rank - 1].is_alive():
-                    raise TensorParallelError(f"tensor-parallel worker rank {rank} failed "
-                                              f"while loading the model: {self._reason(rank)}")
+                    hint = "" if rank in self._reasons else (
+                        ". Workers are spawned and re-import your __main__ module: a script "
+                        "that starts the engine at import time needs `if __name__ == "
+                        "'__main__':`")
+                    raise TensorParallelError(f"tensor-parallel worker rank {rank} failed while "
+                                              f"loading the model: {self._reason(rank)}{hint}")
 
     def _reason(self, rank: int) -> str:
         """What a worker said or how it ended; reads its pipe at most once per message."""
@@ -180,6 +184,8 @@ class MPExecutor:
     def _fail(self, cause: BaseException) -> TensorParallelError:
         """Name the rank behind a failed step, then stop every worker: the ranks are out of
         step now and cannot be resynchronised."""
+        if self._closed and self.error is None:
+            return TensorParallelError("the tensor-parallel executor was shut down")
         deadline = time.monotonic() + FAILURE_GRACE_S
         while self.error is None and time.monotonic() < deadline:
             dead = [r for r, p in enumerate(self.procs, 1) if not p.is_alive()]
@@ -205,12 +211,12 @@ class MPExecutor:
 
     def check_health(self) -> None:
         """Raise TensorParallelError if any rank has died (cheap; safe to call often)."""
-        if self.error is None:
+        if self.error is None and not self._closed:
             dead = [r for r, p in enumerate(self.procs, 1) if not p.is_alive()]
             if dead:
                 self.error = self._describe(dead[0])
-        if self.error is not None:
-            raise TensorParallelError(self.error)
+        if self.error is not None or self._closed:
+            raise TensorParallelError(self.error or "the tensor-parallel executor was shut down")
 
     def shutdown(self) -> None:
         """Stop the workers, leave the process group and free the rendezvous port."""
