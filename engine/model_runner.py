@@ -134,4 +134,12 @@ class ModelRunner:
         dev = self.device
         return AttentionMetadata(slots.to(dev), table_t.to(dev),
                                  torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-                                 qsl.to(dev), max(num_new))
+                                 qsl.to(dev), max(num_new), _leading_ones(num_new))
+
+
+def _leading_ones(num_new: list[int]) -> int:
+    """How many sequences at the front of the batch decode a single token."""
+    for i, n in enumerate(num_new):
+        if n != 1:
+            return i
+    return len(num_new)

@@ -24,6 +24,15 @@ class SchedulerOutput:
         return sum(self.num_new_tokens)
 
 
+def _decodes_first(out: SchedulerOutput) -> SchedulerOutput:
+    """Single-token sequences first (stable), so attention runs them as one decode batch and
+    pads only the multi-token prefills."""
+    if all(n == 1 for n in out.num_new_tokens):
+        return out
+    order = sorted(range(len(out.requests)), key=lambda i: out.num_new_tokens[i] != 1)
+    return SchedulerOutput([out.requests[i] for i in order], [out.num_new_tokens[i] for i in order])
+
+
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int,
                  max_num_batched_tokens: int) -> None:
@@ -46,7 +55,7 @@ class Scheduler:
         preempted = self._schedule_running(out, budget)
         if not preempted:
             self._admit_waiting(out, budget - out.total_tokens)
-        return out
+        return _decodes_first(out)
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> bool:
         preempted, i = False, 0

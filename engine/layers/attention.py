@@ -15,6 +15,7 @@ class AttentionMetadata:
     seq_lens: torch.Tensor  # [num_seqs] int32
     query_start_loc: torch.Tensor  # [num_seqs + 1] int32
     max_query_len: int
+    num_decodes: int = 0  # the first num_decodes sequences have one new token each
 
 
 class Attention(nn.Module):
@@ -32,5 +33,18 @@ class Attention(nn.Module):
         if meta.max_query_len == 1:
             return kernels.paged_attention_decode(q, self.k_cache, self.v_cache, meta.block_tables,
                                                   meta.seq_lens, self.scale)
-        return kernels.paged_prefill_attention(q, self.k_cache, self.v_cache, meta.block_tables,
-                                               meta.query_start_loc, meta.seq_lens, self.scale)
+        d = meta.num_decodes
+        if d == 0:
+            return kernels.paged_prefill_attention(q, self.k_cache, self.v_cache,
+                                                   meta.block_tables, meta.query_start_loc,
+                                                   meta.seq_lens, self.scale)
+        # a mixed step: the decodes' single tokens come first, the prefills after them
+        out = torch.empty_like(q)
+        out[:d] = kernels.paged_attention_decode(q[:d], self.k_cache, self.v_cache,
+                                                 meta.block_tables[:d], meta.seq_lens[:d],
+                                                 self.scale)
+        out[d:] = kernels.paged_prefill_attention(q[d:], self.k_cache, self.v_cache,
+                                                  meta.block_tables[d:],
+                                                  meta.query_start_loc[d:] - d,
+                                                  meta.seq_lens[d:], self.scale)
+        return out
