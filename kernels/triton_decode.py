@@ -11,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedserve.kernels.triton_utils import attend_tile, interpreted, page_offsets, pow2, sm_count
+from pagedserve.kernels.triton_utils import (INTERPRETED, attend_tile, page_offsets, pow2,
+                                             sm_count)
 
 MAX_SPLITS = 64
 PROGRAMS_PER_SM = 4  # enough resident programs per SM to keep memory requests in flight
@@ -70,8 +71,13 @@ def _decode_merge(po_ptr, lse_ptr, o_ptr, num_splits, s_pb, s_ph, s_ps, s_lb, s_
     tl.store(o_ptr + b * s_ob + h * s_oh + d, out.to(o_ptr.dtype.element_ty), mask=d < HEAD)
 
 
-def _block_n(head_size: int) -> int:
-    return 32 if head_size > 128 else 64
+def _tiles(head: int, dtype: torch.dtype) -> tuple[int, int]:
+    """(KV tokens per tile, warps). fp32 dots run without tensor cores and need more registers:
+    smaller tiles and more warps keep them from spilling and tiles inside MI300's 64 KiB LDS
+    (checked per target by compile_check.py)."""
+    if dtype == torch.float32:
+        return (16, 4) if head > 128 else (32, 8)
+    return (32 if head > 128 else 64), 4
 
 
 def choose_splits(batch: int, kv_heads: int, max_tokens: int, block_n: int,
@@ -93,13 +99,13 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     out = torch.empty_like(q)
     # the table's width bounds every context without reading seq_lens back from the GPU
     max_tokens = block_tables.shape[1] * page
-    block_n = _block_n(head)
+    block_n, warps = _tiles(head, q.dtype)
     splits = num_splits or choose_splits(batch, kv_heads, max_tokens, block_n, q.device)
     split_tokens = -(-max_tokens // splits // block_n) * block_n if splits > 1 else max_tokens
     splits = -(-max_tokens // split_tokens)
-    fp32_dot = interpreted(q) or q.dtype == torch.float32
+    fp32_dot = INTERPRETED or q.dtype == torch.float32
     common = dict(GROUP=group, BLOCK_G=pow2(group, 16), HEAD=head, BLOCK_D=pow2(head, 16),
-                  PAGE=page, BLOCK_N=block_n, FP32_DOT=fp32_dot, num_warps=4)
+                  PAGE=page, BLOCK_N=block_n, FP32_DOT=fp32_dot, num_warps=warps)
     args = (q, k_cache, v_cache, block_tables, seq_lens)
     strides = (q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
                block_tables.stride(0))

@@ -15,9 +15,16 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedserve.kernels.triton_utils import attend_tile, interpreted, page_offsets, pow2
+from pagedserve.kernels.triton_utils import INTERPRETED, attend_tile, page_offsets, pow2
 
-ROWS = 64  # query rows (tokens x heads of a group) per program
+
+def _tiles(head: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(query rows = tokens x heads of a group, KV tokens, warps) per program. fp32 dots run
+    without tensor cores: smaller tiles keep registers from spilling and tiles inside MI300's
+    64 KiB LDS (checked per target by compile_check.py)."""
+    if dtype == torch.float32:
+        return (16, 16, 4) if head > 128 else (32, 32, 8)
+    return 64, (32 if head > 128 else 64), 4
 
 
 @triton.jit
@@ -90,7 +97,8 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     num_seqs = seq_lens.shape[0]
     group = q_heads // kv_heads
     block_g = pow2(group)
-    block_q = max(1, ROWS // block_g)
+    rows, block_n, warps = _tiles(head, q.dtype)
+    block_q = max(1, rows // block_g)
     if q.stride(-1) != 1:
         q = q.contiguous()
     out = torch.empty_like(q)
@@ -100,6 +108,6 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                    *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
                    out.stride(0), out.stride(1), GROUP=group, BLOCK_G=block_g, BLOCK_Q=block_q,
                    HEAD=head, BLOCK_D=pow2(head, 16), PAGE=page,
-                   BLOCK_N=32 if head > 128 else 64,
-                   FP32_DOT=interpreted(q) or q.dtype == torch.float32, num_warps=4)
+                   BLOCK_N=block_n,
+                   FP32_DOT=INTERPRETED or q.dtype == torch.float32, num_warps=warps)
     return out

@@ -6,10 +6,10 @@ import triton
 import triton.language as tl
 
 
-def interpreted(t: torch.Tensor) -> bool:
-    """Triton runs on a CPU tensor only under TRITON_INTERPRET=1; kernels then cast `tl.dot`
-    operands to fp32, because the interpreter's half-precision dot is unreliable."""
-    return t.device.type == "cpu"
+# Whether @triton.jit made interpreted kernels (decided, like here, when the kernel modules
+# were imported). Kernels then cast `tl.dot` operands to fp32: the interpreter's
+# half-precision dot is unreliable.
+INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 
 def pow2(n: int, floor: int = 1) -> int:
