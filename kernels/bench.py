@@ -56,19 +56,26 @@ def paged_cache(batch: int, ctx: int, page: int, kv_heads: int, head: int, dtype
     return k, v, table, lens
 
 
+def max_error(impls, args) -> float:
+    """Largest difference between the Triton result and the reference (a sanity column)."""
+    return (impls[0](*args).float() - impls[1](*args).float()).abs().max().item()
+
+
 def bench_decode(cases, shape, dtype, device, time_ms, copy_bw, impls) -> None:
     q_heads, kv_heads, head, page = shape
     print(f"\ndecode attention: Hq={q_heads} Hkv={kv_heads} D={head} block={page} {dtype}")
     print(f"{'batch':>6} {'context':>8} {'triton ms':>10} {'torch ms':>9} {'speedup':>8} "
-          f"{'GB/s':>8} {'of copy':>8}")
+          f"{'GB/s':>8} {'of copy':>8} {'max err':>8}")
     for batch, ctx in cases:
         k, v, table, lens = paged_cache(batch, ctx, page, kv_heads, head, dtype, device)
         q = torch.randn(batch, q_heads, head, dtype=dtype, device=device)
-        times = [time_ms(lambda f=f: f(q, k, v, table, lens, head ** -0.5)) for f in impls]
+        args = (q, k, v, table, lens, head ** -0.5)
+        times = [time_ms(lambda f=f: f(*args)) for f in impls]
         nbytes = 2 * batch * ctx * kv_heads * head * k.element_size() + 2 * q.nbytes
         bw = nbytes / (times[0] * 1e-3)
         print(f"{batch:>6} {ctx:>8} {times[0]:>10.3f} {times[1]:>9.3f} "
-              f"{times[1] / times[0]:>7.2f}x {bw / 1e9:>8.1f} {bw / copy_bw:>7.1%}")
+              f"{times[1] / times[0]:>7.2f}x {bw / 1e9:>8.1f} {bw / copy_bw:>7.1%} "
+              f"{max_error(impls, args):>8.2g}")
         del k, v
 
 
@@ -76,14 +83,16 @@ def bench_prefill(cases, shape, dtype, device, time_ms, impls) -> None:
     q_heads, kv_heads, head, page = shape
     print(f"\nprefill attention (new tokens over cached prefix): Hq={q_heads} Hkv={kv_heads} "
           f"D={head} {dtype}")
-    print(f"{'seqs':>5} {'prefix':>7} {'new':>6} {'triton ms':>10} {'torch ms':>9} {'speedup':>8}")
+    print(f"{'seqs':>5} {'prefix':>7} {'new':>6} {'triton ms':>10} {'torch ms':>9} "
+          f"{'speedup':>8} {'max err':>8}")
     for seqs, prefix, new in cases:
         k, v, table, lens = paged_cache(seqs, prefix + new, page, kv_heads, head, dtype, device)
         q = torch.randn(seqs * new, q_heads, head, dtype=dtype, device=device)
         qsl = torch.arange(0, seqs * new + 1, new, dtype=torch.int32, device=device)
-        times = [time_ms(lambda f=f: f(q, k, v, table, qsl, lens, head ** -0.5)) for f in impls]
+        args = (q, k, v, table, qsl, lens, head ** -0.5)
+        times = [time_ms(lambda f=f: f(*args)) for f in impls]
         print(f"{seqs:>5} {prefix:>7} {new:>6} {times[0]:>10.3f} {times[1]:>9.3f} "
-              f"{times[1] / times[0]:>7.2f}x")
+              f"{times[1] / times[0]:>7.2f}x {max_error(impls, args):>8.2g}")
 
 
 def bench_pointwise(tokens: int, hidden: int, inter: int, shape, dtype, device, time_ms,

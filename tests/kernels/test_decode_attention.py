@@ -4,13 +4,15 @@ import torch
 
 from pagedserve.kernels import reference
 
-Q_HEADS = 8
+
+def kv_heads(group: int) -> int:
+    return 1 if group >= 8 else 2  # few heads: each is a program in the interpreter
 
 
 def run(kit, triton_ops, seq_lens, page, group, head, dtype, num_splits):
     from pagedserve.kernels.triton_decode import decode_attention
-    c = kit.make_paged(seq_lens, page, Q_HEADS // group, head, dtype)
-    q = torch.randn(len(seq_lens), Q_HEADS, head, device=kit.device).to(dtype)
+    c = kit.make_paged(seq_lens, page, kv_heads(group), head, dtype)
+    q = torch.randn(len(seq_lens), kv_heads(group) * group, head, device=kit.device).to(dtype)
     scale = head ** -0.5
     out = decode_attention(q, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, scale, num_splits)
     ref = reference.paged_attention_decode(q.float(), c.k_cache.float(), c.v_cache.float(),
@@ -47,3 +49,15 @@ def test_public_signature_matches_reference(kit, triton_ops):
     ref = reference.paged_attention_decode(q, c.k_cache, c.v_cache, c.block_tables,
                                            c.seq_lens, 0.125)
     kit.check_attention("decode", out, ref)
+
+
+def test_long_context_is_split_to_fill_the_gpu(triton_ops, monkeypatch):
+    from pagedserve.kernels import triton_decode
+    monkeypatch.setattr(triton_decode, "sm_count", lambda device: 132)  # an H100
+    choose = triton_decode.choose_splits
+    # one sequence of 32k tokens: enough programs for every SM
+    assert choose(1, 8, 32768, 64, "cuda") * 8 >= 132
+    # a big batch fills the GPU by itself: little or no splitting
+    assert choose(64, 8, 4096, 64, "cuda") <= 2
+    # never more splits than KV tiles
+    assert choose(1, 1, 100, 64, "cuda") == 2

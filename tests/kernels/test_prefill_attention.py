@@ -4,7 +4,11 @@ import torch
 
 from pagedserve.kernels import reference
 
-Q_HEADS = 8
+
+def kv_heads(group: int) -> int:
+    return 1 if group >= 8 else 2  # few heads: each is a program in the interpreter
+
+
 # (tokens already cached, new tokens) per sequence: a fresh prompt, a chunk after exactly one
 # full block, a decode token riding along in a mixed batch, a chunk after a ragged prefix
 BATCH = [(0, 5), (16, 17), (33, 1), (20, 12)]
@@ -12,12 +16,13 @@ BATCH = [(0, 5), (16, 17), (33, 1), (20, 12)]
 
 def run(kit, triton_ops, batch, page, group, head, dtype):
     seq_lens = [p + n for p, n in batch]
-    c = kit.make_paged(seq_lens, page, Q_HEADS // group, head, dtype)
+    c = kit.make_paged(seq_lens, page, kv_heads(group), head, dtype)
     q_lens = torch.tensor([n for _, n in batch])
     qsl = torch.zeros(len(batch) + 1, dtype=torch.int32)
     qsl[1:] = q_lens.cumsum(0)
     qsl = qsl.to(kit.device)
-    q = torch.randn(int(q_lens.sum()), Q_HEADS, head, device=kit.device).to(dtype)
+    q = torch.randn(int(q_lens.sum()), kv_heads(group) * group, head,
+                    device=kit.device).to(dtype)
     scale = head ** -0.5
     out = triton_ops.paged_prefill_attention(q, c.k_cache, c.v_cache, c.block_tables, qsl,
                                              c.seq_lens, scale)
