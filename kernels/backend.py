@@ -27,7 +27,8 @@ def triton_available() -> bool:
     return True
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """TRITON_INTERPRET is on: @triton.jit then makes kernels that run on CPU tensors."""
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
@@ -38,7 +39,7 @@ def _check(name: str, device: torch.device) -> None:
         return
     if not triton_available():
         raise ValueError("kernel backend 'triton' needs Triton: pip install 'pagedserve[kernels]'")
-    if device.type != "cuda" and not _interpreting():
+    if device.type != "cuda" and not interpreting():
         raise ValueError(f"kernel backend 'triton' on device {str(device)!r} needs a CUDA/ROCm "
                          "GPU, or TRITON_INTERPRET=1 (set before triton is imported) to "
                          "interpret the kernels on CPU")

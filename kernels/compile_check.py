@@ -6,7 +6,7 @@ Each kernel is reached through its real Python wrapper (same tile choices as on 
 CPU tensors; a JIT hook captures what would be compiled and stops the launch, then Triton's
 own compiler builds it for each target (CUDA sm_90 = H100/H200, ROCm gfx942 = MI300). Prints
 shared memory, registers and spills per kernel, so GPU-only compile errors and register
-spills show up in CI. Needs TRITON_INTERPRET unset.
+spills show up in CI. Needs TRITON_INTERPRET unset and Triton 3.4+ (its `knobs` hooks).
 """
 import argparse
 import itertools
@@ -18,6 +18,8 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+
+from pagedserve.kernels.backend import interpreting
 
 TARGETS = {"sm90": GPUTarget("cuda", 90, 32), "gfx942": GPUTarget("hip", "gfx942", 64)}
 SHARED_LIMIT = {"sm90": 232448, "gfx942": 65536}  # bytes one program may use (H100, MI300)
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default="bfloat16,float16,float32")
     parser.add_argument("--groups", default="1,8", help="query heads per KV head")
     args = parser.parse_args(argv)
-    if triton.knobs.runtime.interpret:
+    if interpreting():
         parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     if args.quick:
         args.heads, args.dtypes, args.groups = "128", "bfloat16", "4"

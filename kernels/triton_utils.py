@@ -5,11 +5,12 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedserve.kernels.backend import interpreting
 
 # Whether @triton.jit made interpreted kernels (decided, like here, when the kernel modules
 # were imported). Kernels then cast `tl.dot` operands to fp32: the interpreter's
 # half-precision dot is unreliable.
-INTERPRETED = bool(triton.knobs.runtime.interpret)
+INTERPRETED = interpreting()
 
 
 def pow2(n: int, floor: int = 1) -> int:
