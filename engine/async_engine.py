@@ -76,6 +76,10 @@ class AsyncLLMEngine:
         try:
             while not finished:
                 out = await queue.get()
+                # Outputs are cumulative: a consumer that fell behind the engine (a busy server)
+                # takes only the newest, so it sends one chunk instead of a backlog.
+                while not isinstance(out, BaseException) and not queue.empty():
+                    out = queue.get_nowait()
                 if isinstance(out, BaseException):
                     raise out
                 finished = out.finished

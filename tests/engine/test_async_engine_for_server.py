@@ -24,3 +24,19 @@ def test_num_waiting_counts_queued_and_unscheduled_sequences(stories_path):
         await second.aclose()
         await eng.shutdown()
     asyncio.run(main())
+
+
+def test_slow_consumer_gets_the_newest_cumulative_output(stories_path):
+    async def main():
+        eng = AsyncLLMEngine.from_config(EngineConfig(model=stories_path, num_kv_blocks=64))
+        params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+        seen = []
+        async for out in eng.generate("Once upon a time", params):
+            seen.append(len(out.outputs[0].token_ids))
+            await asyncio.sleep(0.05)  # slower than the engine: outputs queue up
+        fast = [out async for out in eng.generate("Once upon a time", params)]
+        assert seen[-1] == 40 and seen == sorted(seen)
+        assert len(seen) < 40, "a lagging consumer should skip superseded outputs"
+        assert fast[-1].outputs[0].text == out.outputs[0].text
+        await eng.shutdown()
+    asyncio.run(main())

@@ -51,11 +51,13 @@ def test_prefix_cache_counters(server):
 
 
 def test_kv_usage_while_running_and_after(server):
-    with server.http.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as r:
+    with server.http.stream("POST", "/v1/completions",
+                            json={**LONG, "max_tokens": 100, "stream": True}) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
-        assert server.metric("pagedserve:kv_cache_usage_perc") > 0
-        assert server.metric("pagedserve:num_requests_running") == 1
+        with server.paused():  # mid-generation
+            assert server.metric("pagedserve:kv_cache_usage_perc") > 0
+            assert server.metric("pagedserve:num_requests_running") == 1
         rest = [line for line in lines if line]
     assert rest[-1] == "data: [DONE]"
     assert server.wait_metric("pagedserve:kv_cache_usage_perc", lambda v: v == 0) == 0

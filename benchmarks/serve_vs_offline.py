@@ -1,0 +1,133 @@
+"""Server vs offline throughput on one workload, in one run.
+
+N concurrent completions go through `pagedserve serve` (OpenAI API over local HTTP, streamed
+and not), then the same prompts go through `LLM.generate` in this process. Both use the same
+engine flags; output tokens per second is what is compared.
+
+    python benchmarks/serve_vs_offline.py [--num-requests 64] [--max-tokens 128] [--model M]
+"""
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(model: str | None, engine_args: list[str],
+                  threads_env: dict) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "pagedserve.cli", "serve", *([model] if model else []),
+           "--host", "127.0.0.1", "--port", str(port), "--uvicorn-log-level", "warning",
+           *engine_args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **threads_env})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the server did not become healthy")
+
+
+async def _one(client: httpx.AsyncClient, body: dict) -> int:
+    if not body.get("stream"):
+        r = await client.post("/v1/completions", json=body)
+        r.raise_for_status()
+        return r.json()["usage"]["completion_tokens"]
+    tokens = 0
+    async with client.stream("POST", "/v1/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                usage = json.loads(line[6:]).get("usage")
+                tokens = usage["completion_tokens"] if usage else tokens
+    return tokens
+
+
+async def _serve_run(url: str, prompts: list[str], max_tokens: int, stream: bool) -> tuple[int, float]:
+    body = {"max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": stream,
+            "stream_options": {"include_usage": True}}
+    limits = httpx.Limits(max_connections=len(prompts) + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        await _one(client, {**body, "prompt": "warm up", "max_tokens": 4})
+        start = time.perf_counter()
+        tokens = await asyncio.gather(*[_one(client, {**body, "prompt": p}) for p in prompts])
+        return sum(tokens), time.perf_counter() - start
+
+
+def _offline(model: str | None, engine_kwargs: dict):
+    from pagedserve import LLM, SamplingParams
+    llm = LLM(model, **engine_kwargs)
+    llm.generate(["warm up"], SamplingParams(max_tokens=4), use_tqdm=False)
+
+    def run(prompts: list[str], max_tokens: int) -> tuple[int, float]:
+        params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+        start = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        return sum(len(o.outputs[0].token_ids) for o in outs), time.perf_counter() - start
+    return run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="default: the bundled stories260K")
+    p.add_argument("--num-requests", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--kv-cache-memory", default="256MiB")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="alternate server and offline runs this many times (a shared machine "
+                        "is noisy: compare within a round)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch intra-op threads on both sides (default: torch's choice). On an "
+                        "oversubscribed machine OpenMP spinning can slow the offline run, which "
+                        "steps on the main thread, far more than the server, which steps on a "
+                        "worker thread; 1 makes the two comparable there")
+    args = p.parse_args()
+    threads_env = {}
+    if args.torch_threads:
+        import torch
+        torch.set_num_threads(args.torch_threads)
+        threads_env = {"OMP_NUM_THREADS": str(args.torch_threads)}
+    prompts = [f"Story {i}: Once upon a time" for i in range(args.num_requests)]
+    offline = _offline(args.model, {"kv_cache_memory": args.kv_cache_memory})
+    proc, url = _start_server(args.model, ["--kv-cache-memory", args.kv_cache_memory],
+                              threads_env)
+    print(f"{args.num_requests} concurrent requests x {args.max_tokens} output tokens "
+          f"(greedy, ignore_eos), model {args.model or 'stories260K (bundled)'}, "
+          f"{os.cpu_count()} CPUs, torch threads {args.torch_threads or 'default'}; "
+          "output tokens per second:")
+    try:
+        for i in range(args.rounds):
+            rates = {}
+            for stream in (False, True):
+                tokens, secs = asyncio.run(_serve_run(url, prompts, args.max_tokens, stream))
+                rates["server stream" if stream else "server"] = tokens / secs
+            tokens, secs = offline(prompts, args.max_tokens)
+            rates["offline"] = tokens / secs
+            print(f"  round {i + 1}: " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items())
+                  + f"; server/offline {rates['server'] / rates['offline']:.2f}, "
+                  f"streamed/offline {rates['server stream'] / rates['offline']:.2f}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+
+
+if __name__ == "__main__":
+    main()
