@@ -16,7 +16,7 @@ venv: $(BIN)/python
 
 demo: venv
 	$(BIN)/pip install -q -e ".[server]"
-	$(BIN)/pagedserve generate "Once upon a time" --max-tokens 40
+	BIN=$(BIN) bash scripts/serve_demo.sh
 
 test: venv
 	$(BIN)/pip install -q -e ".[test]"
