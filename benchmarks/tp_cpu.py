@@ -5,7 +5,8 @@
 The model is a random-weight Llama (hidden 1024, 8 layers, 16 heads) built in a temp folder.
 On CPU the ranks share the machine's cores (each gets cores / tp threads), so this measures
 what splitting the matmuls and adding an all-reduce per layer costs or gains, not a GPU's
-scaling.
+scaling. On a busy machine, multi-threaded matmuls (tp=1) suffer most from the contention;
+`OMP_NUM_THREADS=1` gives every run one thread per rank for a like-for-like comparison.
 """
 import argparse
 import tempfile
