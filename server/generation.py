@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable
 from fastapi import Request
 from pydantic import BaseModel
 
+from pagedserve.engine.async_engine import EngineDeadError
 from pagedserve.engine.outputs import RequestOutput
 from pagedserve.engine.sampling_params import SamplingParams
 from pagedserve.server.errors import APIError, error_info, from_value_error, invalid
@@ -134,7 +135,8 @@ def stream_error(e: Exception) -> str:
     if isinstance(e, APIError):
         return sse(error_info(e.status, e.message, e.param, e.code))
     logger.error("stream failed: %r", e)
-    return sse(error_info(500, str(e) or type(e).__name__))
+    code = "engine_dead" if isinstance(e, EngineDeadError) else None
+    return sse(error_info(500, str(e) or type(e).__name__, code=code))
 
 
 def top_logprobs(lps: dict[int, float], k: int) -> list[tuple[int, float]]:

@@ -38,4 +38,5 @@ def from_config(cls, config):
 
 LLMEngine.step = step
 AsyncLLMEngine.from_config = classmethod(from_config)
-sys.exit(main(["serve", *sys.argv[1:]]))
+if __name__ == "__main__":  # tensor-parallel workers re-import this module when spawned
+    sys.exit(main(["serve", *sys.argv[1:]]))

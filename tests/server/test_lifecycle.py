@@ -1,5 +1,6 @@
 """Process lifecycle as Kubernetes sees it: loading, SIGTERM drain, engine death."""
 import json
+import os
 import signal
 import threading
 import time
@@ -95,6 +96,42 @@ def test_loading_then_engine_death(start_server, tmp_path):
     assert plain["r"].status_code == 500
     assert plain["r"].json()["error"]["code"] == "engine_dead"
     assert streamed[-1] == "[DONE]" and "injected" in streamed[-2]["error"]["message"]
+    assert streamed[-2]["error"]["code"] == "engine_dead"
     assert srv.wait_exit() == 1  # so Kubernetes restarts the pod
     log = srv.output()
     assert "Traceback" in log and "RuntimeError: injected engine failure" in log
+
+
+def _spawned_workers(pid: int) -> list[int]:
+    """Child processes of pid started by multiprocessing spawn (the tensor-parallel ranks)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"spawn_main" in cmd:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow  # spawns a tensor-parallel worker process
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker through /proc")
+def test_tensor_parallel_worker_death_fails_requests_and_exits_1(start_server):
+    srv = start_server(["--tensor-parallel-size", "2", "--distributed-executor-backend", "mp"])
+    ok = srv.client().completions.create(model="stories260K", prompt="Once upon a time",
+                                         max_tokens=12, temperature=0)
+    assert "little girl" in ok.choices[0].text  # the same greedy text as one rank
+    with srv.http.stream("POST", "/v1/completions", json=LONG) as r:
+        lines = r.iter_lines()
+        next(lines)
+        workers = _spawned_workers(srv.proc.pid)
+        assert len(workers) == 1
+        os.kill(workers[0], signal.SIGKILL)
+        streamed = events(lines)
+    assert streamed[-1] == "[DONE]" and streamed[-2]["error"]["code"] == "engine_dead"
+    assert "rank 1" in streamed[-2]["error"]["message"]
+    assert srv.wait_exit() == 1
