@@ -50,7 +50,9 @@ class SamplingParams:
         _check(self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty, "> 0")
         _check(self.logprobs is None or (isinstance(self.logprobs, int) and self.logprobs >= 0),
                "logprobs", self.logprobs, "None or an integer >= 0")
-        _check(self.seed is None or isinstance(self.seed, int), "seed", self.seed, "an integer")
+        # torch generators take 64-bit seeds (sample i of n uses seed + i)
+        _check(self.seed is None or (isinstance(self.seed, int) and -2**63 <= self.seed < 2**63),
+               "seed", self.seed, "a 64-bit signed integer")
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         _check(all(isinstance(s, str) and s for s in stops), "stop", self.stop, "non-empty strings")
         self.stop_strs = stops

@@ -1,5 +1,8 @@
-"""AsyncLLMEngine.num_waiting: what the server's --max-queue-len bounds."""
+"""What the server relies on in the engine: num_waiting (--max-queue-len), coalesced outputs for
+slow consumers, request fields checked before they reach a step."""
 import asyncio
+
+import pytest
 
 from pagedserve.engine import AsyncLLMEngine, EngineConfig, SamplingParams
 
@@ -40,3 +43,11 @@ def test_slow_consumer_gets_the_newest_cumulative_output(stories_path):
         assert fast[-1].outputs[0].text == out.outputs[0].text
         await eng.shutdown()
     asyncio.run(main())
+
+
+def test_seed_out_of_64_bit_range_names_the_field():
+    # a huge seed used to fail deep in torch ("Overflow when unpacking long long")
+    for bad in (2**70, -2**63 - 1):
+        with pytest.raises(ValueError, match="seed"):
+            SamplingParams(seed=bad)
+    assert SamplingParams(seed=2**63 - 1).seed == 2**63 - 1
