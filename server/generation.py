@@ -54,6 +54,11 @@ async def generate(state: ServerState, prompt_ids: list[int], params: SamplingPa
                 finished = True
                 state.metrics.finished(out)
             yield out
+    except ValueError as e:  # the engine's own check of the request, before its first step
+        if not first:
+            raise
+        finished = True  # rejected, not aborted
+        raise invalid(str(e)) from None
     finally:
         if not finished:
             state.metrics.aborted()

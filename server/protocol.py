@@ -10,6 +10,8 @@ from pydantic import BaseModel, Field
 
 from pagedserve.engine.sampling_params import SamplingParams
 
+MAX_LOGPROBS = 20  # top alternatives per token, as vLLM's default --max-logprobs
+
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
@@ -56,7 +58,7 @@ class SamplingFields(BaseModel):
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = 16
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, le=MAX_LOGPROBS)
     echo: bool = False
 
 
@@ -76,7 +78,7 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, le=MAX_LOGPROBS)
     add_generation_prompt: bool = True
 
 

@@ -36,6 +36,8 @@ def test_malformed_json(server):
     ({"prompt": ""}, "prompt"),
     ({"prompt": []}, "prompt"),
     ({"prompt": [1, 99999]}, "prompt"),
+    ({"prompt": "hi", "logprobs": 21}, "logprobs"),
+    ({"prompt": "hi", "seed": 2**70}, "seed"),
 ])
 def test_bad_completion_fields_name_the_field(server, body, param):
     assert_error(post(server, "/v1/completions", json=body), 400, param)
@@ -45,6 +47,9 @@ def test_bad_chat_fields(server):
     r = post(server, "/v1/chat/completions", json={"messages": [{"role": "robot", "content": "x"}]})
     assert_error(r, 400, "messages.0.role")
     assert_error(post(server, "/v1/chat/completions", json={"messages": []}), 400, "messages")
+    assert_error(post(server, "/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 50}),
+        400, "top_logprobs")
 
 
 def test_unknown_model_is_404(server):
