@@ -83,9 +83,11 @@ class Sampler:
         probs = self._filter(probs, reqs)
         # Exponential race: argmax(p / E) with E ~ Exp(1) samples from p, and lets each seeded
         # request draw from its own generator so its tokens don't depend on its batch mates.
-        noise = torch.empty_like(probs, device="cpu")
+        # Unseeded rows share one draw: a call per row costs more than the sampling itself.
+        noise = torch.empty_like(probs, device="cpu").exponential_(generator=self.generator)
         for i, r in enumerate(reqs):
-            noise[i].exponential_(generator=r.generator or self.generator)
+            if r.generator is not None:
+                noise[i].exponential_(generator=r.generator)
         return (probs / noise.to(dev)).argmax(-1)
 
     @staticmethod
