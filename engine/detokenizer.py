@@ -10,6 +10,15 @@ from pagedserve.engine.sampling_params import SamplingParams
 _WINDOW = 6
 
 
+def _raw_decoder(tokenizer):
+    """The Rust tokenizer's decode when the wrapper would add nothing to it (no clean-up of
+    spaces): the wrapper's argument conversion costs several times the decode, twice a token."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return None
+    return backend.decode
+
+
 class Detokenizer:
     def __init__(self, tokenizer, prompt_token_ids: list[int], params: SamplingParams) -> None:
         self.tokenizer = tokenizer
@@ -19,8 +28,11 @@ class Detokenizer:
         self.read_offset = len(self.ids)
         self.text = ""
         self.max_stop_len = max(map(len, params.stop_strs), default=0)
+        self._raw = _raw_decoder(tokenizer)
 
     def _decode(self, ids: list[int]) -> str:
+        if self._raw is not None:
+            return self._raw(ids, skip_special_tokens=self.params.skip_special_tokens)
         return self.tokenizer.decode(ids, skip_special_tokens=self.params.skip_special_tokens)
 
     def add(self, token_id: int, check_stop: bool = True) -> str | None:
