@@ -32,6 +32,7 @@ class LLM:
             elif name not in EngineConfig.field_names():
                 raise TypeError(f"LLM() got an unexpected keyword argument {name!r}")
         self.llm_engine = LLMEngine(EngineConfig(model=model or default_model(), **kwargs))
+        self.llm_engine.final_outputs_only = True  # generate() reads finished outputs only
 
     def get_tokenizer(self):
         return self.llm_engine.tokenizer

@@ -80,6 +80,8 @@ class LLMEngine:
         self._ids = itertools.count()
         self.num_prompt_tokens = 0  # prompts fully prefilled, cumulative
         self.num_generation_tokens = 0  # tokens sampled, cumulative
+        # True: step() returns finished requests only (offline batches need nothing else)
+        self.final_outputs_only = False
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "LLMEngine":
@@ -176,6 +178,8 @@ class LLMEngine:
     def _collect(self, touched: dict[str, ParentRequest]) -> list[RequestOutput]:
         outputs = []
         for parent in touched.values():
+            if self.final_outputs_only and not all(r.finished for r in parent.children):
+                continue
             out = parent.output()
             if out.finished:
                 del self.parents[parent.request_id]
