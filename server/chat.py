@@ -65,7 +65,7 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
     max_tokens = check_length(state, len(ids), requested, "messages")
     k = body.top_logprobs or 0
     params = sampling_params(body, max_tokens, k if body.logprobs else None)
-    state.admit(body.n)
+    state.admit()
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     gen = generate(state, ids, params, rid)
     if body.stream:

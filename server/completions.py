@@ -49,7 +49,7 @@ async def create_completion(state: ServerState, body: CompletionRequest, request
     max_tokens = min(check_length(state, len(ids), body.max_tokens, "prompt")
                      for _, ids in prompts)
     params = sampling_params(body, max_tokens, body.logprobs)
-    state.admit(len(prompts) * body.n)
+    state.admit()
     rid = f"cmpl-{uuid.uuid4().hex}"
     gens = [generate(state, ids, params, f"{rid}-{i}") for i, (_, ids) in enumerate(prompts)]
     if body.stream:

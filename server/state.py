@@ -57,7 +57,7 @@ class ServerState:
             raise APIError(404, f"The model `{name}` does not exist; this server serves "
                            f"`{self.model_name}`.", "model", "model_not_found")
 
-    def admit(self, num_seqs: int) -> None:
+    def admit(self) -> None:
         """Refuse new work while the queue is full (--max-queue-len) rather than queue it."""
         limit = self.settings.max_queue_len
         if limit is not None and self.engine.num_waiting >= limit:
@@ -103,8 +103,8 @@ class ServerState:
         if self.draining:
             return
         self.draining = True
-        logger.info("draining: %d requests in flight, waiting up to %.0f s", self.in_flight,
-                    self.settings.shutdown_timeout)
+        logger.info("draining: %d requests in flight, waiting up to %.0f s (a second signal "
+                    "stops now)", self.in_flight, self.settings.shutdown_timeout)
         if not await self.wait_in_flight(self.settings.shutdown_timeout):
             logger.warning("shutdown timeout: %d requests are cut off", self.in_flight)
         self.exit(self.exit_code)
