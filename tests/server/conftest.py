@@ -154,3 +154,8 @@ def start_server(tmp_path_factory):
         srv.terminate()
     for srv in started:
         srv.wait_exit()
+
+
+@pytest.fixture
+def unused_port() -> int:
+    return free_port()

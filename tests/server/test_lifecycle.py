@@ -1,13 +1,17 @@
 """Process lifecycle as Kubernetes sees it: loading, SIGTERM drain, engine death."""
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import httpx
 import pytest
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LONG = {"prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True, "stream": True}
 
 
@@ -72,7 +76,7 @@ def test_shutdown_timeout_cuts_off_and_exits_0(start_server):
     assert srv.wait_exit() == 0
 
 
-def test_loading_then_engine_death(start_server, tmp_path):
+def test_loading_readme_request_then_engine_death(start_server, tmp_path):
     gate = tmp_path / "loaded"
     srv = start_server([], env={"PAGEDSERVE_TEST_LOAD_GATE": str(gate)}, wait=False)
     assert wait_for(lambda: status(srv.url + "/health") is not None, 120), srv.output()
@@ -80,6 +84,11 @@ def test_loading_then_engine_death(start_server, tmp_path):
     assert status(srv.url + "/v1/models") == 503
     gate.touch()
     srv.wait_healthy()
+    # the README's curl, as written (this server has no API key)
+    readme = httpx.post(srv.url + "/v1/completions", headers={"Content-Type": "application/json"},
+                        content=b'{"model": "stories260K", "prompt": "Once upon a time", '
+                                b'"max_tokens": 40, "temperature": 0}', timeout=60)
+    assert readme.status_code == 200 and "Lily" in readme.json()["choices"][0]["text"]
 
     with httpx.stream("POST", srv.url + "/v1/completions", json=LONG, timeout=60) as r:
         lines = r.iter_lines()
@@ -135,3 +144,14 @@ def test_tensor_parallel_worker_death_fails_requests_and_exits_1(start_server):
     assert streamed[-1] == "[DONE]" and streamed[-2]["error"]["code"] == "engine_dead"
     assert "rank 1" in streamed[-2]["error"]["message"]
     assert srv.wait_exit() == 1
+
+
+@pytest.mark.slow  # one more server process
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the demo script uses curl")
+def test_make_demo_script(tmp_path, unused_port):
+    env = {**os.environ, "BIN": os.path.dirname(sys.executable), "PORT": str(unused_port)}
+    out = subprocess.run(["bash", os.path.join(REPO, "scripts", "serve_demo.sh")], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Once upon a time, there was a little girl named Lily" in out.stdout
+    assert "server stopped cleanly" in out.stdout
