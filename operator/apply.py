@@ -68,18 +68,30 @@ def controlled_by(obj: dict, owner_uid: str) -> bool:
     return any(ref.get("uid") == owner_uid and ref.get("controller") for ref in refs)
 
 
+def inherited(obj: dict, owner: dict) -> bool:
+    """True when obj's controller is an earlier object of the owner's kind and name: deleted, as
+    names are unique and its uid is not the owner's. Its garbage is ours to adopt (or remove)."""
+    meta = owner["metadata"]
+    group = owner.get("apiVersion", "").split("/")[0]
+    return any(ref.get("controller") and ref.get("kind") == owner.get("kind") and ref.get("name") == meta["name"]
+               and ref.get("apiVersion", "").split("/")[0] == group and ref.get("uid") != meta["uid"]
+               for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
 @dataclass(slots=True)
 class Applied:
     kind: str
-    action: str  # created | patched | unchanged | deleted | absent
+    action: str  # created | patched | adopted | unchanged | deleted | absent
     live: dict | None
 
 
-def ensure(kube: Kube, desired: dict, owner_uid: str, owner_exists=lambda: True) -> Applied:
-    """Bring one child to its desired state; NotOurs if the name belongs to someone else.
+def ensure(kube: Kube, desired: dict, owner: dict, owner_exists=lambda: True) -> Applied:
+    """Bring one child of owner to its desired state; NotOurs if the name belongs to someone else.
 
     owner_exists() is asked right before a create: a child made for a deleted owner would be an
-    orphan until the garbage collector found it.
+    orphan until the garbage collector found it. A child left by a deleted owner of the same
+    name (deleted and re-created faster than the garbage collector) is adopted: the patch
+    rewrites its owner reference, and its pods keep serving.
     """
     kind, meta = desired["kind"], desired["metadata"]
     live = kube.get(kind, meta["namespace"], meta["name"])
@@ -87,7 +99,9 @@ def ensure(kube: Kube, desired: dict, owner_uid: str, owner_exists=lambda: True)
         if not owner_exists():
             raise OwnerGone(f"{kind} {meta['name']}: the LLMDeployment is gone")
         return Applied(kind, "created", kube.create(kind, meta["namespace"], strip_none(desired)))
-    if not controlled_by(live, owner_uid):
+    if inherited(live, owner):
+        return Applied(kind, "adopted", kube.patch(kind, meta["namespace"], meta["name"], patch_body(desired)))
+    if not controlled_by(live, owner["metadata"]["uid"]):
         raise NotOurs(f"{kind} {meta['name']} exists and is not controlled by this LLMDeployment; "
                       "rename one of them or delete that object")
     if is_subset(desired, live):
@@ -95,10 +109,11 @@ def ensure(kube: Kube, desired: dict, owner_uid: str, owner_exists=lambda: True)
     return Applied(kind, "patched", kube.patch(kind, meta["namespace"], meta["name"], patch_body(desired)))
 
 
-def remove(kube: Kube, kind: str, namespace: str, name: str, owner_uid: str) -> Applied:
-    """Delete a child the spec no longer asks for, but only one this LLMDeployment controls."""
+def remove(kube: Kube, kind: str, name: str, owner: dict) -> Applied:
+    """Delete a child the spec no longer asks for, but only one owner (or its namesake) controls."""
+    namespace = owner["metadata"]["namespace"]
     live = kube.get(kind, namespace, name)
-    if live is None or not controlled_by(live, owner_uid):
+    if live is None or not (controlled_by(live, owner["metadata"]["uid"]) or inherited(live, owner)):
         return Applied(kind, "absent", None)
     kube.delete(kind, namespace, name)
     return Applied(kind, "deleted", None)

@@ -121,7 +121,8 @@ def reconcile_by_name(memo: kopf.Memo, namespace: str, name: str, logger: loggin
                 return  # gone or going: the garbage collector takes the children
             reconcile(memo.kube, memo.config, owner)
         except Exception as exc:  # a resync must survive anything one object does
-            logger.warning("reconciling %s/%s failed: %r", namespace, name, exc)
+            why = f"API server answered {exc.status} {exc.reason}" if isinstance(exc, ApiException) else repr(exc)
+            logger.warning("reconciling %s/%s failed: %s; the next resync retries", namespace, name, why)
 
 
 async def _resync_forever(memo: kopf.Memo, keys: kopf.Index, logger: logging.Logger) -> None:

@@ -44,7 +44,12 @@ def cache_claim_name(name: str, spec: LLMDeploymentSpec) -> str | None:
     cache = spec.model_cache
     if cache is None:
         return None
-    return cache.existing_claim or f"{name}-model-cache"
+    return cache.existing_claim or child_name("PersistentVolumeClaim", name)
+
+
+def child_name(kind: str, name: str) -> str:
+    """The name of an LLMDeployment's child of that kind (the operator's own cache PVC's name)."""
+    return f"{name}-model-cache" if kind == "PersistentVolumeClaim" else name
 
 
 def _meta(owner: dict, name: str | None = None) -> dict:

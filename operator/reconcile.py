@@ -72,10 +72,9 @@ def apply_children(kube: Kube, owner: dict, spec: LLMDeploymentSpec, config: Ope
     actions = []
     for kind, desired in manifests.desired_children(owner, spec, config).items():
         if desired is not None:
-            actions.append(ensure(kube, desired, uid, owner_exists))
+            actions.append(ensure(kube, desired, owner, owner_exists))
         else:
-            name = f"{meta['name']}-model-cache" if kind == "PersistentVolumeClaim" else meta["name"]
-            actions.append(remove(kube, kind, meta["namespace"], name, uid))
+            actions.append(remove(kube, kind, manifests.child_name(kind, meta["name"]), owner))
     return actions
 
 
