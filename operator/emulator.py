@@ -7,8 +7,12 @@
   subresource) never status, and the scale subresource reads and writes a Scale;
 - lists carry kind and apiVersion; `kubectl get` gets a Table of the CRD's printer columns;
 - discovery: built-in resources from kmock's bundled data, custom ones from CRDs (declare_crd);
+- a watch from a resourceVersion replays only what changed since (the latest state of each
+  object, deletions too), not every object again, and misses no event between its replay and
+  the live stream; deletions bump resourceVersion;
 - PUT answers 405 (nothing here sends it);
-- fail_next() makes chosen requests fail (409, 500, ...) to test retries.
+- fail_next() makes chosen requests fail (409, 500, ...) to test retries; `faults` (a
+  faults.Faults) injects conflicts, errors, lost answers, delays and dropped watches at random.
 
 It runs no controllers, collects no garbage, selects no labels, serves no OpenAPI and checks
 no RBAC. Test support only (needs kmock, from the test extra); see testing.EmulatedCluster.
@@ -22,30 +26,8 @@ import attrs
 import kmock
 from kmock._internal import dicts
 
-
-class _RequestLog(list):
-    """All requests, but iterating yields only those in flight.
-
-    kmock matches each request against its reactions by scanning every request recorded so far,
-    which makes a long test quadratic; the scan only needs to find the request being served.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.in_flight: list = []
-
-    def append(self, request) -> None:
-        super().append(request)
-        self.in_flight.append(request)
-
-    def done(self, request) -> None:
-        self.in_flight = [r for r in self.in_flight if r is not request]
-
-    def __iter__(self):
-        return iter(list(self.in_flight))
-
-    def everything(self) -> list:
-        return list(list.__iter__(self))
+from pagedserve.operator import emulator_parts as parts
+from pagedserve.operator.faults import Fault, Faults
 
 
 @attrs.define(kw_only=True)
@@ -56,10 +38,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _scale_paths: dict = attrs.field(factory=dict, init=False)
     _columns: dict = attrs.field(factory=dict, init=False)
     _failures: list = attrs.field(factory=list, init=False)
+    faults: Faults | None = attrs.field(default=None, init=False)
+    _watch_faults: dict = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self._requests = _RequestLog()
+        self._requests = parts.RequestLog()
 
     def declare_crd(self, crd: dict) -> None:
         spec = crd["spec"]
@@ -88,9 +72,27 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request):
         try:
-            return await self._handle_k8s(request)
+            fault = self._draw(request)
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.status is not None:
+                raise kmock.KubernetesError(fault.status, "Injected", f"a fault injected at random ({fault.status})")
+            response = await self._handle_k8s(request)
+            if fault.lost:  # done, but the client hears otherwise
+                return await self._render_error(kmock.KubernetesError(500, "Injected", "the answer was lost"))
+            return response
         finally:
             self._requests.done(request)
+            self._watch_faults.pop(request.id, None)
+
+    def _draw(self, request) -> Fault:
+        if self.faults is None or request.resource is None:
+            return Fault()
+        watch = request.action == kmock.action.WATCH
+        fault = self.faults.draw(request.method.value, request.url.path, request.headers.get("User-Agent", ""), watch)
+        if watch:
+            self._watch_faults[request.id] = fault
+        return fault
 
     def fail_next(self, method: str, path_suffix: str, status: int, times: int = 1) -> None:
         """Answer the next `times` requests of that method whose path ends so with an API error."""
@@ -110,14 +112,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(status, "Injected", f"a failure the test asked for ({status})")
         if request.resource is not None and request.method == kmock.method.PUT:
             raise kmock.KubernetesError(405, "MethodNotAllowed", "the emulator serves no PUT; send a PATCH")
-        if request.resource is None or request.action not in (kmock.action.CREATE, kmock.action.UPDATE):
+        writes = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
+        if request.resource is None or request.action not in writes:
             return await super()._handle(request)
         async with self._gate:  # no other write between stamping and storing
             async with self._lock:
                 if request.action == kmock.action.CREATE:
                     self._stamp_create(request)
-                else:
+                elif request.action == kmock.action.UPDATE:
                     self._stamp_update(request)
+                else:
+                    self._stamp_delete(request)
             return await super()._handle(request)
 
     def _stamp_create(self, request) -> None:
@@ -152,6 +157,34 @@ class KubeEmulator(kmock.KubernetesEmulator):
         patch["metadata"] = {**meta, "resourceVersion": self._next_version(), "generation": generation}
         object.__setattr__(request, "data", patch)
 
+    def _stamp_delete(self, request) -> None:
+        # a real API server gives the DELETED event a new resourceVersion; replays rely on it
+        key = (request.resource, request.namespace, request.name)
+        if request.name and key in self.objects and not self.objects[key].deleted:
+            self.objects[key].patch({"metadata": {"resourceVersion": self._next_version()}})
+
+    async def _serve_watch(self, request):
+        """What changed since the request's resourceVersion (everything without one), then live
+        events; a fault may end the stream early, as API servers do on timeouts and restarts."""
+        yield b""  # send the headers now: a quiet stream is still a stream
+        fault, faults, bus = self._watch_faults.get(request.id) or Fault(), self.faults, self._buses[request.resource]
+        async with self._lock:  # no write between the replay and the mark: nothing lost, nothing twice
+            mark = await bus.mark()
+            replay = parts.replay(self.objects, request)
+        try:
+            for event in replay:
+                yield event
+            async for event in parts.until(bus.stream(since=mark), fault.lifetime):
+                ns, name = event["object"]["metadata"].get("namespace"), event["object"]["metadata"]["name"]
+                if parts.in_scope(request, ns, name):
+                    yield event
+            if fault.lifetime is not None and faults is not None:  # dropped, not left by the client
+                faults.injected["watch_gone" if fault.gone else "watch_closed"] += 1
+                if fault.gone:
+                    yield parts.GONE
+        finally:
+            await bus.unmark(mark)
+
     async def _serve_version(self, request):
         # as a real API server lists them: subresources have no short names, and /scale is a Scale
         result = await super()._serve_version(request)
@@ -163,28 +196,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return result
 
     def _scale(self, request, obj: dict) -> dict:
-        """The autoscaling/v1 Scale view of an object (the CRD's scale paths, else spec/status.replicas)."""
-        spec_path, status_path, selector_path = self._scale_paths.get(
-            request.resource, (".spec.replicas", ".status.replicas", ".status.selector"))
-        meta = {k: obj["metadata"].get(k) for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")}
-        return {"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": meta,
-                "spec": {"replicas": _path(obj, spec_path) or 0},
-                "status": {"replicas": _path(obj, status_path) or 0, "selector": _path(obj, selector_path) or ""}}
+        return parts.scale(obj, self._scale_paths.get(request.resource, parts.DEFAULT_SCALE_PATHS))
 
     def _wants_table(self, request) -> bool:
         return "as=Table" in request.headers.get("Accept", "") and request.resource in self._columns
 
     def _table(self, request, objs: list[dict]) -> dict:
-        """What `kubectl get` shows: the CRD's printer columns, as the API server renders them."""
-        columns = [c for c in self._columns[request.resource] if c["jsonPath"] != ".metadata.creationTimestamp"]
-        return {"apiVersion": "meta.k8s.io/v1", "kind": "Table", "metadata": {"resourceVersion": str(self._version)},
-                "columnDefinitions": [{"name": "Name", "type": "string", "format": "name"}]
-                + [{"name": c["name"], "type": c["type"], "format": ""} for c in columns]
-                + [{"name": "Age", "type": "string", "format": ""}],
-                "rows": [{"cells": [o["metadata"]["name"]] + [_path(o, c["jsonPath"]) for c in columns]
-                          + [_age(o["metadata"].get("creationTimestamp"))],
-                          "object": {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-                                     "metadata": o["metadata"]}} for o in objs]}
+        return parts.table(self._columns[request.resource], objs, str(self._version))
 
     async def _serve_fetch(self, request):
         obj = await super()._serve_fetch(request)
@@ -210,18 +228,3 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 "metadata": {"resourceVersion": str(self._version)}}
 
 
-def _path(obj, json_path: str | None):
-    """The value at a simple JSON path like .spec.replicas, or None."""
-    if not json_path:
-        return None
-    for key in json_path.strip(".").split("."):
-        obj = obj.get(key) if isinstance(obj, dict) else None
-    return obj
-
-
-def _age(timestamp: str | None) -> str:
-    if not timestamp:
-        return "<unknown>"
-    then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
-    seconds = int((datetime.datetime.now(datetime.timezone.utc) - then).total_seconds())
-    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m"

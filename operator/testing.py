@@ -24,11 +24,13 @@ from typing import Iterator, NamedTuple
 import kmock
 import yaml
 
+from pagedserve.operator.apply import controlled_by, is_subset
+from pagedserve.operator.config import OperatorConfig
 from pagedserve.operator.emulator import KubeEmulator
+from pagedserve.operator.faults import OPERATOR_AGENTS, Faults
 from pagedserve.operator.kube import KINDS, Kube
-
-# User-Agent prefixes of the operator's own requests: kopf's and our Kube's
-OPERATOR_AGENTS = ("kopf/", "pagedserve-operator/")
+from pagedserve.operator.manifests import child_name, desired_children
+from pagedserve.operator.spec import parse_spec
 VERBS = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
          "DELETE": "delete"}
 
@@ -110,6 +112,11 @@ class EmulatedCluster:
         """Make the next matching requests fail with that HTTP status (see KubeEmulator.fail_next)."""
         self._sync(lambda: self.emulator.fail_next(method, path_suffix, status, times))
 
+    def inject(self, faults: Faults | None) -> None:
+        """Disturb the operator's requests from now on with these random faults (None: stop).
+        faults.injected counts what was done."""
+        self._sync(lambda: setattr(self.emulator, "faults", faults))
+
     def requests(self) -> list:
         """Every request served so far (kmock Request objects)."""
         return self._sync(lambda: self.emulator._requests.everything())
@@ -150,6 +157,40 @@ def llmdeployment(name: str, namespace: str = "default", **spec) -> dict:
     spec = {"model": "stories260K", "accelerator": "cpu", **spec}
     return {"apiVersion": "pagedserve.io/v1alpha1", "kind": "LLMDeployment",
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def deployment_ready(kube: Kube, namespace: str, name: str, ready: int | None = None) -> None:
+    """Report `ready` (default: all) of a Deployment's pods ready, as the Deployment controller
+    does once they pass their readiness probes (the emulator runs no controllers)."""
+    dep = kube.get("Deployment", namespace, name)
+    want = dep["spec"]["replicas"]
+    ready = want if ready is None else ready
+    kube.patch("Deployment", namespace, name, {"status": {
+        "observedGeneration": dep["metadata"]["generation"], "replicas": want, "updatedReplicas": want,
+        "readyReplicas": ready, "availableReplicas": ready,
+        "conditions": [{"type": "Progressing", "status": "True",
+                        "reason": "NewReplicaSetAvailable" if ready == want else "ReplicaSetUpdated"}]}},
+        subresource="status")
+
+
+def diverged(kube: Kube, config: OperatorConfig, namespace: str, name: str) -> list[str]:
+    """How an LLMDeployment's children differ from what its spec asks ([] once converged): each
+    wanted child exists, is controlled by it (by uid) and matches; each unwanted one is absent."""
+    owner = kube.get("LLMDeployment", namespace, name)
+    if owner is None:
+        return [f"LLMDeployment {namespace}/{name} does not exist"]
+    problems = []
+    for kind, desired in desired_children(owner, parse_spec(owner.get("spec")), config).items():
+        live = kube.get(kind, namespace, child_name(kind, name))
+        if desired is None:
+            problems += [f"{kind} {name}: not asked for, still there"] if live is not None else []
+        elif live is None:
+            problems.append(f"{kind} {name}: missing")
+        elif not controlled_by(live, owner["metadata"]["uid"]):
+            problems.append(f"{kind} {name}: not controlled by uid {owner['metadata']['uid']}")
+        elif not is_subset(desired, live):
+            problems.append(f"{kind} {name}: differs from the spec")
+    return problems
 
 
 def condition(body: dict | None, kind: str) -> dict:
