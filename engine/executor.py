@@ -156,7 +156,9 @@ class MPExecutor:
                 pass
             if rank in self._reasons:
                 return self._reasons[rank]
-            code = self.procs[rank - 1].exitcode
+            proc = self.procs[rank - 1]
+            proc.join(timeout=1.0)  # its sentinel can fire a moment before it can be reaped
+            code = proc.exitcode
             return ("still running" if code is None else
                     f"killed by signal {-code}" if code < 0 else f"exited with code {code}")
 
