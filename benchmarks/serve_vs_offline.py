@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -17,6 +18,17 @@ import sys
 import time
 
 import httpx
+
+
+def _cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of this process or of pid: steadier than wall time on a
+    shared machine."""
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    with open(f"/proc/{pid}/stat") as f:  # Linux
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -77,11 +89,12 @@ def _offline(model: str | None, engine_kwargs: dict):
     llm = LLM(model, **engine_kwargs)
     llm.generate(["warm up"], SamplingParams(max_tokens=4), use_tqdm=False)
 
-    def run(prompts: list[str], max_tokens: int) -> tuple[int, float]:
+    def run(prompts: list[str], max_tokens: int) -> tuple[int, float, float]:
         params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         outs = llm.generate(prompts, params, use_tqdm=False)
-        return sum(len(o.outputs[0].token_ids) for o in outs), time.perf_counter() - start
+        return (sum(len(o.outputs[0].token_ids) for o in outs), time.perf_counter() - start,
+                _cpu_seconds() - cpu)
     return run
 
 
@@ -112,18 +125,21 @@ def main() -> None:
     print(f"{args.num_requests} concurrent requests x {args.max_tokens} output tokens "
           f"(greedy, ignore_eos), model {args.model or 'stories260K (bundled)'}, "
           f"{os.cpu_count()} CPUs, torch threads {args.torch_threads or 'default'}; "
-          "output tokens per second:")
+          "output tokens per second (CPU seconds the serving process spent):")
     try:
         for i in range(args.rounds):
-            rates = {}
+            rates, cpu = {}, {}
             for stream in (False, True):
+                name = "server stream" if stream else "server"
+                before = _cpu_seconds(proc.pid)
                 tokens, secs = asyncio.run(_serve_run(url, prompts, args.max_tokens, stream))
-                rates["server stream" if stream else "server"] = tokens / secs
-            tokens, secs = offline(prompts, args.max_tokens)
+                rates[name], cpu[name] = tokens / secs, _cpu_seconds(proc.pid) - before
+            tokens, secs, cpu["offline"] = offline(prompts, args.max_tokens)
             rates["offline"] = tokens / secs
-            print(f"  round {i + 1}: " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items())
-                  + f"; server/offline {rates['server'] / rates['offline']:.2f}, "
-                  f"streamed/offline {rates['server stream'] / rates['offline']:.2f}")
+            print(f"  round {i + 1}: " + ", ".join(
+                f"{k} {v:.0f} ({cpu[k]:.1f} CPU s)" for k, v in rates.items())
+                + f"; server/offline {rates['server'] / rates['offline']:.2f}, "
+                f"streamed/offline {rates['server stream'] / rates['offline']:.2f}")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
