@@ -93,6 +93,9 @@ class LLMEngine:
         """Tokenize and validate without touching engine state (safe from any thread)."""
         params = params or SamplingParams()
         text, ids = tokenize_prompt(self.tokenizer, prompt, self.config.hf.vocab_size)
+        vocab = self.config.hf.vocab_size
+        if params.logprobs is not None and params.logprobs > vocab:
+            raise ValueError(f"logprobs ({params.logprobs}) exceeds the vocabulary size ({vocab})")
         limit = self.config.max_model_len
         if len(ids) >= limit:
             raise ValueError(f"prompt has {len(ids)} tokens but max_model_len is {limit}; "

@@ -92,3 +92,9 @@ def test_unknown_keyword_is_a_type_error(stories_path):
 def test_chat_without_template(llm):
     with pytest.raises(ValueError, match="chat template"):
         llm.chat([{"role": "user", "content": "hi"}])
+
+
+def test_logprobs_beyond_vocab_is_rejected_before_the_step(llm):
+    with pytest.raises(ValueError, match="logprobs"):
+        llm.generate("Once upon a time", SamplingParams(logprobs=100000), use_tqdm=False)
+    assert not llm.llm_engine.has_unfinished_requests()
