@@ -138,16 +138,17 @@ class EmulatedCluster:
 
 @contextlib.contextmanager
 def running_operator(cluster: EmulatedCluster, namespaces: tuple[str, ...] = (),
-                     timeout: float = 30) -> Iterator:
+                     timeout: float = 30, debug: bool = False) -> Iterator:
     """The real operator (kopf run -m pagedserve.operator.handlers, standalone) in a thread,
     pointed at the cluster through $KUBECONFIG (set it first, e.g. with monkeypatch.setenv).
-    Yields the kopf.testing.KopfRunner; leaving the block stops the operator."""
+    Yields the kopf.testing.KopfRunner; leaving the block stops the operator. debug: log
+    everything kopf does (its patches' bodies too)."""
     import kopf
     from kopf.testing import KopfRunner
     settings = kopf.OperatorSettings()
     settings.scanning.disabled = True  # kmock serves no CRD objects to scan
     scope = [arg for ns in namespaces for arg in ("-n", ns)] or ["-A"]
-    args = ["run", "--standalone", *scope, "-m", "pagedserve.operator.handlers"]
+    args = ["run", "--standalone", *(["--debug"] if debug else []), *scope, "-m", "pagedserve.operator.handlers"]
     with KopfRunner(args, settings=settings, timeout=timeout) as runner:
         yield runner
 
