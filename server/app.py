@@ -12,13 +12,14 @@ from pagedserve.engine.async_engine import AsyncLLMEngine
 from pagedserve.server.chat import create_chat_completion, render_messages
 from pagedserve.server.completions import create_completion
 from pagedserve.server.errors import error_response, install_error_handlers, invalid
+from pagedserve.server.limits import BodyLimit
 from pagedserve.server.protocol import (ChatCompletionRequest, ChatCompletionResponse,
                                         CompletionRequest, CompletionResponse,
                                         DetokenizeRequest, DetokenizeResponse, ErrorResponse,
                                         ModelCard, ModelList, TokenizeRequest, TokenizeResponse)
 from pagedserve.server.state import ServerState, ServeSettings
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 500, 503)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 500, 503)}
 _SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 
 
@@ -35,8 +36,9 @@ class Gate:
         if scope["type"] != "http" or not scope["path"].startswith("/v1"):
             return await self.app(scope, receive, send)
         if self.expected is not None:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            given = [v for k, v in scope["headers"] if k == b"authorization"]
+            # constant-time; two headers are refused, as a proxy may have read the other one
+            if len(given) != 1 or not hmac.compare_digest(given[0], self.expected):
                 response = error_response(401, "invalid or missing API key: send "
                                           "'Authorization: Bearer <key>'", code="invalid_api_key")
                 return await response(scope, receive, send)
@@ -75,6 +77,8 @@ def build_app(settings: ServeSettings, engine: AsyncLLMEngine | None = None) -> 
                   description="OpenAI-compatible LLM server over the pagedserve engine.")
     app.state.server = state
     app.add_middleware(Gate, state=state)
+    # added last, so it runs first: an oversized body is refused before anything else
+    app.add_middleware(BodyLimit, limit=settings.limits.max_request_body_bytes)
     install_error_handlers(app)
     _add_routes(app, state)
     return app

@@ -8,6 +8,7 @@ from fastapi.responses import StreamingResponse
 from pagedserve.engine.outputs import CompletionOutput
 from pagedserve.engine.tokenizer import apply_chat_template
 from pagedserve.server.errors import invalid
+from pagedserve.server.limits import check_request
 from pagedserve.server.generation import (Deltas, check_length, final_outputs, generate,
                                           sampling_params, sse, stream_error, top_logprobs,
                                           until_disconnect)
@@ -60,6 +61,8 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
                                  request: Request):
     state.engine_or_raise()
     state.check_model(body.model)
+    check_request(state.settings.limits, body, 1, body.top_logprobs if body.logprobs else None,
+                  "top_logprobs")
     ids = render_messages(state, body.messages, body.add_generation_prompt)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     max_tokens = check_length(state, len(ids), requested, "messages")

@@ -37,10 +37,40 @@ def add_parser(subparsers) -> None:
     g.add_argument("--shutdown-timeout", type=_non_negative(float), default=30.0,
                    help="on SIGTERM, seconds to let in-flight requests finish before exiting; "
                         "/health turns 503 and new requests get 503 meanwhile")
+    _add_limit_args(p)
     g.add_argument("--uvicorn-log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug", "trace"])
     add_engine_args(p)
     p.set_defaults(run=run)
+
+
+def _add_limit_args(p: argparse.ArgumentParser) -> None:
+    from pagedserve.server.limits import Limits
+    d = Limits()
+    g = p.add_argument_group("request limits", "beyond a limit a request gets 400 naming it "
+                             "(413 for the body); prompt + max_tokens are bounded by "
+                             "--max-model-len")
+    g.add_argument("--max-request-body-bytes", type=_positive(int),
+                   default=d.max_request_body_bytes, help="largest request body (default: "
+                   f"{d.max_request_body_bytes})")
+    g.add_argument("--max-n", type=_positive(int), default=d.max_n,
+                   help="most sequences one request may ask for: n, times the number of "
+                        f"prompts for a batched completion (default: {d.max_n})")
+    g.add_argument("--max-logprobs", type=_non_negative(int), default=d.max_logprobs,
+                   help="largest logprobs / top_logprobs (default: %(default)s, as vLLM)")
+    g.add_argument("--max-stop-strings", type=_non_negative(int), default=d.max_stop_strings,
+                   help="most entries in stop, and in stop_token_ids (default: %(default)s)")
+    g.add_argument("--max-stop-length", type=_positive(int), default=d.max_stop_length,
+                   help="longest stop string, in characters (default: %(default)s)")
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+        return value
+    return parse
 
 
 def _non_negative(kind):
@@ -56,6 +86,7 @@ def settings_from_args(args: argparse.Namespace):
     """ServeSettings from parsed flags; SystemExit with a message on conflicting input."""
     from pagedserve.engine.arg_utils import engine_kwargs_from_args
     from pagedserve.engine.loader import default_model
+    from pagedserve.server.limits import Limits
     from pagedserve.server.state import ServeSettings
     if args.model_tag and args.model and args.model_tag != args.model:
         sys.exit(f"pagedserve serve: error: MODEL {args.model_tag!r} and --model "
@@ -67,7 +98,9 @@ def settings_from_args(args: argparse.Namespace):
         engine_kwargs=engine_kwargs_from_args(args),
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         chat_template=_load_template(args.chat_template),
-        max_queue_len=args.max_queue_len, shutdown_timeout=args.shutdown_timeout)
+        max_queue_len=args.max_queue_len, shutdown_timeout=args.shutdown_timeout,
+        limits=Limits(args.max_request_body_bytes, args.max_n, args.max_logprobs,
+                      args.max_stop_strings, args.max_stop_length))
 
 
 def _load_template(value: str | None) -> str | None:

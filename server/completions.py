@@ -8,6 +8,7 @@ from fastapi.responses import StreamingResponse
 from pagedserve.engine.outputs import CompletionOutput
 from pagedserve.engine.tokenizer import tokenize_prompt
 from pagedserve.server.errors import invalid
+from pagedserve.server.limits import check_request
 from pagedserve.server.generation import (Deltas, check_length, final_outputs, generate, merge,
                                           sampling_params, sse, stream_error, top_logprobs,
                                           until_disconnect)
@@ -46,6 +47,7 @@ async def create_completion(state: ServerState, body: CompletionRequest, request
     state.engine_or_raise()
     state.check_model(body.model)
     prompts = _prompts(state, body.prompt)
+    check_request(state.settings.limits, body, len(prompts), body.logprobs, "logprobs")
     max_tokens = min(check_length(state, len(ids), body.max_tokens, "prompt")
                      for _, ids in prompts)
     params = sampling_params(body, max_tokens, body.logprobs)

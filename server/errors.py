@@ -7,13 +7,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from pagedserve.engine.async_engine import EngineDeadError
 from pagedserve.server.protocol import ErrorInfo
 
 logger = logging.getLogger(__name__)
 
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
           404: "invalid_request_error", 405: "invalid_request_error",
+          413: "invalid_request_error",
           500: "server_error", 503: "service_unavailable"}
 
 
@@ -70,6 +70,9 @@ def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    # imported here: the CLI's parser reads limits.py, which uses this module, without torch
+    from pagedserve.engine.async_engine import EngineDeadError
+
     @app.exception_handler(APIError)
     async def api_error(_: Request, e: APIError) -> JSONResponse:
         return error_response(e.status, e.message, e.param, e.code, e.headers)

@@ -10,8 +10,6 @@ from pydantic import BaseModel, Field
 
 from pagedserve.engine.sampling_params import SamplingParams
 
-MAX_LOGPROBS = 20  # top alternatives per token, as vLLM's default --max-logprobs
-
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
@@ -58,7 +56,7 @@ class SamplingFields(BaseModel):
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = 16
-    logprobs: int | None = Field(None, le=MAX_LOGPROBS)
+    logprobs: int | None = Field(None, ge=0)  # bounded by --max-logprobs
     echo: bool = False
 
 
@@ -78,7 +76,7 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, le=MAX_LOGPROBS)
+    top_logprobs: int | None = Field(None, ge=0)  # bounded by --max-logprobs
     add_generation_prompt: bool = True
 
 

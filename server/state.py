@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pagedserve.engine.async_engine import AsyncLLMEngine, EngineDeadError
 from pagedserve.engine.config import EngineConfig
 from pagedserve.server.errors import APIError
+from pagedserve.server.limits import Limits
 from pagedserve.server.metrics import Metrics
 
 logger = logging.getLogger("pagedserve.server")
@@ -23,6 +24,7 @@ class ServeSettings:
     chat_template: str | None = None
     max_queue_len: int | None = None
     shutdown_timeout: float = 30.0
+    limits: Limits = field(default_factory=Limits)
 
 
 class ServerState:
