@@ -12,6 +12,8 @@ from pagedserve.engine.models import model_class
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16}
 CPU_KV_CACHE_DEFAULT = 4 * 2**30
+# decode sequences per torch-reference attention call (measured best on CPU; see attention.py)
+TORCH_DECODE_CHUNK = 32
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,7 +136,8 @@ class ModelRunner:
         dev = self.device
         return AttentionMetadata(slots.to(dev), table_t.to(dev),
                                  torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-                                 qsl.to(dev), max(num_new), _leading_ones(num_new))
+                                 qsl.to(dev), max(num_new), _leading_ones(num_new),
+                                 TORCH_DECODE_CHUNK if kernels.active_backend() == "torch" else 0)
 
 
 def _leading_ones(num_new: list[int]) -> int:

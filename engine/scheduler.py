@@ -25,12 +25,15 @@ class SchedulerOutput:
 
 
 def _decodes_first(out: SchedulerOutput) -> SchedulerOutput:
-    """Single-token sequences first (stable), so attention runs them as one decode batch and
-    pads only the multi-token prefills."""
-    if all(n == 1 for n in out.num_new_tokens):
-        return out
-    order = sorted(range(len(out.requests)), key=lambda i: out.num_new_tokens[i] != 1)
-    return SchedulerOutput([out.requests[i] for i in order], [out.num_new_tokens[i] for i in order])
+    """Single-token sequences first, shortest context first, then the multi-token prefills in
+    their order: attention runs the decodes as one batch (or in chunks of similar lengths,
+    see AttentionMetadata.decode_chunk) and pads only the prefills."""
+    reqs, nums = out.requests, out.num_new_tokens
+
+    def key(i: int) -> tuple[bool, int]:
+        return nums[i] != 1, reqs[i].num_tokens if nums[i] == 1 else 0
+    order = sorted(range(len(reqs)), key=key)
+    return SchedulerOutput([reqs[i] for i in order], [nums[i] for i in order])
 
 
 class Scheduler:

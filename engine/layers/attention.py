@@ -16,6 +16,10 @@ class AttentionMetadata:
     query_start_loc: torch.Tensor  # [num_seqs + 1] int32
     max_query_len: int
     num_decodes: int = 0  # the first num_decodes sequences have one new token each
+    # >0: decode attention runs over chunks of this many sequences (sorted by length, so each
+    # chunk pads only to its own longest): for the torch reference, which copies every
+    # sequence's KV padded to the longest, this copies less and keeps it cache-sized
+    decode_chunk: int = 0
 
 
 class Attention(nn.Module):
@@ -30,21 +34,31 @@ class Attention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
         kernels.store_kv_cache(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
-        if meta.max_query_len == 1:
-            return kernels.paged_attention_decode(q, self.k_cache, self.v_cache, meta.block_tables,
-                                                  meta.seq_lens, self.scale)
-        d = meta.num_decodes
+        num_seqs = meta.seq_lens.shape[0]
+        d = num_seqs if meta.max_query_len == 1 else meta.num_decodes
+        if d == num_seqs:
+            return self._decode(q, meta.block_tables, meta.seq_lens, meta.decode_chunk)
         if d == 0:
             return kernels.paged_prefill_attention(q, self.k_cache, self.v_cache,
                                                    meta.block_tables, meta.query_start_loc,
                                                    meta.seq_lens, self.scale)
         # a mixed step: the decodes' single tokens come first, the prefills after them
         out = torch.empty_like(q)
-        out[:d] = kernels.paged_attention_decode(q[:d], self.k_cache, self.v_cache,
-                                                 meta.block_tables[:d], meta.seq_lens[:d],
-                                                 self.scale)
+        out[:d] = self._decode(q[:d], meta.block_tables[:d], meta.seq_lens[:d], meta.decode_chunk)
         out[d:] = kernels.paged_prefill_attention(q[d:], self.k_cache, self.v_cache,
                                                   meta.block_tables[d:],
                                                   meta.query_start_loc[d:] - d,
                                                   meta.seq_lens[d:], self.scale)
+        return out
+
+    def _decode(self, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                chunk: int) -> torch.Tensor:
+        if not chunk or q.shape[0] <= chunk:
+            return kernels.paged_attention_decode(q, self.k_cache, self.v_cache, block_tables,
+                                                  seq_lens, self.scale)
+        out = torch.empty_like(q)
+        for s in range(0, q.shape[0], chunk):
+            out[s:s + chunk] = kernels.paged_attention_decode(
+                q[s:s + chunk], self.k_cache, self.v_cache, block_tables[s:s + chunk],
+                seq_lens[s:s + chunk], self.scale)
         return out

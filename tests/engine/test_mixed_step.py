@@ -29,7 +29,27 @@ def test_mixed_step_matches_all_prefill():
     torch.testing.assert_close(run(2), run(0))
 
 
-def test_scheduler_output_puts_decodes_first():
+def test_chunked_decode_matches_one_call():
+    torch.manual_seed(1)
+    heads, kv_heads, dim, block = 4, 2, 8, 4
+    attn = Attention(heads, dim, kv_heads, dim ** -0.5)
+    attn.k_cache = torch.randn(40, block, kv_heads, dim)
+    attn.v_cache = torch.randn(40, block, kv_heads, dim)
+    seq_lens = torch.tensor([3, 5, 8, 9, 12, 16, 16], dtype=torch.int32)
+    tables = torch.randperm(40)[:28].view(7, 4).int()
+    q = torch.randn(7, heads, dim)
+    whole = attn._decode(q, tables, seq_lens, chunk=0)
+    torch.testing.assert_close(attn._decode(q, tables, seq_lens, chunk=3), whole)
+
+
+class _Req:
+    def __init__(self, name: str, num_tokens: int) -> None:
+        self.name, self.num_tokens = name, num_tokens
+
+
+def test_scheduler_output_puts_decodes_first_shortest_first():
     from pagedserve.engine.scheduler import SchedulerOutput, _decodes_first
-    out = _decodes_first(SchedulerOutput(["prefill", "d1", "chunk", "d2"], [7, 1, 3, 1]))
-    assert (out.requests, out.num_new_tokens) == (["d1", "d2", "prefill", "chunk"], [1, 1, 7, 3])
+    reqs = [_Req("prefill", 7), _Req("d-long", 90), _Req("chunk", 30), _Req("d-short", 12)]
+    out = _decodes_first(SchedulerOutput(reqs, [7, 1, 3, 1]))
+    assert [r.name for r in out.requests] == ["d-short", "d-long", "prefill", "chunk"]
+    assert out.num_new_tokens == [1, 1, 7, 3]
