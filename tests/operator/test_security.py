@@ -114,6 +114,8 @@ def test_secret_values_never_leave_the_secret(cluster, monkeypatch, ns):
         assert form not in stored, "a secret value in an object the operator wrote"
         assert form not in runner.output, "a secret value in the operator's log"
     assert "SecretKeyNotFound" in stored  # the Event and status name the key, not the value
+    print(f"\nsecret values searched (plain and base64) in {len(mine)} operator requests ({len(sent)} body bytes), "
+          f"{len(stored)} bytes of stored objects, {len(runner.output.splitlines())} log lines: none found")
 
 
 def chart_rules(values: dict) -> list[dict]:
