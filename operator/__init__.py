@@ -8,6 +8,8 @@ Modules, in the order data flows through them:
 - status: phase and conditions from the children's state
 - reconcile: one level-based pass over one LLMDeployment
 - handlers: the kopf wiring; cli: `pagedserve operator`; rbac: every API call the operator makes
+- testing, emulator, emulator_parts, faults: test support (needs kmock): an emulated API server
+  that can misbehave on purpose, and the real operator run against it
 
 Nothing here imports torch: the operator only writes manifests that run `pagedserve serve`.
 """

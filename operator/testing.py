@@ -4,7 +4,9 @@ Like kopf.testing, this module is for tests only and needs the test extra (kmock
 the operator imports it. EmulatedCluster serves emulator.KubeEmulator (kmock with its gaps
 filled) on localhost from a thread and records every request; running_operator runs the
 operator in it with kopf's KopfRunner. The emulator runs no controllers (tests patch a
-Deployment's status themselves) and collects no garbage (tests assert owner references).
+Deployment's status themselves, see deployment_ready) and collects no garbage (tests assert
+owner references). inject(faults.Faults(...)) makes it misbehave towards the operator: random
+409s, 500s, lost answers, delays, dropped watches; diverged() says what still differs from a spec.
 
     with EmulatedCluster(crds=[CRD_PATH]) as cluster, running_operator(cluster):
         cluster.kube.create("LLMDeployment", "default", llmdeployment("m"))

@@ -28,7 +28,8 @@ RESYNC = 1.0
 FAULTS = dict(conflict=0.1, error=0.1, lost=0.05, slow=0.2, max_delay=0.2, watch_lifetime=2.0)
 WATCHED = 3  # watch streams the operator keeps: LLMDeployments, Deployments, Services
 CHILD_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PersistentVolumeClaim")
-IMAGE_ENV = {"PAGEDSERVE_IMAGE_CPU": "registry.test/pagedserve:cpu", "PAGEDSERVE_IMAGE_AMD": "registry.test/pagedserve:rocm",
+IMAGE_ENV = {"PAGEDSERVE_IMAGE_CPU": "registry.test/pagedserve:cpu",
+             "PAGEDSERVE_IMAGE_AMD": "registry.test/pagedserve:rocm",
              "PAGEDSERVE_IMAGE_NVIDIA": "registry.test/pagedserve:cuda"}
 
 
@@ -60,7 +61,8 @@ def converged(cluster, config, ns: str, names: list[str]) -> bool:
 
 
 def live_uids(cluster, ns: str) -> dict:
-    return {(kind, o["metadata"]["name"]): o["metadata"]["uid"] for kind in CHILD_KINDS for o in cluster.objects(kind, ns)}
+    return {(kind, o["metadata"]["name"]): o["metadata"]["uid"]
+            for kind in CHILD_KINDS for o in cluster.objects(kind, ns)}
 
 
 def per_resource(requests: list) -> tuple[collections.Counter, int]:
@@ -105,8 +107,8 @@ def test_converges_under_random_faults_without_duplicates_or_hot_loops(cluster, 
         uids = live_uids(cluster, ns)
         for name in names:  # as the Deployment controller reports once the pods pass their probes
             deployment_ready(cluster.kube, ns, name)
-        wait_for(lambda: all((o.get("status") or {}).get("phase") == "Ready" for o in cluster.objects("LLMDeployment", ns)),
-                 timeout=60, what="every LLMDeployment Ready")
+        wait_for(lambda: all((o.get("status") or {}).get("phase") == "Ready"
+                             for o in cluster.objects("LLMDeployment", ns)), timeout=60, what="all Ready")
         ready_s = time.monotonic() - started
         # still under faults: spec changes are patched in, a deleted child comes back
         changed, dropped, restored = names[0], names[1], names[2]
@@ -129,8 +131,9 @@ def test_converges_under_random_faults_without_duplicates_or_hot_loops(cluster, 
     assert "unrecoverable error" not in runner.output
     by_resource, streams = per_resource(sent)
     busiest = max(by_resource.values(), default=0)
-    print(f"\nchaos seed={seed} resources={SIZE}: children converged in {converge_s:.1f}s, all Ready in {ready_s:.1f}s; "
-          f"in {window:.1f}s converged: {len(sent)} requests, at most {busiest} about one resource "
+    print(f"\nchaos seed={seed} resources={SIZE}: children converged in {converge_s:.1f}s, "
+          f"all Ready in {ready_s:.1f}s; in {window:.1f}s converged: {len(sent)} requests, "
+          f"at most {busiest} about one resource "
           f"(bound {resource_bound(window):.0f}), {streams} watches/lists/creates "
           f"(bound {stream_bound(window, FAULTS['watch_lifetime']):.0f}); injected {injected}")
     assert busiest <= resource_bound(window), f"a hot loop? {by_resource.most_common(3)} in {window:.1f}s"

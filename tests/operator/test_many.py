@@ -73,8 +73,8 @@ def test_many_at_once_converge_and_a_recreated_one_is_re_owned(cluster, config, 
         cluster.kube.create("LLMDeployment", ns, llmdeployment(collected, ns))
         for name in (again, collected):
             wait_for(lambda: not diverged(cluster.kube, config, ns, name), what=f"{name} re-owned")
-            wait_for(lambda: condition(cluster.kube.get("LLMDeployment", ns, name), "Reconciled").get("status") == "True",
-                     what=f"{name}'s status")
+            wait_for(lambda: condition(cluster.kube.get("LLMDeployment", ns, name), "Reconciled").get("status")
+                     == "True", what=f"{name}'s status")
     assert runner.exception is None
     new_uid = cluster.kube.get("LLMDeployment", ns, again)["metadata"]["uid"]
     assert new_uid != old["LLMDeployment"]["metadata"]["uid"]
