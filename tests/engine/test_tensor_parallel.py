@@ -47,12 +47,19 @@ def token_ids(llm: LLM) -> list[list[int]]:
 
 def workers() -> set[int]:
     """Live child processes of this one, except multiprocessing's resource tracker."""
-    me = os.getpid()
-    pids = set()
-    for task in os.listdir(f"/proc/{me}/task"):
-        with open(f"/proc/{me}/task/{task}/children") as f:
-            pids.update(int(p) for p in f.read().split())
-    return pids - {resource_tracker._resource_tracker._pid}
+    return set(_children(os.getpid())) - {resource_tracker._resource_tracker._pid}
+
+
+def _children(pid: int) -> list[int]:
+    """Child pids of every thread of pid; a thread may end while we read."""
+    pids = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            pass
+    return pids
 
 
 @pytest.fixture(scope="module")
@@ -211,15 +218,14 @@ def _alive(pid: int) -> bool:
 
 
 def _spawned_workers(pid: int) -> list[int]:
-    pids = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            pids += [int(p) for p in f.read().split()]
     workers = []
-    for p in pids:
-        with open(f"/proc/{p}/cmdline", "rb") as f:
-            if b"spawn_main" in f.read():
-                workers.append(p)
+    for p in _children(pid):
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    workers.append(p)
+        except FileNotFoundError:  # ended meanwhile
+            pass
     return workers
 
 
