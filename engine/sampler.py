@@ -96,7 +96,8 @@ class Sampler:
         if all(x.top_k == 0 and x.top_p == 1 and x.min_p == 0 for x in p):
             return probs
         dev, vocab = probs.device, probs.shape[-1]
-        top_k = torch.tensor([x.top_k if x.top_k > 0 else vocab for x in p], device=dev)
+        # a top_k beyond the vocabulary keeps every token (and a huge one would overflow int64)
+        top_k = torch.tensor([min(x.top_k, vocab) if x.top_k > 0 else vocab for x in p], device=dev)
         top_p = torch.tensor([x.top_p for x in p], device=dev)
         min_p = torch.tensor([x.min_p for x in p], device=dev)
         sorted_p, order = probs.sort(dim=-1, descending=True)

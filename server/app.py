@@ -11,7 +11,8 @@ from pagedserve import __version__
 from pagedserve.engine.async_engine import AsyncLLMEngine
 from pagedserve.server.chat import create_chat_completion, render_messages
 from pagedserve.server.completions import create_completion
-from pagedserve.server.errors import error_response, install_error_handlers, invalid
+from pagedserve.server.errors import (check_unicode, error_response, install_error_handlers,
+                                      invalid)
 from pagedserve.server.limits import BodyLimit
 from pagedserve.server.protocol import (ChatCompletionRequest, ChatCompletionResponse,
                                         CompletionRequest, CompletionResponse,
@@ -131,7 +132,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         if body.messages is not None:
             ids = render_messages(state, body.messages, body.add_generation_prompt)
         else:
-            ids = engine.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+            ids = engine.tokenizer.encode(check_unicode(body.prompt, "prompt"),
+                                          add_special_tokens=body.add_special_tokens)
         return TokenizeResponse(tokens=ids, count=len(ids),
                                 max_model_len=engine.engine.config.max_model_len)
 

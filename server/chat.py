@@ -7,7 +7,7 @@ from fastapi.responses import StreamingResponse
 
 from pagedserve.engine.outputs import CompletionOutput
 from pagedserve.engine.tokenizer import apply_chat_template
-from pagedserve.server.errors import invalid
+from pagedserve.server.errors import check_unicode, invalid
 from pagedserve.server.limits import check_request
 from pagedserve.server.generation import (Deltas, check_length, final_outputs, generate,
                                           sampling_params, sse, stream_error, top_logprobs,
@@ -21,13 +21,13 @@ from pagedserve.server.state import ServerState
 
 def _content(i: int, message: ChatMessage) -> str:
     if message.content is None or isinstance(message.content, str):
-        return message.content or ""
+        return check_unicode(message.content or "", f"messages.{i}.content")
     texts = []
     for part in message.content:
         if part.type != "text" or part.text is None:
             raise invalid(f"messages[{i}].content: only text parts are supported, got a "
                           f"{part.type!r} part", f"messages.{i}.content")
-        texts.append(part.text)
+        texts.append(check_unicode(part.text, f"messages.{i}.content"))
     return "\n".join(texts)
 
 

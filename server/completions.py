@@ -7,7 +7,7 @@ from fastapi.responses import StreamingResponse
 
 from pagedserve.engine.outputs import CompletionOutput
 from pagedserve.engine.tokenizer import tokenize_prompt
-from pagedserve.server.errors import invalid
+from pagedserve.server.errors import check_unicode, invalid
 from pagedserve.server.limits import check_request
 from pagedserve.server.generation import (Deltas, check_length, final_outputs, generate, merge,
                                           sampling_params, sse, stream_error, top_logprobs,
@@ -23,6 +23,9 @@ def _prompts(state: ServerState, prompt) -> list[tuple[str | None, list[int]]]:
     items = [prompt] if single else list(prompt)
     if not items:
         raise invalid("prompt must not be empty", "prompt")
+    for p in items:
+        if isinstance(p, str):
+            check_unicode(p, "prompt")
     core = state.engine.engine
     try:
         return [tokenize_prompt(core.tokenizer, p, core.config.hf.vocab_size) for p in items]

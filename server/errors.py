@@ -31,6 +31,16 @@ def invalid(message: str, param: str | None = None) -> APIError:
     return APIError(400, message, param)
 
 
+def check_unicode(text: str, param: str) -> str:
+    """JSON may carry lone surrogates ("\\ud800"), which no tokenizer can encode: 400, not 500."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise invalid(f"{param} is not valid Unicode: {e.reason} at position {e.start}",
+                      param) from None
+    return text
+
+
 def from_value_error(e: ValueError, fields: set[str]) -> APIError:
     """SamplingParams and the tokenizer start their messages with the bad field's name."""
     first = str(e).split(" ", 1)[0]
