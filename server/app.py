@@ -21,7 +21,10 @@ from pagedserve.server.protocol import (ChatCompletionRequest, ChatCompletionRes
 from pagedserve.server.state import ServerState, ServeSettings
 
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 500, 503)}
-_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+# text/event-stream: the schema of each event; `data` is a JSON chunk, or "[DONE]" at the end
+_SSE = {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}}}
 
 
 class Gate:

@@ -6,16 +6,22 @@ Value ranges are checked by SamplingParams, so one rule lives in one place.
 import time
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from pagedserve.engine.sampling_params import SamplingParams
 
 
-class StreamOptions(BaseModel):
+class RequestModel(BaseModel):
+    """Request JSON must have the types the schema states: strict, so `true` is no integer and
+    "1" no number (lax coercion let booleans through as 1 and 0)."""
+    model_config = ConfigDict(strict=True)
+
+
+class StreamOptions(RequestModel):
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(RequestModel):
     """Fields shared by completions and chat completions."""
     model: str | None = None
     n: int = 1
@@ -60,12 +66,12 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
 
 
-class TextPart(BaseModel):
+class TextPart(RequestModel):
     type: str
     text: str | None = None
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(RequestModel):
     role: Literal["system", "user", "assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -186,7 +192,7 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(RequestModel):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
@@ -200,7 +206,7 @@ class TokenizeResponse(BaseModel):
     max_model_len: int
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(RequestModel):
     model: str | None = None
     tokens: list[int]
 

@@ -42,3 +42,24 @@ def test_lone_surrogates_are_400_not_500(server, path, body, param):
 def test_surrogate_pair_is_fine(server):
     r = post_raw(server, "/tokenize", '{"prompt": "\\ud83d\\ude00"}')  # one emoji, escaped
     assert r.status_code == 200 and r.json()["count"] > 0
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": "Hi", "max_tokens": True}, "max_tokens"),
+    ({"prompt": "Hi", "stop_token_ids": [True]}, "stop_token_ids.0"),
+    ({"prompt": [True, False]}, "prompt"),
+    ({"prompt": "Hi", "temperature": False}, "temperature"),
+    ({"prompt": "Hi", "n": "2"}, "n"),
+    ({"prompt": "Hi", "echo": 1}, "echo"),
+])
+def test_no_type_coercion(server, body, param):
+    # found by schemathesis (negative cases): booleans passed as integers (true -> 1)
+    r = server.http.post("/v1/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_ints_are_numbers(server):
+    r = server.http.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2,
+                                                  "temperature": 0, "top_p": 1})
+    assert r.status_code == 200, r.text
