@@ -12,7 +12,8 @@ FLAGS = ["--host", "--port", "--served-model-name", "--api-key", "--dtype", "--s
          "--gpu-memory-utilization", "--kv-cache-memory", "--enable-prefix-caching",
          "--no-enable-prefix-caching", "--tensor-parallel-size",
          "--distributed-executor-backend", "--chat-template", "--device", "--max-queue-len",
-         "--shutdown-timeout", "--model"]
+         "--shutdown-timeout", "--model", "--max-request-body-bytes", "--max-n",
+         "--max-logprobs", "--max-stop-strings", "--max-stop-length"]
 
 
 def settings(*argv: str):
@@ -36,6 +37,8 @@ def test_model_and_served_name_defaults(monkeypatch):
     bundled = settings()
     assert bundled.served_model_names == [BUNDLED_NAME] and bundled.model.endswith(BUNDLED_NAME)
     assert bundled.api_key is None and bundled.max_queue_len is None
+    assert bundled.limits.max_logprobs == 20 and bundled.limits.max_n == 128
+    assert settings("--max-stop-length", "9").limits.max_stop_length == 9
     assert settings("some/model").served_model_names == ["some/model"]
     assert settings("--model", "some/model").model == "some/model"
     assert settings("m", "--served-model-name", "a", "b").served_model_names == ["a", "b"]
@@ -72,6 +75,7 @@ def test_chat_template_file_or_text(tmp_path):
 
 
 def test_bad_values_are_rejected():
-    for argv in (["--max-queue-len", "-1"], ["--shutdown-timeout", "-2"], ["--port", "x"]):
+    for argv in (["--max-queue-len", "-1"], ["--shutdown-timeout", "-2"], ["--port", "x"],
+                 ["--max-n", "0"], ["--max-request-body-bytes", "0"], ["--max-logprobs", "-1"]):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["serve", *argv])
