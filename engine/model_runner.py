@@ -12,8 +12,11 @@ from pagedserve.engine.models import model_class
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16}
 CPU_KV_CACHE_DEFAULT = 4 * 2**30
-# decode sequences per torch-reference attention call (measured best on CPU; see attention.py)
+# Torch-reference decode attention copies each sequence's KV padded to the chunk's longest:
+# chunks of at most 32 sequences and ~8 MiB of KV per layer stay cache-sized (measured best
+# on CPU for 8- and 64-dim heads; see AttentionMetadata.decode_chunk).
 TORCH_DECODE_CHUNK = 32
+TORCH_DECODE_CHUNK_BYTES = 8 * 2**20
 
 
 def resolve_device(name: str) -> torch.device:
@@ -137,7 +140,14 @@ class ModelRunner:
         return AttentionMetadata(slots.to(dev), table_t.to(dev),
                                  torch.tensor(seq_lens, dtype=torch.int32, device=dev),
                                  qsl.to(dev), max(num_new), _leading_ones(num_new),
-                                 TORCH_DECODE_CHUNK if kernels.active_backend() == "torch" else 0)
+                                 self._decode_chunk(max(seq_lens)))
+
+    def _decode_chunk(self, max_seq_len: int) -> int:
+        if kernels.active_backend() != "torch":
+            return 0
+        a = self.attn_layers[0]
+        seq_bytes = 2 * a.num_kv_heads * a.head_size * self.dtype.itemsize * max_seq_len
+        return max(1, min(TORCH_DECODE_CHUNK, TORCH_DECODE_CHUNK_BYTES // seq_bytes))
 
 
 def _leading_ones(num_new: list[int]) -> int:
