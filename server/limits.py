@@ -3,10 +3,13 @@
 Prompt and completion length are bounded by the engine's --max-model-len (checked in
 generation.check_length); the rest lives here, each behind a `pagedserve serve` flag.
 """
-from dataclasses import dataclass
+from __future__ import annotations
 
-from pagedserve.server.errors import error_response, invalid
-from pagedserve.server.protocol import SamplingFields
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the CLI reads Limits' defaults; it must not import FastAPI to do so
+    from pagedserve.server.protocol import SamplingFields
 
 
 @dataclass(slots=True)
@@ -20,6 +23,7 @@ class Limits:
 
 
 def _over(value: int, limit: int, what: str, flag: str, param: str) -> None:
+    from pagedserve.server.errors import invalid
     if value > limit:
         raise invalid(f"{what} is {value}, above this server's limit of {limit} ({flag})", param)
 
@@ -78,6 +82,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope, receive, send) -> None:
+        from pagedserve.server.errors import error_response
         response = error_response(
             413, f"the request body is larger than this server's limit of {self.limit} bytes "
                  "(--max-request-body-bytes)", code="request_too_large",
