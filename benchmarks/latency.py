@@ -2,12 +2,12 @@
 
 Each iteration times a prefill (max_tokens=1) and a full generation of fresh random prompts
 (fresh, so the prefix cache cannot answer); decode latency per token is the difference over
-the output_len - 1 tokens after the first.
+the output_len - 1 tokens after the first. Both backends decode greedily.
 """
 import time
 
 from pagedserve.benchmarks.stats import summarize
-from pagedserve.benchmarks.throughput import _hf_generate, set_threads
+from pagedserve.benchmarks.throughput import _hf_generate, hf_device_dtype, set_threads
 from pagedserve.benchmarks.workload import BenchRequest, model_facts, random_requests
 
 
@@ -18,7 +18,8 @@ def _pagedserve_runner(model: str, engine_kwargs: dict):
 
     def run(batch: list[BenchRequest]) -> None:
         llm.generate([{"prompt_token_ids": r.prompt_token_ids} for r in batch],
-                     [SamplingParams(max_tokens=r.output_len, ignore_eos=True) for r in batch],
+                     [SamplingParams(temperature=0, max_tokens=r.output_len, ignore_eos=True)
+                      for r in batch],
                      use_tqdm=False)
     return run
 
@@ -27,12 +28,11 @@ def _hf_runner(model: str, engine_kwargs: dict):
     import torch
     from transformers import AutoModelForCausalLM
     from pagedserve.engine.loader import resolve_model_path
-    device = "cuda" if engine_kwargs.get("device", "auto") != "cpu" and torch.cuda.is_available() \
-        else "cpu"
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    hf = AutoModelForCausalLM.from_pretrained(resolve_model_path(model), dtype=dtype).to(device)
+    device, dtype = hf_device_dtype(engine_kwargs)
+    hf = AutoModelForCausalLM.from_pretrained(resolve_model_path(model),
+                                              dtype=getattr(torch, dtype)).to(device).eval()
     pad = hf.config.pad_token_id if hf.config.pad_token_id is not None else 0
-    return lambda batch: _hf_generate(hf.eval(), batch, pad, 0.0, device)
+    return lambda batch: _hf_generate(hf, batch, pad, 0.0, device)
 
 
 def measure(run, batches: list[list[BenchRequest]], warmup: int) -> dict:

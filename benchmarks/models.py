@@ -71,3 +71,10 @@ def resolve_model(name: str | None) -> str | None:
         build_model(size, tmp)
         os.replace(tmp, path) if not os.path.exists(path) else shutil.rmtree(tmp)
     return path
+
+
+def main(args) -> int:
+    """`pagedserve bench model SIZE --out DIR`."""
+    path = build_model(args.size, args.out, args.dtype)
+    print(f"wrote a random-weight Llama of {num_params(args.size) / 1e6:.1f}M parameters to {path}")
+    return 0

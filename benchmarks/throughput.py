@@ -92,11 +92,7 @@ def bench_throughput(backend: str, model: str, requests: list[BenchRequest],
     if backend == "pagedserve":
         elapsed = run_pagedserve(model, requests, engine_kwargs, temperature)
     elif backend == "hf":
-        device = engine_kwargs.get("device", "auto")
-        device = "cpu" if device == "auto" and not _cuda() else "cuda" if device == "auto" else device
-        dtype = engine_kwargs.get("dtype", "auto")
-        dtype = ("float32" if device == "cpu" else "bfloat16") if dtype == "auto" else dtype
-        dtype = {"float": "float32", "half": "float16"}.get(dtype, dtype)
+        device, dtype = hf_device_dtype(engine_kwargs)
         elapsed = run_hf(model, requests, hf_max_batch_size, temperature, device, dtype)
     else:
         raise ValueError(f"unknown backend {backend!r}; choose pagedserve or hf")
@@ -104,9 +100,16 @@ def bench_throughput(backend: str, model: str, requests: list[BenchRequest],
     return {"backend": backend, **throughput(len(requests), prompt_tokens, output_tokens, elapsed)}
 
 
-def _cuda() -> bool:
+def hf_device_dtype(engine_kwargs: dict) -> tuple[str, str]:
+    """transformers runs where the engine would, in the dtype the engine would pick."""
     import torch
-    return torch.cuda.is_available()
+    device = engine_kwargs.get("device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = engine_kwargs.get("dtype", "auto")
+    if dtype == "auto":
+        dtype = "float32" if device == "cpu" else "bfloat16"
+    return device, {"float": "float32", "half": "float16"}.get(dtype, dtype)
 
 
 COLUMNS = [("backend", "backend", "s"), ("requests_per_s", "req/s", ".2f"),

@@ -25,9 +25,11 @@ def test_decode_flops_are_two_per_matmul_weight(size):
     assert decode_flops(cfg, 0) == 2 * (models.num_params(size) - embedding - norms)
 
 
-def test_built_model_has_the_counted_parameters(tmp_path):
+def test_built_model_has_the_counted_parameters(tmp_path, capsys):
     from safetensors import safe_open
-    path = models.build_model("1M", str(tmp_path / "m"))
+    path = str(tmp_path / "m")
+    main(["bench", "model", "1M", "--out", path])
+    assert "0.9M parameters" in capsys.readouterr().out
     with safe_open(f"{path}/model.safetensors", framework="pt") as f:
         total = sum(_prod(f.get_slice(k).get_shape()) for k in f.keys())
     assert total == models.num_params("1M")
