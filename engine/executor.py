@@ -4,7 +4,7 @@
 worker process per extra rank (engine/worker.py). Rank 0 alone receives logits and samples.
 """
 import atexit
-import os
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 from pagedserve.engine.config import EngineConfig
+from pagedserve.engine.cpu_threads import limit_torch_threads, usable_cpus
 from pagedserve.engine.distributed import (TPGroup, abort_group, check_no_group, destroy_group,
                                            init_group, make_store, rendezvous_address)
 from pagedserve.engine.model_runner import ModelRunner, pad_block_tables, resolve_device
@@ -57,7 +58,10 @@ class UniExecutor:
     """One rank, in this process."""
 
     def __init__(self, config: EngineConfig) -> None:
-        self.runner = ModelRunner(config, resolve_device(config.device))
+        device = resolve_device(config.device)
+        if device.type == "cpu":
+            limit_torch_threads()
+        self.runner = ModelRunner(config, device)
 
     def init_kv_cache(self) -> int:
         num_blocks = self.runner.decide_num_blocks()
@@ -84,7 +88,9 @@ class MPExecutor:
 
     def __init__(self, config: EngineConfig) -> None:
         self.size = size = config.tensor_parallel_size
-        _check_devices(resolve_device(config.device), size)
+        if resolve_device(config.device).type == "cuda" and torch.cuda.device_count() < size:
+            raise ValueError(f"tensor_parallel_size={size} needs {size} GPUs, but "
+                             f"{torch.cuda.device_count()} are visible")
         self.error: str | None = None
         self.procs: list[mp.Process] = []
         self.conns = []
@@ -108,7 +114,7 @@ class MPExecutor:
         # on CPU the ranks share the cores: oversubscribing them costs more than TP gains
         threads = 0
         if resolve_device(config.device).type == "cpu":
-            threads = max(1, len(os.sched_getaffinity(0)) // self.size)
+            threads = max(1, usable_cpus() // self.size)
         ctx = mp.get_context("spawn")
         for rank in range(1, self.size):
             ours, theirs = ctx.Pipe()
@@ -230,10 +236,8 @@ class MPExecutor:
         self._closed = True
         atexit.unregister(self.shutdown)
         for conn in self.conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.send_bytes(encode_command(EXIT))
-            except OSError:
-                pass
         deadline = time.monotonic() + grace
         for proc in self.procs:
             proc.join(max(0.0, deadline - time.monotonic()))
@@ -245,12 +249,6 @@ class MPExecutor:
         destroy_group()
         self.store = self.runner = None
         torch.set_num_threads(self._threads)
-
-
-def _check_devices(device: torch.device, size: int) -> None:
-    if device.type == "cuda" and torch.cuda.device_count() < size:
-        raise ValueError(f"tensor_parallel_size={size} needs {size} GPUs, but "
-                         f"{torch.cuda.device_count()} are visible")
 
 
 def make_executor(config: EngineConfig) -> UniExecutor | MPExecutor:
