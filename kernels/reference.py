@@ -14,10 +14,11 @@ import torch.nn.functional as F
 def store_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
                    v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """Write the step's new keys and values [T, Hkv, D] into the paged cache at their slots."""
-    valid = slot_mapping >= 0
-    slots = slot_mapping[valid]
-    k_cache.view(-1, *k_cache.shape[2:])[slots] = key[valid]
-    v_cache.view(-1, *v_cache.shape[2:])[slots] = value[valid]
+    if slot_mapping.numel() and int(slot_mapping.min()) < 0:  # padding: keep only real slots
+        valid = slot_mapping >= 0
+        key, value, slot_mapping = key[valid], value[valid], slot_mapping[valid]
+    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slot_mapping, key)
+    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, value)
 
 
 def _gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -69,8 +70,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     if residual is not None:
         x = x + residual
         residual = x
-    xf = x.float()
-    out = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+    if x.dtype == torch.float32:  # one fused op, bit-identical to the steps below in fp32
+        out = F.rms_norm(x, (x.shape[-1],), weight, eps)
+    else:
+        xf = x.float()
+        out = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
     return out if residual is None else (out, residual)
 
 
@@ -83,6 +87,12 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     cos, sin = cos_sin_cache[positions].chunk(2, dim=-1)
     cos, sin = cos[:, None, :], sin[:, None, :]
     for x in (q, k):
+        if x.dtype == torch.float32:  # rotate the two halves in place, no upcast copies
+            x1, x2 = x.chunk(2, dim=-1)
+            x1_sin, x2_sin = x1 * sin, x2 * sin
+            x1.mul_(cos).sub_(x2_sin)
+            x2.mul_(cos).add_(x1_sin)
+            continue
         x1, x2 = x.float().chunk(2, dim=-1)
         x.copy_(torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype))
 
