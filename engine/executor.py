@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 
-import numpy as np
 import torch
 import torch.multiprocessing as mp
 
@@ -45,13 +44,16 @@ def build_step_input(out: SchedulerOutput) -> StepInput:
     ids, positions, tables, seq_lens = [], [], [], []
     for req, n in zip(out.requests, out.num_new_tokens):
         start = req.num_computed_tokens
-        ids.extend(req.token_ids[start:start + n])
-        positions.append(np.arange(start, start + n))
+        if n == 1:  # a decode: most of a busy batch, so no slices or ranges for it
+            ids.append(req.token_ids[start])
+            positions.append(start)
+        else:
+            ids.extend(req.token_ids[start:start + n])
+            positions.extend(range(start, start + n))
         tables.append(req.block_table)
         seq_lens.append(start + n)
-    return StepInput(torch.tensor(ids, dtype=torch.long),
-                     torch.from_numpy(np.concatenate(positions)), tables, seq_lens,
-                     list(out.num_new_tokens))
+    return StepInput(torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long),
+                     tables, seq_lens, list(out.num_new_tokens))
 
 
 class UniExecutor:
