@@ -8,6 +8,7 @@ _EXPORTS = {
     "AsyncLLMEngine": "pagedserve.engine.async_engine",
     "EngineConfig": "pagedserve.engine.config",
     "SamplingParams": "pagedserve.engine.sampling_params",
+    "RequestOutputKind": "pagedserve.engine.sampling_params",
     "RequestOutput": "pagedserve.engine.outputs",
     "CompletionOutput": "pagedserve.engine.outputs",
 }

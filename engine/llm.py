@@ -9,7 +9,7 @@ from pagedserve.engine.config import EngineConfig
 from pagedserve.engine.llm_engine import LLMEngine
 from pagedserve.engine.loader import default_model
 from pagedserve.engine.outputs import RequestOutput
-from pagedserve.engine.sampling_params import SamplingParams
+from pagedserve.engine.sampling_params import RequestOutputKind, SamplingParams
 from pagedserve.engine.tokenizer import PromptType, apply_chat_template
 
 # vLLM arguments that tune things this engine does not have; accepted so vLLM code runs.
@@ -32,7 +32,6 @@ class LLM:
             elif name not in EngineConfig.field_names():
                 raise TypeError(f"LLM() got an unexpected keyword argument {name!r}")
         self.llm_engine = LLMEngine(EngineConfig(model=model or default_model(), **kwargs))
-        self.llm_engine.final_outputs_only = True  # generate() reads finished outputs only
 
     def get_tokenizer(self):
         return self.llm_engine.tokenizer
@@ -50,7 +49,9 @@ class LLM:
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} sampling params for {len(prompts)} prompts")
         engine = self.llm_engine
-        parents = [engine.make_request(None, p, sp) for p, sp in zip(prompts, params)]
+        final = RequestOutputKind.FINAL_ONLY  # generate() reads finished outputs only
+        parents = [engine.make_request(None, p, sp.with_output_kind(final))
+                   for p, sp in zip(prompts, params)]
         for parent in parents:
             engine.add_parent(parent)
         return self._run(parents, use_tqdm)

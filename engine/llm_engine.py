@@ -1,48 +1,20 @@
 """LLMEngine: requests in, RequestOutputs out, one scheduler step at a time."""
-import itertools
 import time
 from dataclasses import dataclass
 
 from pagedserve.engine.block_manager import BlockManager
 from pagedserve.engine.config import EngineConfig
-from pagedserve.engine.detokenizer import Detokenizer
 from pagedserve.engine.executor import build_step_input, make_executor
 from pagedserve.engine.loader import resolve_model_path
-from pagedserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from pagedserve.engine.outputs import RequestOutput
+from pagedserve.engine.processor import EngineCoreRequest, InputProcessor, ParentRequest
 from pagedserve.engine.request import Request
 from pagedserve.engine.sampler import Sampler
-from pagedserve.engine.sampling_params import SamplingParams
+from pagedserve.engine.sampling_params import RequestOutputKind, SamplingParams
 from pagedserve.engine.scheduler import Scheduler
-from pagedserve.engine.tokenizer import PromptType, eos_token_ids, load_tokenizer, tokenize_prompt
+from pagedserve.engine.tokenizer import PromptType, load_tokenizer
 
-
-@dataclass(slots=True)
-class ParentRequest:
-    """A user's request: its prompt and the n sampled sequences generated for it."""
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    children: list[Request]
-    detoks: list[Detokenizer]
-    arrival_time: float
-
-    def output(self) -> RequestOutput:
-        outs = []
-        for req, detok in zip(self.children, self.detoks):
-            outs.append(CompletionOutput(
-                req.index, detok.streamable_text(req.finished), req.output_token_ids,
-                req.finish_reason, req.stop_reason, req.logprobs,
-                req.cumulative_logprob if req.logprobs is not None else None))
-        first = [r.first_token_time for r in self.children if r.first_token_time]
-        sched = [r.first_scheduled_time for r in self.children if r.first_scheduled_time]
-        metrics = RequestMetrics(self.arrival_time, min(sched, default=None),
-                                 min(first, default=None),
-                                 num_cached_tokens=max(r.num_cached_tokens for r in self.children))
-        done = all(r.finished for r in self.children)
-        if done:
-            metrics.finished_time = time.monotonic()
-        return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, outs, done,
-                             metrics)
+__all__ = ["EngineCoreRequest", "EngineStats", "LLMEngine", "ParentRequest"]
 
 
 @dataclass(slots=True)
@@ -62,7 +34,8 @@ class LLMEngine:
         self.config = config
         config.load_model_config(resolve_model_path(config.model))
         self.tokenizer = load_tokenizer(config.tokenizer or config.model_path)
-        self.eos_token_ids = eos_token_ids(config, self.tokenizer)
+        self.processor = InputProcessor(config, self.tokenizer)
+        self.eos_token_ids = self.processor.eos_token_ids
         self.executor = make_executor(config)
         num_blocks = self.executor.init_kv_cache()
         if num_blocks * config.block_size < config.max_model_len:
@@ -77,11 +50,8 @@ class LLMEngine:
                                    config.max_num_batched_tokens)
         self.sampler = Sampler(config.seed)
         self.parents: dict[str, ParentRequest] = {}
-        self._ids = itertools.count()
         self.num_prompt_tokens = 0  # prompts fully prefilled, cumulative
         self.num_generation_tokens = 0  # tokens sampled, cumulative
-        # True: step() returns finished requests only (offline batches need nothing else)
-        self.final_outputs_only = False
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "LLMEngine":
@@ -91,24 +61,8 @@ class LLMEngine:
                      params: SamplingParams | None = None,
                      arrival_time: float | None = None) -> ParentRequest:
         """Tokenize and validate without touching engine state (safe from any thread)."""
-        params = params or SamplingParams()
-        text, ids = tokenize_prompt(self.tokenizer, prompt, self.config.hf.vocab_size)
-        vocab = self.config.hf.vocab_size
-        if params.logprobs is not None and params.logprobs > vocab:
-            raise ValueError(f"logprobs ({params.logprobs}) exceeds the vocabulary size ({vocab})")
-        limit = self.config.max_model_len
-        if len(ids) >= limit:
-            raise ValueError(f"prompt has {len(ids)} tokens but max_model_len is {limit}; "
-                             f"the prompt must be shorter to leave room for output")
-        request_id = str(next(self._ids)) if request_id is None else request_id
-        room = limit - len(ids)
-        max_out = min(params.max_tokens or room, room)
-        arrival = time.monotonic() if arrival_time is None else arrival_time
-        children = [Request(request_id if params.n == 1 else f"{request_id}-{i}", request_id, i,
-                            ids, params, max_out, self.eos_token_ids, arrival)
-                    for i in range(params.n)]
-        detoks = [Detokenizer(self.tokenizer, ids, params) for _ in children]
-        return ParentRequest(request_id, text, ids, children, detoks, arrival)
+        return self.processor.make_parent(
+            self.processor.process(request_id, prompt, params, arrival_time))
 
     def add_parent(self, parent: ParentRequest) -> None:
         if parent.request_id in self.parents:
@@ -181,8 +135,9 @@ class LLMEngine:
     def _collect(self, touched: dict[str, ParentRequest]) -> list[RequestOutput]:
         outputs = []
         for parent in touched.values():
-            if self.final_outputs_only and not all(r.finished for r in parent.children):
-                continue
+            if (parent.output_kind is RequestOutputKind.FINAL_ONLY
+                    and not all(r.finished for r in parent.children)):
+                continue  # e.g. offline batches and non-streamed API requests
             out = parent.output()
             if out.finished:
                 del self.parents[parent.request_id]

@@ -1,5 +1,16 @@
 """SamplingParams: how one request is decoded and when it stops (vLLM's names and defaults)."""
+import copy
+import enum
 from dataclasses import dataclass, field
+
+
+class RequestOutputKind(enum.Enum):
+    """What a request's outputs carry (vLLM's names). CUMULATIVE: everything so far, every
+    step. DELTA: only what is new since the last output. FINAL_ONLY: one output, at the end
+    (a non-streamed request needs nothing per step)."""
+    CUMULATIVE = 0
+    DELTA = 1
+    FINAL_ONLY = 2
 
 
 def _check(ok: bool, name: str, value, rule: str) -> None:
@@ -30,6 +41,7 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     stop_strs: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -60,8 +72,18 @@ class SamplingParams:
         _check(all(isinstance(t, int) and t >= 0 for t in ids), "stop_token_ids",
                self.stop_token_ids, "non-negative integers")
         self.stop_token_ids = list(ids)
+        _check(isinstance(self.output_kind, RequestOutputKind), "output_kind",
+               self.output_kind, "a RequestOutputKind")
         if self.top_k == -1:
             self.top_k = 0
+
+    def with_output_kind(self, kind: RequestOutputKind) -> "SamplingParams":
+        """A copy that differs only in output_kind (the caller's object stays as it was)."""
+        if kind is self.output_kind:
+            return self
+        params = copy.copy(self)
+        params.output_kind = kind
+        return params
 
     @property
     def greedy(self) -> bool:

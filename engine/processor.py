@@ -1,0 +1,110 @@
+"""Turning a user's prompt and SamplingParams into engine requests, without the model.
+
+The server's frontend process validates and tokenizes with this (only the config and the
+tokenizer are needed), and sends the small EngineCoreRequest to the engine core; the core
+(or an in-process LLMEngine) turns it into a ParentRequest with its sequences and detokenizers.
+"""
+import itertools
+import time
+from dataclasses import dataclass
+
+from pagedserve.engine.config import EngineConfig
+from pagedserve.engine.detokenizer import Detokenizer
+from pagedserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from pagedserve.engine.request import Request
+from pagedserve.engine.sampling_params import RequestOutputKind, SamplingParams
+from pagedserve.engine.tokenizer import PromptType, eos_token_ids, tokenize_prompt
+
+
+@dataclass(slots=True)
+class EngineCoreRequest:
+    """A validated, tokenized request: what crosses from the frontend to the engine core."""
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    max_output_tokens: int
+    arrival_time: float
+
+
+@dataclass(slots=True)
+class ParentRequest:
+    """A user's request: its prompt and the n sampled sequences generated for it."""
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    children: list[Request]
+    detoks: list[Detokenizer]
+    arrival_time: float
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    sent_tokens: list[int] | None = None  # DELTA: per child, tokens already output
+    sent_text: list[int] | None = None  # DELTA: per child, characters already output
+
+    def output(self) -> RequestOutput:
+        """The request's output now: everything so far, or what is new if DELTA."""
+        delta = self.output_kind is RequestOutputKind.DELTA
+        outs = [self._completion(i, req, delta) for i, req in enumerate(self.children)]
+        first = [r.first_token_time for r in self.children if r.first_token_time]
+        sched = [r.first_scheduled_time for r in self.children if r.first_scheduled_time]
+        metrics = RequestMetrics(self.arrival_time, min(sched, default=None),
+                                 min(first, default=None),
+                                 num_cached_tokens=max(r.num_cached_tokens for r in self.children))
+        done = all(r.finished for r in self.children)
+        if done:
+            metrics.finished_time = time.monotonic()
+        return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, outs, done,
+                             metrics)
+
+    def _completion(self, i: int, req: Request, delta: bool) -> CompletionOutput:
+        text = self.detoks[i].streamable_text(req.finished)
+        cum = req.cumulative_logprob if req.logprobs is not None else None
+        if not delta:
+            return CompletionOutput(req.index, text, req.output_token_ids, req.finish_reason,
+                                    req.stop_reason, req.logprobs, cum)
+        # streamable text only grows (held-back text is never taken back), so slicing is safe
+        t0, c0 = self.sent_tokens[i], self.sent_text[i]
+        self.sent_tokens[i], self.sent_text[i] = req.num_output_tokens, len(text)
+        lps = req.logprobs[t0:] if req.logprobs is not None else None
+        return CompletionOutput(req.index, text[c0:], req.token_ids[req.num_prompt_tokens + t0:],
+                                req.finish_reason, req.stop_reason, lps, cum)
+
+
+class InputProcessor:
+    """Validation and tokenization: bad input raises ValueError before anything is queued."""
+
+    def __init__(self, config: EngineConfig, tokenizer) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.eos_token_ids = eos_token_ids(config, tokenizer)
+        self._ids = itertools.count()
+
+    def process(self, request_id: str | None, prompt: PromptType,
+                params: SamplingParams | None = None,
+                arrival_time: float | None = None) -> EngineCoreRequest:
+        params = params or SamplingParams()
+        vocab = self.config.hf.vocab_size
+        text, ids = tokenize_prompt(self.tokenizer, prompt, vocab)
+        if params.logprobs is not None and params.logprobs > vocab:
+            raise ValueError(f"logprobs ({params.logprobs}) exceeds the vocabulary size ({vocab})")
+        limit = self.config.max_model_len
+        if len(ids) >= limit:
+            raise ValueError(f"prompt has {len(ids)} tokens but max_model_len is {limit}; "
+                             f"the prompt must be shorter to leave room for output")
+        request_id = str(next(self._ids)) if request_id is None else request_id
+        room = limit - len(ids)
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        return EngineCoreRequest(request_id, text, ids, params,
+                                 min(params.max_tokens or room, room), arrival)
+
+    def make_parent(self, req: EngineCoreRequest) -> ParentRequest:
+        """The sequences (one per sample) and their detokenizers for a processed request."""
+        params, rid, ids = req.params, req.request_id, req.prompt_token_ids
+        children = [Request(rid if params.n == 1 else f"{rid}-{i}", rid, i, ids, params,
+                            req.max_output_tokens, self.eos_token_ids, req.arrival_time)
+                    for i in range(params.n)]
+        detoks = [Detokenizer(self.tokenizer, ids, params) for _ in children]
+        parent = ParentRequest(rid, req.prompt, ids, children, detoks, req.arrival_time,
+                               params.output_kind)
+        if parent.output_kind is RequestOutputKind.DELTA:
+            parent.sent_tokens, parent.sent_text = [0] * params.n, [0] * params.n
+        return parent
