@@ -31,7 +31,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="uni: one in-process rank; mp: one process per extra rank (default for tp > 1)")
     g.add_argument("--device", default=d.device, help="auto, cpu or cuda (ROCm GPUs are cuda)")
     g.add_argument("--kernel-backend", default=None,
-                   help="force a kernel backend (torch or triton); default picks by device")
+                   help="torch, cpu (compiled C attention) or triton; default triton on GPUs, cpu on CPUs")
 
 
 def engine_kwargs_from_args(args: argparse.Namespace) -> dict:

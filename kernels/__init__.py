@@ -1,4 +1,5 @@
-"""Kernels the engine's model code calls: a torch reference and (on GPUs) Triton versions.
+"""Kernels the engine's model code calls: a torch reference, compiled C attention for CPUs
+and Triton versions for GPUs.
 
 Model code calls `kernels.<op>(...)` (never `from pagedserve.kernels import <op>`): which
 implementation runs is decided once, by `select_backend` in `backend.py`, which rebinds the

@@ -10,11 +10,12 @@ import sys
 
 import torch
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "cpu", "triton")
 OPS = ("store_kv_cache", "paged_attention_decode", "paged_prefill_attention", "rms_norm",
        "rotary_embedding", "silu_and_mul")
 ENV_VAR = "PAGEDSERVE_KERNEL_BACKEND"
-_MODULES = {"torch": "pagedserve.kernels.reference", "triton": "pagedserve.kernels.triton_ops"}
+_MODULES = {"torch": "pagedserve.kernels.reference", "cpu": "pagedserve.kernels.cpu",
+            "triton": "pagedserve.kernels.triton_ops"}
 _active = "torch"
 
 
@@ -35,6 +36,8 @@ def interpreting() -> bool:
 def _check(name: str, device: torch.device) -> None:
     if name not in BACKENDS:
         raise ValueError(f"unknown kernel backend {name!r}; choose one of {BACKENDS}")
+    if name == "cpu" and device.type != "cpu":
+        raise ValueError(f"kernel backend 'cpu' runs on CPU devices, not {str(device)!r}")
     if name != "triton":
         return
     if not triton_available():
@@ -45,19 +48,28 @@ def _check(name: str, device: torch.device) -> None:
                          "interpret the kernels on CPU")
 
 
+def _default(device: torch.device) -> str:
+    if device.type == "cuda" and triton_available():
+        return "triton"
+    return "cpu" if device.type == "cpu" else "torch"
+
+
 def select_backend(device: torch.device | str, override: str | None = None) -> str:
     """Pick and activate the kernel backend for `device`; returns its name.
 
     `override` (EngineConfig.kernel_backend, --kernel-backend) wins over the environment
-    variable PAGEDSERVE_KERNEL_BACKEND; by default Triton runs on CUDA/ROCm GPUs when it
-    imports, and torch everywhere else.
+    variable PAGEDSERVE_KERNEL_BACKEND. By default Triton runs on CUDA/ROCm GPUs when it
+    imports, the compiled C attention ("cpu") on CPUs when it builds, and torch otherwise.
+    "cpu" that cannot build (no C compiler) becomes "torch", after one logged warning.
     """
     global _active
     device = torch.device(device)
     name = override or os.environ.get(ENV_VAR)
     if not name:
-        name = "triton" if device.type == "cuda" and triton_available() else "torch"
+        name = _default(device)
     _check(name, device)
+    if name == "cpu" and not importlib.import_module(_MODULES["cpu"]).available():
+        name = "torch"
     impl = importlib.import_module(_MODULES[name])
     package = sys.modules["pagedserve.kernels"]
     for op in OPS:

@@ -16,11 +16,22 @@ def back_to_torch(monkeypatch):
     kernels.select_backend("cpu", "torch")
 
 
-def test_cpu_defaults_to_torch_reference():
-    assert kernels.select_backend(torch.device("cpu")) == "torch"
-    assert kernels.active_backend() == "torch"
+def test_cpu_defaults_to_compiled_attention_and_torch_stays_selectable():
+    from pagedserve.kernels import cpu
+    expected = "cpu" if cpu.available() else "torch"
+    assert kernels.select_backend(torch.device("cpu")) == expected
+    assert kernels.active_backend() == expected
+    assert kernels.rms_norm is reference.rms_norm
+    if expected == "cpu":
+        assert kernels.paged_attention_decode is cpu.paged_attention_decode
+    assert kernels.select_backend("cpu", "torch") == "torch"
     for op in backend.OPS:
         assert getattr(kernels, op) is getattr(reference, op)
+
+
+def test_cpu_backend_needs_a_cpu_device():
+    with pytest.raises(ValueError, match="'cpu' runs on CPU devices"):
+        kernels.select_backend("cuda", "cpu")
 
 
 def test_cuda_defaults_to_triton_when_it_imports(triton_ops):
@@ -61,7 +72,7 @@ NO_TRITON = """
 import sys
 sys.modules["triton"] = None  # makes `import triton` fail
 import pagedserve.kernels as k
-assert k.select_backend("cpu") == "torch"
+assert k.select_backend("cpu") in ("cpu", "torch")
 assert k.select_backend("cuda") == "torch"  # a GPU without Triton falls back to torch
 try:
     k.select_backend("cpu", "triton")

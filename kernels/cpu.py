@@ -1,0 +1,160 @@
+"""The CPU backend: paged attention compiled from csrc/paged_attention.c, torch for the rest.
+
+The C file is built on first use with the system C compiler into a cache folder
+($PAGEDSERVE_KERNEL_CACHE, default ~/.cache/pagedserve/kernels) under a name hashed from the
+source, flags, compiler and CPU, and loaded with ctypes. It reads K/V in place through the
+block table (the torch reference copies them out, padded). Without a working compiler, or
+for inputs it does not take (not float32, not on the CPU), the torch reference runs instead.
+"""
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from pagedserve.kernels import reference
+from pagedserve.kernels.reference import rms_norm, rotary_embedding, silu_and_mul, store_kv_cache
+
+__all__ = ["store_kv_cache", "paged_attention_decode", "paged_prefill_attention", "rms_norm",
+           "rotary_embedding", "silu_and_mul", "load", "available"]
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"
+COMPILER = os.environ.get("CC", "cc")
+# -ffast-math lets the compiler vectorize the dot-product and softmax sums; the C code keeps
+# every value finite, which is all -ffinite-math-only asks. -fopenmp: the kernel's threads
+# come from the libgomp torch already loaded (same soname), so no second pool spins.
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+CACHE_ENV = "PAGEDSERVE_KERNEL_CACHE"
+_ARGTYPES = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+             ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+             ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+             ctypes.c_float, ctypes.c_int, ctypes.c_void_p]
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def cache_dir() -> Path:
+    """Where built kernels live ($PAGEDSERVE_KERNEL_CACHE or ~/.cache/pagedserve/kernels)."""
+    default = Path.home() / ".cache" / "pagedserve" / "kernels"
+    return Path(os.environ.get(CACHE_ENV) or default)
+
+
+def _cpu_id() -> str:
+    # -march=native code must not be loaded on another CPU sharing the same cache folder
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith(("flags", "Features")))
+    except (OSError, StopIteration):
+        flags = ""
+    return platform.machine() + flags
+
+
+def _build_key(compiler: str) -> str:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), compiler.encode(),
+                 version.encode(), _cpu_id().encode()):
+        h.update(part + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _compile(compiler: str, target: Path) -> None:
+    # build beside the target and rename: other processes see no file or a whole one
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True,
+                       text=True, timeout=300, check=True)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel library, built on the first call; None (after one warning) when it
+    cannot be built or loaded."""
+    global _lib, _tried
+    if _tried:
+        return _lib
+    _tried = True
+    compiler = shutil.which(COMPILER)
+    try:
+        if compiler is None:
+            raise FileNotFoundError(f"no C compiler {COMPILER!r} on PATH")
+        path = cache_dir() / f"paged_attention-{_build_key(compiler)}.so"
+        if not path.exists():
+            _compile(compiler, path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", None) or e
+        log.warning("CPU attention kernel unavailable, using the torch reference: %s", detail)
+        return None
+    lib.paged_attention.argtypes = _ARGTYPES
+    lib.paged_attention.restype = ctypes.c_int
+    _lib = lib
+    return lib
+
+
+def available() -> bool:
+    """True when the compiled kernel builds and loads here."""
+    return load() is not None
+
+
+def _takes(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    return (q.device.type == "cpu" and q.dtype == torch.float32
+            and k_cache.dtype == torch.float32 and q.stride(-1) == 1
+            and q.stride(-2) == q.shape[-1] and load() is not None)
+
+
+def _run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+         block_tables: torch.Tensor, seq_lens: torch.Tensor,
+         query_start_loc: torch.Tensor | None, scale: float) -> torch.Tensor | None:
+    for t in (k_cache, v_cache, block_tables, seq_lens, query_start_loc):
+        assert t is None or t.device.type == "cpu" and t.is_contiguous(), "CPU, contiguous"
+    assert v_cache.dtype == torch.float32 and v_cache.shape == k_cache.shape
+    assert block_tables.dtype == seq_lens.dtype == torch.int32
+    assert query_start_loc is None or query_start_loc.dtype == torch.int32
+    num_tokens, num_heads, head_size = q.shape
+    out = torch.empty(q.shape, dtype=q.dtype)
+    if num_tokens == 0:
+        return out
+    rc = _lib.paged_attention(
+        out.data_ptr(), q.data_ptr(), q.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
+        block_tables.data_ptr(), block_tables.stride(0), seq_lens.data_ptr(),
+        None if query_start_loc is None else query_start_loc.data_ptr(), seq_lens.numel(),
+        num_tokens, num_heads, k_cache.shape[2], head_size, k_cache.shape[1], scale,
+        torch.get_num_threads(), None)
+    return out if rc == 0 else None
+
+
+def paged_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                           scale: float) -> torch.Tensor:
+    """Same contract as reference.paged_attention_decode."""
+    if _takes(q, k_cache):
+        out = _run(q, k_cache, v_cache, block_tables, seq_lens, None, scale)
+        if out is not None:
+            return out
+    return reference.paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale)
+
+
+def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            block_tables: torch.Tensor, query_start_loc: torch.Tensor,
+                            seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Same contract as reference.paged_prefill_attention."""
+    if _takes(q, k_cache):
+        out = _run(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
+        if out is not None:
+            return out
+    return reference.paged_prefill_attention(q, k_cache, v_cache, block_tables,
+                                             query_start_loc, seq_lens, scale)

@@ -1,0 +1,229 @@
+/* Paged attention for CPUs: float32, one function for decode and (chunked) prefill.
+ *
+ * Layouts are those of kernels/reference.py: k_cache/v_cache [num_blocks, block_size,
+ * num_kv_heads, head_size], block_tables int32 [num_seqs, bt_stride], seq_lens int32,
+ * query_start_loc int32 [num_seqs + 1] (NULL: decode, one query token per sequence).
+ * q and out are [tokens, num_heads, head_size] with q's token stride given (q is often a
+ * view of a fused qkv projection). Query i of a sequence with q_len new tokens and seq_len
+ * cached ones sees positions [0, seq_len - q_len + i].
+ *
+ * K/V rows are read in place through the block table, in tiles, with an online softmax:
+ * no gather, no padding. All query heads of a KV head (GQA group) and up to a few query
+ * tokens share one pass over the rows, so each row is read once per group, not per head.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __SSE__
+#include <xmmintrin.h>
+#endif
+
+#define TILE 64          /* cached positions scored before the running max is updated */
+#define MAX_ROWS 32      /* query rows (tokens x group heads) sharing one pass over K/V */
+#define MAX_HEAD 256
+#define NEG_BIG (-1e30f) /* finite "minus infinity": stays finite under -ffast-math */
+
+typedef struct {
+    float *out;
+    const float *q, *k_cache, *v_cache;
+    const int32_t *block_tables, *seq_lens, *query_start_loc;
+    int64_t q_stride, bt_stride;
+    int num_heads, num_kv_heads, head_size, block_size;
+    float scale;
+} Params;
+
+/* A work item: query tokens [q0, q1) of sequence seq, with the query heads of KV heads
+ * [h0, h1). Several KV heads per item make each token's K/V read one contiguous run. */
+typedef struct { int seq, q0, q1, h0, h1; } Chunk;
+
+/* exp(x) for x <= 0 in plain arithmetic (Cody-Waite reduction, degree-6 polynomial,
+ * relative error ~2e-7), so that loops calling it vectorize without a vector libm. */
+static inline float exp_neg(float x) {
+    const float y = x < -80.0f ? -80.0f : x;
+    float n = __builtin_floorf(y * 1.44269504f + 0.5f);
+    float r = y - n * 0.693145751953125f - n * 1.428606765330187e-6f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 +
+              r * (1.0f / 120 + r * (1.0f / 720))))));
+    union { int32_t i; float f; } s = { .i = ((int32_t)n + 127) << 23 };
+    /* exactly 0 below e^-80: weights that small would make denormals, which are slow */
+    return x < -80.0f ? 0.0f : p * s.f;
+}
+
+/* 8 floats at any alignment. Explicit vectors keep the head_size loops vectorized along the
+ * head dimension: left alone, gcc vectorizes across tokens with slow gathers instead. */
+typedef float v8 __attribute__((vector_size(32), aligned(4)));
+
+static inline float dot(const int D, const float *restrict a, const float *restrict b) {
+    if (D % 8) {
+        float d = 0.0f;
+        for (int e = 0; e < D; e++) d += a[e] * b[e];
+        return d;
+    }
+    v8 s = *(const v8 *)a * *(const v8 *)b;
+    for (int e = 8; e < D; e += 8) s += *(const v8 *)(a + e) * *(const v8 *)(b + e);
+    return (s[0] + s[4]) + (s[1] + s[5]) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
+static inline void axpy(const int D, float *restrict y, float a, const float *restrict x) {
+    if (D % 8) {
+        for (int e = 0; e < D; e++) y[e] += a * x[e];
+        return;
+    }
+    for (int e = 0; e < D; e += 8) *(v8 *)(y + e) += a * *(const v8 *)(x + e);
+}
+
+/* One tile of `n` rows for one query row: scores, online-softmax update, V accumulation. */
+static inline __attribute__((always_inline)) void tile_row(
+        const int D, const float *restrict qrow, const float *const *krow,
+        const float *const *vrow, int64_t kv_off, int n, float scale, float *restrict acc,
+        float *restrict m, float *restrict l) {
+    float sc[TILE];
+    float mx = *m;
+    for (int j = 0; j < n; j++) {
+        sc[j] = dot(D, qrow, krow[j] + kv_off) * scale;
+        mx = sc[j] > mx ? sc[j] : mx;
+    }
+    float alpha = exp_neg(*m - mx), sum = 0.0f;
+    for (int j = 0; j < n; j++) {
+        sc[j] = exp_neg(sc[j] - mx);
+        sum += sc[j];
+    }
+    for (int e = 0; e < D; e++) acc[e] *= alpha;
+    for (int j = 0; j < n; j++) axpy(D, acc, sc[j], vrow[j] + kv_off);
+    *l = *l * alpha + sum;
+    *m = mx;
+}
+
+static inline int64_t row_offset(const Params *p, const int32_t *table, int t, int64_t stride) {
+    return ((int64_t)table[t / p->block_size] * p->block_size + t % p->block_size) * stride;
+}
+
+static inline __attribute__((always_inline)) void run_chunk(const int D, const Params *p,
+                                                            Chunk c) {
+    const int G = p->num_heads / p->num_kv_heads, heads = (c.h1 - c.h0) * G;
+    const int seq_len = p->seq_lens[c.seq];
+    const int q_start = p->query_start_loc ? p->query_start_loc[c.seq] : c.seq;
+    const int q_len = p->query_start_loc ? p->query_start_loc[c.seq + 1] - q_start : 1;
+    const int first = seq_len - q_len;  /* position of the sequence's first new token */
+    const int rows = (c.q1 - c.q0) * heads, n_kv = first + c.q1;
+    const int32_t *table = p->block_tables + (int64_t)c.seq * p->bt_stride;
+    const int64_t stride = (int64_t)p->num_kv_heads * D;
+    float acc[MAX_ROWS * MAX_HEAD], m[MAX_ROWS], l[MAX_ROWS];
+    const float *qrow[MAX_ROWS], *krow[TILE], *vrow[TILE];
+    int64_t kv_off[MAX_ROWS];
+    for (int r = 0; r < rows; r++) {
+        m[r] = NEG_BIG;
+        l[r] = 0.0f;
+        qrow[r] = p->q + (int64_t)(q_start + c.q0 + r / heads) * p->q_stride
+                  + (int64_t)(c.h0 * G + r % heads) * D;
+        kv_off[r] = (int64_t)(c.h0 + r % heads / G) * D;
+    }
+    memset(acc, 0, sizeof(float) * rows * D);
+    for (int t0 = 0; t0 < n_kv; t0 += TILE) {
+        const int tn = n_kv - t0 < TILE ? n_kv - t0 : TILE;
+        for (int j = 0; j < tn; j++) {
+            const int64_t off = row_offset(p, table, t0 + j, stride);
+            krow[j] = p->k_cache + off;
+            vrow[j] = p->v_cache + off;
+        }
+        for (int r = 0; r < rows; r++) {
+            const int visible = first + c.q0 + r / heads + 1 - t0;  /* causal limit here */
+            const int n = visible < tn ? visible : tn;
+            if (n > 0)
+                tile_row(D, qrow[r], krow, vrow, kv_off[r], n, p->scale, acc + r * D, m + r,
+                         l + r);
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        float *restrict o = p->out + ((int64_t)(q_start + c.q0 + r / heads) * p->num_heads
+                                      + c.h0 * G + r % heads) * D;
+        const float inv = 1.0f / l[r];
+        for (int e = 0; e < D; e++) o[e] = acc[r * D + e] * inv;
+    }
+}
+
+/* Constant head sizes let the compiler unroll and vectorize the head_size loops fully. */
+static void run_item(const Params *p, Chunk c) {
+    switch (p->head_size) {
+    case 8: run_chunk(8, p, c); break;
+    case 16: run_chunk(16, p, c); break;
+    case 32: run_chunk(32, p, c); break;
+    case 64: run_chunk(64, p, c); break;
+    case 128: run_chunk(128, p, c); break;
+    default: run_chunk(p->head_size, p, c);
+    }
+}
+
+static int q_len_of(const Params *p, int s) {
+    return p->query_start_loc ? p->query_start_loc[s + 1] - p->query_start_loc[s] : 1;
+}
+
+/* Splits the work into items of at most MAX_ROWS query rows: as many KV heads per item as
+ * fit while there are still a few items per thread, then as many query tokens as fit. */
+static int make_chunks(const Params *p, int num_seqs, int num_threads, Chunk *chunks) {
+    const int G = p->num_heads / p->num_kv_heads, Hkv = p->num_kv_heads;
+    int hpi = MAX_ROWS / G < Hkv ? MAX_ROWS / G : Hkv, per = 1;
+    for (;; hpi = (hpi + 1) / 2) {
+        per = MAX_ROWS / (hpi * G);
+        long items = 0;
+        for (int s = 0; s < num_seqs; s++) items += (q_len_of(p, s) + per - 1) / per;
+        if (hpi == 1 || items * ((Hkv + hpi - 1) / hpi) >= 4L * num_threads) break;
+    }
+    int n = 0;
+    for (int s = 0; s < num_seqs; s++) {
+        const int q_len = q_len_of(p, s);
+        for (int q0 = 0; q0 < q_len; q0 += per)
+            for (int h0 = 0; h0 < Hkv; h0 += hpi)
+                chunks[n++] = (Chunk){ s, q0, q0 + per < q_len ? q0 + per : q_len, h0,
+                                       h0 + hpi < Hkv ? h0 + hpi : Hkv };
+    }
+    return n;
+}
+
+static void work(const Params *p, const Chunk *chunks, int total, int *next) {
+#ifdef __SSE__
+    /* flush denormals to zero in this thread (a shared library gets no -ffast-math startup
+     * code for that): products of tiny weights and values are otherwise ~100x slower */
+    const unsigned int csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040);
+#endif
+    for (;;) {
+        const int i = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (i >= total) break;
+        run_item(p, chunks[i]);
+    }
+#ifdef __SSE__
+    _mm_setcsr(csr);
+#endif
+}
+
+/* Returns 0, or -1 for shapes this kernel does not take (the caller falls back).
+ * counter == NULL: threads come from OpenMP (num_threads of them, when compiled with it).
+ * Otherwise the caller runs this from several threads sharing *counter (initially 0), each
+ * taking the next (chunk, kv head) work item until none is left. */
+int paged_attention(float *out, const float *q, int64_t q_stride, const float *k_cache,
+                    const float *v_cache, const int32_t *block_tables, int64_t bt_stride,
+                    const int32_t *seq_lens, const int32_t *query_start_loc, int num_seqs,
+                    int num_tokens, int num_heads, int num_kv_heads, int head_size,
+                    int block_size, float scale, int num_threads, int *counter) {
+    if (head_size > MAX_HEAD || num_kv_heads <= 0 || num_heads % num_kv_heads
+        || num_heads / num_kv_heads > MAX_ROWS)
+        return -1;
+    const Params p = { out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
+                       q_stride, bt_stride, num_heads, num_kv_heads, head_size, block_size,
+                       scale };
+    if (num_threads < 1) num_threads = 1;
+    Chunk *chunks = malloc(sizeof(Chunk) * (size_t)(num_tokens + num_seqs) * num_kv_heads);
+    if (!chunks) return -1;
+    const int total = make_chunks(&p, num_seqs, num_threads, chunks);
+    int next = 0;
+    if (counter) {
+        work(&p, chunks, total, counter);
+    } else {
+        if (num_threads > total) num_threads = total;
+#pragma omp parallel num_threads(num_threads) if (num_threads > 1)
+        work(&p, chunks, total, &next);
+    }
+    free(chunks);
+    return 0;
+}
