@@ -1,18 +1,24 @@
 """AsyncLLMEngine: the engine behind an asyncio server.
 
-One background task owns the LLMEngine: it applies queued adds and aborts between steps and
-runs each step in a worker thread, so the event loop keeps serving HTTP meanwhile. Each
-request's outputs arrive on its own queue; `generate()` is an async iterator over them, and
-leaving it early (client gone, task cancelled) aborts the request.
+The frontend half is shared: `generate()` validates and tokenizes (InputProcessor), hands the
+request to the engine, and is an async iterator over that request's outputs, which arrive on
+its own queue; leaving it early (client gone, task cancelled) aborts the request.
+
+Two backends run the engine. `from_config` starts the engine core in its own process
+(engine/core_client.py), so HTTP work and engine Python use two cores. `AsyncLLMEngine(engine)`
+keeps an LLMEngine in this process: one background task applies queued adds and aborts between
+steps and runs each step in a worker thread (for debugging, embedding and tests that reach
+into the engine).
 """
 import asyncio
 import logging
 from collections.abc import AsyncIterator
 
 from pagedserve.engine.config import EngineConfig
-from pagedserve.engine.llm_engine import LLMEngine, ParentRequest
+from pagedserve.engine.llm_engine import EngineStats, LLMEngine, ParentRequest
 from pagedserve.engine.outputs import RequestOutput
-from pagedserve.engine.sampling_params import SamplingParams
+from pagedserve.engine.processor import EngineCoreRequest, InputProcessor
+from pagedserve.engine.sampling_params import RequestOutputKind, SamplingParams
 from pagedserve.engine.tokenizer import PromptType
 
 logger = logging.getLogger(__name__)
@@ -25,22 +31,28 @@ class EngineDeadError(RuntimeError):
 
 class AsyncLLMEngine:
     def __init__(self, engine: LLMEngine) -> None:
+        self._init_frontend(engine.config, engine.tokenizer, engine.processor)
         self.engine = engine
-        self.queues: dict[str, asyncio.Queue] = {}
         self._adds: list[ParentRequest] = []
         self._aborts: list[str] = []
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+
+    def _init_frontend(self, config: EngineConfig, tokenizer, processor: InputProcessor) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.queues: dict[str, asyncio.Queue] = {}
         self.dead_error: BaseException | None = None
         self.steps = 0
 
     @classmethod
-    def from_config(cls, config: EngineConfig) -> "AsyncLLMEngine":
-        return cls(LLMEngine(config))
-
-    @property
-    def tokenizer(self):
-        return self.engine.tokenizer
+    def from_config(cls, config: EngineConfig, in_process: bool = False) -> "AsyncLLMEngine":
+        """Load the model; by default in an engine core process, or here if in_process."""
+        if in_process:
+            return cls(LLMEngine(config))
+        from pagedserve.engine.core_client import CoreClientEngine
+        return CoreClientEngine.launch(config)
 
     @property
     def is_running(self) -> bool:
@@ -53,6 +65,17 @@ class AsyncLLMEngine:
         tick, before the loop hands them to the scheduler, must count too."""
         return sum(len(p.children) for p in self._adds) + len(self.engine.scheduler.waiting)
 
+    @property
+    def num_prompt_tokens(self) -> int:
+        return self.engine.num_prompt_tokens
+
+    @property
+    def num_generation_tokens(self) -> int:
+        return self.engine.num_generation_tokens
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
     def start(self) -> None:
         if self._task is None:
             self._wakeup = asyncio.Event()
@@ -60,25 +83,25 @@ class AsyncLLMEngine:
 
     async def generate(self, prompt: PromptType, params: SamplingParams | None = None,
                        request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Yield cumulative RequestOutputs until the request finishes. Bad input raises
-        ValueError before anything is queued."""
+        """Yield RequestOutputs (cumulative unless params.output_kind says otherwise) until
+        the request finishes. Bad input raises ValueError before anything is queued."""
         self._check_alive()
         self.start()
-        parent = self.engine.make_request(request_id, prompt, params)
-        rid = parent.request_id
+        req = self.processor.process(request_id, prompt, params)
+        rid = req.request_id
         if rid in self.queues:
             raise ValueError(f"request id {rid!r} is already running")
+        # a consumer that fell behind the engine (a busy server) takes only the newest
+        # cumulative output, so it sends one chunk instead of a backlog; deltas all count
+        coalesce = req.params.output_kind is not RequestOutputKind.DELTA
         queue: asyncio.Queue = asyncio.Queue()
         self.queues[rid] = queue
-        self._adds.append(parent)
-        self._wakeup.set()
+        self._submit(req)
         finished = False
         try:
             while not finished:
                 out = await queue.get()
-                # Outputs are cumulative: a consumer that fell behind the engine (a busy server)
-                # takes only the newest, so it sends one chunk instead of a backlog.
-                while not isinstance(out, BaseException) and not queue.empty():
+                while coalesce and not isinstance(out, BaseException) and not queue.empty():
                     out = queue.get_nowait()
                 if isinstance(out, BaseException):
                     raise out
@@ -89,6 +112,10 @@ class AsyncLLMEngine:
             if not finished:
                 self.abort(rid)
 
+    def _submit(self, req: EngineCoreRequest) -> None:
+        self._adds.append(self.processor.make_parent(req))
+        self._wakeup.set()
+
     def abort(self, request_id: str) -> None:
         """Abort between steps; its KV blocks return to the pool before the next step."""
         if self._wakeup is not None:
@@ -98,6 +125,12 @@ class AsyncLLMEngine:
     def _check_alive(self) -> None:
         if self.dead_error is not None:
             raise EngineDeadError(f"the engine has stopped: {self.dead_error!r}")
+
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        for out in outputs:
+            queue = self.queues.get(out.request_id)
+            if queue is not None:
+                queue.put_nowait(out)
 
     async def _run(self) -> None:
         try:
@@ -110,10 +143,7 @@ class AsyncLLMEngine:
                     continue
                 outputs = await asyncio.to_thread(self.engine.step)
                 self.steps += 1
-                for out in outputs:
-                    queue = self.queues.get(out.request_id)
-                    if queue is not None:
-                        queue.put_nowait(out)
+                self._dispatch(outputs)
         except asyncio.CancelledError:
             self._fail_all(EngineDeadError("the engine was shut down"))
             raise

@@ -109,7 +109,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def models():
         engine = state.engine_or_raise()
-        config = engine.engine.config
+        config = engine.config
         return ModelList(data=[ModelCard(id=name, root=state.settings.model,
                                          max_model_len=config.max_model_len)
                                for name in state.settings.served_model_names])
@@ -138,13 +138,13 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
             ids = engine.tokenizer.encode(check_unicode(body.prompt, "prompt"),
                                           add_special_tokens=body.add_special_tokens)
         return TokenizeResponse(tokens=ids, count=len(ids),
-                                max_model_len=engine.engine.config.max_model_len)
+                                max_model_len=engine.config.max_model_len)
 
     @app.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS)
     async def detokenize(body: DetokenizeRequest):
         engine = state.engine_or_raise()
         state.check_model(body.model)
-        vocab = engine.engine.config.hf.vocab_size
+        vocab = engine.config.hf.vocab_size
         bad = [t for t in body.tokens if not 0 <= t < vocab]
         if bad:
             raise invalid(f"token id {bad[0]} is outside the vocabulary [0, {vocab})", "tokens")

@@ -9,13 +9,12 @@ from pagedserve.engine.outputs import CompletionOutput
 from pagedserve.engine.tokenizer import apply_chat_template
 from pagedserve.server.errors import check_unicode, invalid
 from pagedserve.server.limits import check_request
-from pagedserve.server.generation import (Deltas, check_length, final_outputs, generate,
-                                          sampling_params, sse, stream_error, top_logprobs,
+from pagedserve.server.generation import (Chunks, Deltas, check_length, final_outputs,
+                                          generate, sampling_params, stream_error, top_logprobs,
                                           until_disconnect)
-from pagedserve.server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequest,
+from pagedserve.server.protocol import (ChatChoice, ChatCompletionRequest,
                                         ChatCompletionResponse, ChatLogprobs, ChatMessage,
-                                        ChatResponseMessage, ChatStreamChoice, DeltaMessage,
-                                        TokenLogprob, TopLogprob, Usage)
+                                        ChatResponseMessage, TokenLogprob, TopLogprob, Usage)
 from pagedserve.server.state import ServerState
 
 
@@ -85,15 +84,18 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
         prompt_tokens=len(ids), completion_tokens=completion, total_tokens=len(ids) + completion))
 
 
+def _choice(index: int, delta: dict, lp: ChatLogprobs | None = None,
+            finish_reason: str | None = None, stop_reason: str | int | None = None) -> dict:
+    """A stream chunk's choice, as ChatStreamChoice would dump it."""
+    return {"index": index, "delta": delta, "logprobs": None if lp is None else lp.model_dump(),
+            "finish_reason": finish_reason, "stop_reason": stop_reason}
+
+
 async def _stream(state: ServerState, body: ChatCompletionRequest, num_prompt: int, gen,
                   rid: str, k: int):
-    tok, created, model = state.engine.tokenizer, int(time.time()), state.model_name
-
-    def chunk(choices: list[ChatStreamChoice], usage: Usage | None = None) -> str:
-        return sse(ChatCompletionChunk(id=rid, created=created, model=model, choices=choices,
-                                       usage=usage))
-    yield chunk([ChatStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))
-                 for i in range(body.n)])
+    tok = state.engine.tokenizer
+    chunk = Chunks(rid, "chat.completion.chunk", int(time.time()), state.model_name)
+    yield chunk([_choice(i, {"role": "assistant", "content": ""}) for i in range(body.n)])
     deltas = Deltas()
     try:
         async for out in gen:
@@ -103,9 +105,8 @@ async def _stream(state: ServerState, body: ChatCompletionRequest, num_prompt: i
                     continue
                 text, start = step
                 lp = _logprobs(tok, o, start, k) if body.logprobs else None
-                yield chunk([ChatStreamChoice(index=o.index, delta=DeltaMessage(content=text),
-                                              logprobs=lp, finish_reason=o.finish_reason,
-                                              stop_reason=o.stop_reason)])
+                yield chunk([_choice(o.index, {"role": None, "content": text}, lp,
+                                     o.finish_reason, o.stop_reason)])
         if body.include_usage:
             done = deltas.num_tokens
             yield chunk([], Usage(prompt_tokens=num_prompt, completion_tokens=done,

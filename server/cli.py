@@ -37,6 +37,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--shutdown-timeout", type=_non_negative(float), default=30.0,
                    help="on SIGTERM, seconds to let in-flight requests finish before exiting; "
                         "/health turns 503 and new requests get 503 meanwhile")
+    g.add_argument("--disable-frontend-multiprocessing", action="store_true",
+                   help="run the engine inside the server process instead of its own engine "
+                        "core process (slower: HTTP and engine share one core; for debugging)")
     _add_limit_args(p)
     g.add_argument("--uvicorn-log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug", "trace"])
@@ -99,6 +102,7 @@ def settings_from_args(args: argparse.Namespace):
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         chat_template=_load_template(args.chat_template),
         max_queue_len=args.max_queue_len, shutdown_timeout=args.shutdown_timeout,
+        engine_in_process=args.disable_frontend_multiprocessing,
         limits=Limits(args.max_request_body_bytes, args.max_n, args.max_logprobs,
                       args.max_stop_strings, args.max_stop_length))
 

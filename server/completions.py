@@ -9,9 +9,9 @@ from pagedserve.engine.outputs import CompletionOutput
 from pagedserve.engine.tokenizer import tokenize_prompt
 from pagedserve.server.errors import check_unicode, invalid
 from pagedserve.server.limits import check_request
-from pagedserve.server.generation import (Deltas, check_length, final_outputs, generate, merge,
-                                          sampling_params, sse, stream_error, top_logprobs,
-                                          until_disconnect)
+from pagedserve.server.generation import (Chunks, Deltas, check_length, final_outputs,
+                                          generate, merge, sampling_params, stream_error,
+                                          top_logprobs, until_disconnect)
 from pagedserve.server.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest,
                                         CompletionResponse, Usage)
 from pagedserve.server.state import ServerState
@@ -26,9 +26,9 @@ def _prompts(state: ServerState, prompt) -> list[tuple[str | None, list[int]]]:
     for p in items:
         if isinstance(p, str):
             check_unicode(p, "prompt")
-    core = state.engine.engine
+    engine = state.engine
     try:
-        return [tokenize_prompt(core.tokenizer, p, core.config.hf.vocab_size) for p in items]
+        return [tokenize_prompt(engine.tokenizer, p, engine.config.hf.vocab_size) for p in items]
     except ValueError as e:
         raise invalid(str(e), "prompt") from None
 
@@ -87,8 +87,8 @@ def _usage(prompts: list[tuple[str | None, list[int]]], completion_tokens: int) 
 
 
 async def _stream(state: ServerState, body: CompletionRequest, prompts, gens, rid: str):
-    tok, n, created = state.engine.tokenizer, body.n, int(time.time())
-    deltas = Deltas()
+    tok, n = state.engine.tokenizer, body.n
+    chunk, deltas = Chunks(rid, "text_completion", int(time.time()), state.model_name), Deltas()
     try:
         async for i, out in merge(gens):
             for o in out.outputs:
@@ -103,13 +103,11 @@ async def _stream(state: ServerState, body: CompletionRequest, prompts, gens, ri
                     lp = _logprobs(tok, o, start, body.logprobs, len(o.text) - len(text))
                 if first and body.echo:
                     text = _echo(tok, prompts[i]) + text
-                choice = CompletionChoice(index=index, text=text, logprobs=lp,
-                                          finish_reason=o.finish_reason, stop_reason=o.stop_reason)
-                yield sse(CompletionResponse(id=rid, created=created, model=state.model_name,
-                                             choices=[choice]))
+                yield chunk([{"index": index, "text": text,
+                              "logprobs": None if lp is None else lp.model_dump(),
+                              "finish_reason": o.finish_reason, "stop_reason": o.stop_reason}])
         if body.include_usage:
-            yield sse(CompletionResponse(id=rid, created=created, model=state.model_name,
-                                         choices=[], usage=_usage(prompts, deltas.num_tokens)))
+            yield chunk([], _usage(prompts, deltas.num_tokens))
     except Exception as e:
         yield stream_error(e)
     yield "data: [DONE]\n\n"

@@ -18,7 +18,7 @@ _DONE = object()
 
 def check_length(state: ServerState, num_prompt: int, max_tokens: int | None, what: str) -> int:
     """The completion's max_tokens; 400 with both numbers if prompt + output exceed the context."""
-    limit = state.engine.engine.config.max_model_len
+    limit = state.engine.config.max_model_len
     if max_tokens is None:
         if num_prompt >= limit:
             raise invalid(f"This model's maximum context length is {limit} tokens, but the "
@@ -125,6 +125,23 @@ async def until_disconnect(request: Request, work: Awaitable):
         logger.info("client disconnected; request aborted")
         raise APIError(499, "client disconnected")
     return task.result()
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # pydantic's form
+
+
+class Chunks:
+    """The SSE events of one stream. Chunks are built from dicts, and the fields every chunk
+    repeats are encoded once: a pydantic model per token was the streamed path's largest cost
+    in this process after the HTTP machinery. The bytes are those model_dump_json wrote."""
+
+    def __init__(self, request_id: str, obj: str, created: int, model: str) -> None:
+        self.head = (f'data: {{"id":{_encode(request_id)},"object":"{obj}","created":{created},'
+                     f'"model":{_encode(model)},"choices":')
+
+    def __call__(self, choices: list[dict], usage: BaseModel | None = None) -> str:
+        tail = "null" if usage is None else usage.model_dump_json()
+        return f'{self.head}{_encode(choices)},"usage":{tail}}}\n\n'
 
 
 def sse(chunk: BaseModel | dict | str) -> str:

@@ -51,7 +51,7 @@ class Metrics:
         """Called once a second to feed the generation-throughput window."""
         engine = self.get_engine()
         if engine is not None:
-            self.samples.append((time.monotonic(), engine.engine.num_generation_tokens))
+            self.samples.append((time.monotonic(), engine.num_generation_tokens))
 
     def tokens_per_second(self, total: int) -> float:
         if not self.samples:
@@ -86,8 +86,7 @@ class _EngineCollector:
         engine = self.metrics.get_engine()
         if engine is None:
             return
-        core, label = engine.engine, [self.metrics.model_name]
-        stats = core.stats()
+        label, stats = [self.metrics.model_name], engine.stats()
 
         def family(kind, name: str, doc: str, value: float):
             fam = kind(P + name, doc, labels=["model_name"])
@@ -101,11 +100,11 @@ class _EngineCollector:
                      stats.kv_cache_usage)
         yield family(GaugeMetricFamily, "generation_tokens_per_second",
                      f"Generated tokens per second over the last {RATE_WINDOW_S} s",
-                     self.metrics.tokens_per_second(core.num_generation_tokens))
+                     self.metrics.tokens_per_second(engine.num_generation_tokens))
         yield family(CounterMetricFamily, "prompt_tokens", "Prefilled prompt tokens",
-                     core.num_prompt_tokens)
+                     engine.num_prompt_tokens)
         yield family(CounterMetricFamily, "generation_tokens", "Generated tokens",
-                     core.num_generation_tokens)
+                     engine.num_generation_tokens)
         yield family(CounterMetricFamily, "num_preemptions", "Preempted sequences",
                      stats.num_preemptions)
         yield family(CounterMetricFamily, "prefix_cache_queries", "Prompt tokens looked up in the "

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pagedserve.engine.sampling_params import SamplingParams
+from pagedserve.engine.sampling_params import RequestOutputKind, SamplingParams
 
 
 class RequestModel(BaseModel):
@@ -52,7 +52,10 @@ class SamplingFields(RequestModel):
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty, logprobs=logprobs,
             skip_special_tokens=self.skip_special_tokens,
-            include_stop_str_in_output=self.include_stop_str_in_output)
+            include_stop_str_in_output=self.include_stop_str_in_output,
+            # a non-streamed answer needs only the last output: the engine sends nothing per step
+            output_kind=(RequestOutputKind.CUMULATIVE if self.stream
+                         else RequestOutputKind.FINAL_ONLY))
 
     @property
     def include_usage(self) -> bool:

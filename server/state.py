@@ -25,6 +25,7 @@ class ServeSettings:
     max_queue_len: int | None = None
     shutdown_timeout: float = 30.0
     limits: Limits = field(default_factory=Limits)
+    engine_in_process: bool = False  # True: no engine core process (for debugging)
 
 
 class ServerState:
@@ -72,7 +73,8 @@ class ServerState:
     async def load_engine(self) -> None:
         config = EngineConfig(model=self.settings.model, **self.settings.engine_kwargs)
         try:
-            self.engine = await asyncio.to_thread(AsyncLLMEngine.from_config, config)
+            self.engine = await asyncio.to_thread(AsyncLLMEngine.from_config, config,
+                                                  self.settings.engine_in_process)
         except Exception:
             logger.exception("could not load the model %r", self.settings.model)
             self.exit(1)
@@ -84,7 +86,7 @@ class ServerState:
         self.engine.start()
         self.metrics.tick()  # the throughput window starts when the engine does
         logger.info("engine ready: %s (max_model_len %d)", self.model_name,
-                    self.engine.engine.config.max_model_len)
+                    self.engine.config.max_model_len)
 
     async def watch_engine(self) -> None:
         """When the engine loop dies, in-flight requests fail (the engine errors them), health

@@ -52,9 +52,15 @@ def test_duplicate_request_id_is_rejected(engine):
     assert pool_is_empty(engine)
 
 
-def test_async_generate_batches_and_cancellation_aborts(stories_path):
+def idle(eng: AsyncLLMEngine) -> bool:
+    s = eng.stats()
+    return s.kv_cache_usage == 0 and s.num_running == 0 and s.num_waiting == 0
+
+
+@pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "core-process"])
+def test_async_generate_batches_and_cancellation_aborts(stories_path, in_process):
     async def main():
-        eng = AsyncLLMEngine.from_config(EngineConfig(model=stories_path))
+        eng = AsyncLLMEngine.from_config(EngineConfig(model=stories_path), in_process)
         params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
 
         async def consume(prompt):
@@ -66,13 +72,13 @@ def test_async_generate_batches_and_cancellation_aborts(stories_path):
         assert eng.steps < 8 * 20 / 2, "concurrent requests were not batched"
         stream = eng.generate("Once upon a time", SamplingParams(max_tokens=200, ignore_eos=True))
         await stream.__anext__()
-        assert eng.engine.block_manager.usage > 0
+        assert eng.stats().kv_cache_usage > 0
         await stream.aclose()  # the client went away
-        for _ in range(50):
+        for _ in range(200):
             await asyncio.sleep(0.01)
-            if pool_is_empty(eng.engine):
+            if idle(eng):
                 break
-        assert pool_is_empty(eng.engine)
+        assert idle(eng) and not eng.queues
         with pytest.raises(ValueError, match="empty"):
             async for _ in eng.generate("", params):
                 pass

@@ -144,7 +144,7 @@ def test_worker_exception_while_idle_kills_the_async_engine(model):
 
     async def main() -> None:
         config = EngineConfig(model=model("llama"), tensor_parallel_size=2, **ENGINE)
-        engine = AsyncLLMEngine.from_config(config)
+        engine = AsyncLLMEngine.from_config(config, in_process=True)
         try:
             outs = [o async for o in engine.generate(prompts()[2], GREEDY)]
             assert outs[-1].finished and engine.is_running
@@ -253,7 +253,8 @@ class TPServer:
                  "--port", str(self.port), "--uvicorn-log-level", "warning", *flags],
                 stdout=out, stderr=subprocess.STDOUT)
         _wait_until(lambda: self.health() == 200, 180, f"server healthy; log:\n{self.logs()}")
-        self.workers = _spawned_workers(self.proc.pid)
+        # the server's child is the engine core process; rank 1 is the core's child
+        self.workers = [w for c in _spawned_workers(self.proc.pid) for w in _spawned_workers(c)]
         assert len(self.workers) == 1
 
     def logs(self) -> str:

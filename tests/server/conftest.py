@@ -21,6 +21,31 @@ TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endf
             "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
+def spawned_children(pid: int) -> list[int]:
+    """Child processes of pid started by multiprocessing spawn: a server's engine core, a
+    core's tensor-parallel workers."""
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or it ended meanwhile
+        if ppid == pid and b"spawn_main" in cmd:
+            found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,6 +66,9 @@ class Server:
         if api_key:  # as the Kubernetes operator passes it: from a Secret, via the environment
             env = {**(env or {}), "PAGEDSERVE_API_KEY": api_key}
         self.log = tmp_path / f"server-{self.port}.log"
+        # seen once healthy: the engine core process (None in-process) and its TP workers
+        self.core: int | None = None
+        self.workers: list[int] = []
         # test hooks of launch.py: touch these files to pause or break the engine
         self.pause_file = tmp_path / "pause"
         self.fail_file = tmp_path / "fail"
@@ -73,11 +101,18 @@ class Server:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    self._find_engine_processes()
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"server not healthy after {timeout} s:\n{self.output()}")
+
+    def _find_engine_processes(self) -> None:
+        children = spawned_children(self.proc.pid)
+        assert len(children) <= 1, f"expected at most one engine core, found {children}"
+        self.core = children[0] if children else None
+        self.workers = spawned_children(self.core) if self.core else []
 
     def client(self, **kwargs) -> openai.OpenAI:
         kwargs.setdefault("api_key", self.api_key or "unused")
@@ -111,12 +146,22 @@ class Server:
             self.proc.send_signal(signal.SIGTERM)
 
     def wait_exit(self, timeout: float = 60) -> int:
+        """The exit code, once the server and every process it started have ended."""
         try:
-            return self.proc.wait(timeout=timeout)
+            code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
             raise
+        deadline = time.monotonic() + 15
+        helpers = [p for p in [self.core, *self.workers] if p is not None]
+        while any(map(alive, helpers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [p for p in helpers if alive(p)]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"processes outlived the server: {left}\n{self.output()[-3000:]}"
+        return code
 
 
 @pytest.fixture(scope="session")

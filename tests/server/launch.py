@@ -30,13 +30,13 @@ def step(self):
     return real_step(self)
 
 
-def from_config(cls, config):
+def from_config(cls, config, *args, **kwargs):
     while load_gate and not os.path.exists(load_gate):
         time.sleep(0.05)
-    return real_from_config(cls, config)
+    return real_from_config(cls, config, *args, **kwargs)
 
 
 LLMEngine.step = step
 AsyncLLMEngine.from_config = classmethod(from_config)
-if __name__ == "__main__":  # tensor-parallel workers re-import this module when spawned
+if __name__ == "__main__":  # the engine core and TP workers re-import this module (spawn)
     sys.exit(main(["serve", *sys.argv[1:]]))

@@ -16,7 +16,8 @@ from pagedserve.server.state import ServeSettings
 @contextlib.asynccontextmanager
 async def running(model: str, **settings):
     """(ServerState, client) for an app with started lifespan; request_exit is recorded."""
-    engine = AsyncLLMEngine.from_config(EngineConfig(model=model, num_kv_blocks=128))
+    engine = AsyncLLMEngine.from_config(EngineConfig(model=model, num_kv_blocks=128),
+                                        in_process=True)
     app = build_app(ServeSettings(model=model, served_model_names=["stories260K"], **settings),
                     engine)
     state = app.state.server

@@ -40,8 +40,11 @@ def events(lines) -> list[dict | str]:
     return out
 
 
-def test_sigterm_drains_in_flight_then_exits_0(start_server):
-    srv = start_server(["--shutdown-timeout", "60"])
+@pytest.mark.parametrize("engine_args", [[], ["--disable-frontend-multiprocessing"]],
+                         ids=["core-process", "in-process"])
+def test_sigterm_drains_in_flight_then_exits_0(start_server, engine_args):
+    srv = start_server(["--shutdown-timeout", "60", *engine_args])
+    assert (srv.core is None) == bool(engine_args)  # the flag keeps the engine in the server
     body = {**LONG, "max_tokens": 30}
     with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as r:
         lines = r.iter_lines()
@@ -111,20 +114,17 @@ def test_loading_readme_request_then_engine_death(start_server, tmp_path):
     assert "Traceback" in log and "RuntimeError: injected engine failure" in log
 
 
-def _spawned_workers(pid: int) -> list[int]:
-    """Child processes of pid started by multiprocessing spawn (the tensor-parallel ranks)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid and b"spawn_main" in cmd:
-            found.append(int(entry))
-    return found
+def test_killed_engine_core_fails_requests_and_exits_1(start_server):
+    srv = start_server([])
+    assert srv.core is not None and srv.workers == []
+    with srv.http.stream("POST", "/v1/completions", json=LONG) as r:
+        lines = r.iter_lines()
+        next(lines)
+        os.kill(srv.core, signal.SIGKILL)
+        streamed = events(lines)
+    assert streamed[-1] == "[DONE]" and streamed[-2]["error"]["code"] == "engine_dead"
+    assert "engine core process died (killed by signal 9)" in streamed[-2]["error"]["message"]
+    assert srv.wait_exit() == 1  # so Kubernetes restarts the pod
 
 
 @pytest.mark.slow  # spawns a tensor-parallel worker process
@@ -137,9 +137,8 @@ def test_tensor_parallel_worker_death_fails_requests_and_exits_1(start_server):
     with srv.http.stream("POST", "/v1/completions", json=LONG) as r:
         lines = r.iter_lines()
         next(lines)
-        workers = _spawned_workers(srv.proc.pid)
-        assert len(workers) == 1
-        os.kill(workers[0], signal.SIGKILL)
+        assert srv.core is not None and len(srv.workers) == 1  # the core started one rank
+        os.kill(srv.workers[0], signal.SIGKILL)
         streamed = events(lines)
     assert streamed[-1] == "[DONE]" and streamed[-2]["error"]["code"] == "engine_dead"
     assert "rank 1" in streamed[-2]["error"]["message"]

@@ -1,0 +1,135 @@
+"""AsyncLLMEngine over an engine core process: the same results as in-process, output kinds,
+load errors, and no process outlives what it belongs to (core killed, frontend killed)."""
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pagedserve.engine import AsyncLLMEngine, EngineConfig, LLMEngine, SamplingParams
+from pagedserve.engine.async_engine import EngineDeadError
+from pagedserve.engine.sampling_params import RequestOutputKind
+
+GREEDY = dict(temperature=0, max_tokens=24, ignore_eos=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+def test_output_kinds_match_the_in_process_engine(stories_path):
+    prompt, n2 = "Once upon a time", dict(GREEDY, n=2, temperature=1.0, seed=7, logprobs=2)
+    ref = LLMEngine(EngineConfig(model=stories_path, num_kv_blocks=64))
+    expected = {}
+    for rid, kw in (("greedy", GREEDY), ("sampled", n2)):  # one at a time, as below
+        ref.add_request(rid, prompt, SamplingParams(**kw))
+        while ref.has_unfinished_requests():
+            for out in ref.step():
+                expected[out.request_id] = out
+
+    async def main():
+        eng = AsyncLLMEngine.from_config(EngineConfig(model=stories_path, num_kv_blocks=64))
+        assert eng.config.max_model_len == ref.config.max_model_len
+        try:
+            cum = [o async for o in eng.generate(prompt, SamplingParams(**n2))]
+            kinds = {kind: [o async for o in eng.generate(
+                prompt, SamplingParams(**GREEDY, output_kind=kind))]
+                for kind in (RequestOutputKind.DELTA, RequestOutputKind.FINAL_ONLY)}
+            # abort and reuse of an id reach the core in one message: the abort goes first
+            first = eng.generate(prompt, SamplingParams(max_tokens=200), request_id="x")
+            await first.__anext__()
+            await first.aclose()
+            again = [o async for o in eng.generate(prompt, SamplingParams(**GREEDY),
+                                                   request_id="x")]
+            assert again[-1].outputs[0].text == expected["greedy"].outputs[0].text
+            assert eng.is_running
+        finally:
+            await eng.shutdown()
+        return cum, kinds
+    cum, kinds = asyncio.run(main())
+    final, want = cum[-1], expected["sampled"]
+    assert [o.text for o in final.outputs] == [o.text for o in want.outputs]
+    assert [o.token_ids for o in final.outputs] == [o.token_ids for o in want.outputs]
+    assert [o.logprobs for o in final.outputs] == [o.logprobs for o in want.outputs]
+    lengths = [len(o.outputs[0].token_ids) for o in cum]
+    assert lengths == sorted(lengths) and len(cum) > 1  # cumulative, step by step
+    deltas, finals = kinds[RequestOutputKind.DELTA], kinds[RequestOutputKind.FINAL_ONLY]
+    greedy = expected["greedy"].outputs[0]
+    assert len(deltas) > 1 and "".join(o.outputs[0].text for o in deltas) == greedy.text
+    assert sum((o.outputs[0].token_ids for o in deltas), []) == greedy.token_ids
+    assert len(finals) == 1 and finals[0].finished and finals[0].outputs[0].text == greedy.text
+
+
+def test_load_error_is_raised_by_from_config(stories_path):
+    with pytest.raises(ValueError, match="fewer than max_model_len"):
+        AsyncLLMEngine.from_config(EngineConfig(model=stories_path, num_kv_blocks=2))
+
+
+def test_killed_core_fails_requests_and_the_engine(stories_path):
+    async def main():
+        eng = AsyncLLMEngine.from_config(EngineConfig(model=stories_path, num_kv_blocks=64))
+        pid = eng.core.pid
+        stream = eng.generate("Once upon a time", SamplingParams(max_tokens=400, ignore_eos=True))
+        await stream.__anext__()
+        assert eng.is_running and eng.stats().num_running == 1
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(EngineDeadError, match="killed by signal 9"):
+            async for _ in stream:
+                pass
+        assert not eng.is_running and "killed by signal 9" in str(eng.dead_error)
+        with pytest.raises(EngineDeadError):
+            async for _ in eng.generate("Hi", SamplingParams(max_tokens=2)):
+                pass
+        await eng.shutdown()
+        return pid
+    assert wait_gone(asyncio.run(main()))
+
+
+SCRIPT = """
+import asyncio, os, sys
+from pagedserve.engine import AsyncLLMEngine, EngineConfig, SamplingParams
+
+async def main():
+    eng = AsyncLLMEngine.from_config(EngineConfig(model=sys.argv[1], num_kv_blocks=64))
+    async for _ in eng.generate("Hi", SamplingParams(max_tokens=2)):
+        pass
+    print(eng.core.pid, flush=True)
+    if sys.argv[2] == "wait":
+        await asyncio.sleep(300)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("ending", ["exit", "kill"])
+def test_core_ends_with_its_frontend(stories_path, tmp_path, ending):
+    """A frontend that exits without shutdown(), or is killed outright, leaves no core."""
+    script = tmp_path / "frontend.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), stories_path,
+                             "wait" if ending == "kill" else "exit"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        core = int(proc.stdout.readline())
+        if ending == "kill":
+            proc.kill()
+        assert proc.wait(60) in (0, -signal.SIGKILL)
+        assert wait_gone(core), "the engine core outlived its frontend"
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,44 @@
+"""Stream chunks are built from dicts for speed; their bytes must be what the pydantic response
+models (the documented schema) would write."""
+import json
+
+import pytest
+
+from pagedserve.server.generation import Chunks, sse
+from pagedserve.server.protocol import (ChatCompletionChunk, ChatLogprobs, ChatStreamChoice,
+                                        CompletionChoice, CompletionLogprobs, CompletionResponse,
+                                        DeltaMessage, TokenLogprob, TopLogprob, Usage)
+
+LP = CompletionLogprobs(tokens=[" é"], token_logprobs=[-0.25], top_logprobs=[{" é": -0.25}],
+                        text_offset=[3])
+CHAT_LP = ChatLogprobs(content=[TokenLogprob(token="→", logprob=-1.5, bytes=[226, 134, 146],
+                                             top_logprobs=[TopLogprob(token="→", logprob=-1.5,
+                                                                      bytes=[226, 134, 146])])])
+
+
+@pytest.mark.parametrize("text, lp, finish, stop", [
+    (" once", None, None, None), ("", None, "stop", 13), ("\"quoted\"\n→ ü", LP, "length", None),
+    ("x", None, "stop", "END")])
+def test_completion_chunks_match_the_model(text, lp, finish, stop):
+    chunk = Chunks("cmpl-1", "text_completion", 1700000000, "stories260K")
+    fast = chunk([{"index": 2, "text": text, "logprobs": lp and lp.model_dump(),
+                   "finish_reason": finish, "stop_reason": stop}])
+    model = CompletionResponse(id="cmpl-1", created=1700000000, model="stories260K",
+                               choices=[CompletionChoice(index=2, text=text, logprobs=lp,
+                                                         finish_reason=finish, stop_reason=stop)])
+    assert fast == sse(model)
+    usage = Usage(prompt_tokens=5, completion_tokens=7, total_tokens=12)
+    assert chunk([], usage) == sse(CompletionResponse(id="cmpl-1", created=1700000000,
+                                                      model="stories260K", choices=[], usage=usage))
+
+
+@pytest.mark.parametrize("delta, lp", [({"role": "assistant", "content": ""}, None),
+                                       ({"role": None, "content": "→ hi"}, CHAT_LP)])
+def test_chat_chunks_match_the_model(delta, lp):
+    chunk = Chunks("chatcmpl-1", "chat.completion.chunk", 1700000000, "m")
+    fast = chunk([{"index": 0, "delta": delta, "logprobs": lp and lp.model_dump(),
+                   "finish_reason": None, "stop_reason": None}])
+    model = ChatCompletionChunk(id="chatcmpl-1", created=1700000000, model="m", choices=[
+        ChatStreamChoice(index=0, delta=DeltaMessage(**delta), logprobs=lp)])
+    assert fast == sse(model)
+    assert json.loads(fast[len("data: "):])["choices"][0]["delta"] == delta
