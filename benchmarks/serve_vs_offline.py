@@ -31,6 +31,19 @@ def _cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is pid (the engine core of a server; Linux)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -107,6 +120,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2,
                    help="alternate server and offline runs this many times (a shared machine "
                         "is noisy: compare within a round)")
+    p.add_argument("--server-args", default="",
+                   help="extra `pagedserve serve` flags, e.g. --disable-frontend-multiprocessing")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch intra-op threads on both sides (default: torch's choice). On an "
                         "oversubscribed machine OpenMP spinning can slow the offline run, which "
@@ -120,24 +135,27 @@ def main() -> None:
         threads_env = {"OMP_NUM_THREADS": str(args.torch_threads)}
     prompts = [f"Story {i}: Once upon a time" for i in range(args.num_requests)]
     offline = _offline(args.model, {"kv_cache_memory": args.kv_cache_memory})
-    proc, url = _start_server(args.model, ["--kv-cache-memory", args.kv_cache_memory],
-                              threads_env)
+    proc, url = _start_server(args.model, ["--kv-cache-memory", args.kv_cache_memory,
+                                           *args.server_args.split()], threads_env)
+    core = _children(proc.pid)  # the engine core process, if the engine is not in-process
     print(f"{args.num_requests} concurrent requests x {args.max_tokens} output tokens "
           f"(greedy, ignore_eos), model {args.model or 'stories260K (bundled)'}, "
           f"{os.cpu_count()} CPUs, torch threads {args.torch_threads or 'default'}; "
-          "output tokens per second (CPU seconds the serving process spent):")
+          "output tokens per second (CPU seconds spent by the server process"
+          + (" + its engine core process" if core else "") + "):")
     try:
         for i in range(args.rounds):
             rates, cpu = {}, {}
             for stream in (False, True):
                 name = "server stream" if stream else "server"
-                before = _cpu_seconds(proc.pid)
+                before = [_cpu_seconds(pid) for pid in [proc.pid, *core]]
                 tokens, secs = asyncio.run(_serve_run(url, prompts, args.max_tokens, stream))
-                rates[name], cpu[name] = tokens / secs, _cpu_seconds(proc.pid) - before
-            tokens, secs, cpu["offline"] = offline(prompts, args.max_tokens)
-            rates["offline"] = tokens / secs
+                used = [_cpu_seconds(pid) - b for pid, b in zip([proc.pid, *core], before)]
+                rates[name], cpu[name] = tokens / secs, " + ".join(f"{u:.1f}" for u in used)
+            tokens, secs, offline_cpu = offline(prompts, args.max_tokens)
+            rates["offline"], cpu["offline"] = tokens / secs, f"{offline_cpu:.1f}"
             print(f"  round {i + 1}: " + ", ".join(
-                f"{k} {v:.0f} ({cpu[k]:.1f} CPU s)" for k, v in rates.items())
+                f"{k} {v:.0f} ({cpu[k]} CPU s)" for k, v in rates.items())
                 + f"; server/offline {rates['server'] / rates['offline']:.2f}, "
                 f"streamed/offline {rates['server stream'] / rates['offline']:.2f}")
     finally:
