@@ -27,10 +27,13 @@ __all__ = ["store_kv_cache", "paged_attention_decode", "paged_prefill_attention"
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"
 COMPILER = os.environ.get("CC", "cc")
-# -ffast-math lets the compiler vectorize the dot-product and softmax sums; the C code keeps
-# every value finite, which is all -ffinite-math-only asks. -fopenmp: the kernel's threads
-# come from the libgomp torch already loaded (same soname), so no second pool spins.
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+# -ffast-math's parts, so the compiler may vectorize the dot-product and softmax sums; the C
+# code keeps every value finite, which is all -ffinite-math-only asks. Not -ffast-math itself:
+# GCC then links crtfastmath.o, which turns on flush-to-zero for the whole process on load.
+# -fopenmp: the kernel's threads come from the libgomp torch already loaded (same soname).
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-freciprocal-math",
+         "-fno-signed-zeros", "-fno-trapping-math", "-ffinite-math-only", "-fopenmp", "-shared",
+         "-fPIC"]
 CACHE_ENV = "PAGEDSERVE_KERNEL_CACHE"
 _ARGTYPES = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
              ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
