@@ -9,6 +9,7 @@ pipe closes (the frontend died: no orphans), or after sending the error a step r
 import atexit
 import logging
 import multiprocessing as mp
+import os
 import signal
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -70,10 +71,24 @@ def _send_error(conn: Connection, error: BaseException) -> None:
             pass
 
 
+def _leave_a_core_to_the_frontend(config: EngineConfig) -> None:
+    """On a CPU device torch would use every core, and its OpenMP threads spin while they
+    wait: the frontend (HTTP, streaming) would fight them for CPU. An explicit
+    OMP_NUM_THREADS wins."""
+    import torch
+
+    from pagedserve.engine.model_runner import resolve_device
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if ("OMP_NUM_THREADS" not in os.environ and (cores or 1) > 1
+            and resolve_device(config.device).type == "cpu"):
+        torch.set_num_threads(cores - 1)
+
+
 def run_engine_core(config: EngineConfig, conn: Connection) -> None:
     """The core process's main function."""
     # Ctrl-C reaches the whole process group; the frontend decides when the core stops
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _leave_a_core_to_the_frontend(config)
     from pagedserve.engine.llm_engine import LLMEngine
     try:
         engine = LLMEngine(config)
