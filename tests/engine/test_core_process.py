@@ -64,7 +64,10 @@ def test_output_kinds_match_the_in_process_engine(stories_path):
     final, want = cum[-1], expected["sampled"]
     assert [o.text for o in final.outputs] == [o.text for o in want.outputs]
     assert [o.token_ids for o in final.outputs] == [o.token_ids for o in want.outputs]
-    assert [o.logprobs for o in final.outputs] == [o.logprobs for o in want.outputs]
+    for got, ref_out in zip(final.outputs, want.outputs):  # the core may use fewer threads
+        assert [d.keys() for d in got.logprobs] == [d.keys() for d in ref_out.logprobs]
+        assert [list(d.values()) for d in got.logprobs] == [
+            pytest.approx(list(d.values()), abs=1e-4) for d in ref_out.logprobs]
     lengths = [len(o.outputs[0].token_ids) for o in cum]
     assert lengths == sorted(lengths) and len(cum) > 1  # cumulative, step by step
     deltas, finals = kinds[RequestOutputKind.DELTA], kinds[RequestOutputKind.FINAL_ONLY]
