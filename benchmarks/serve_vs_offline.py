@@ -32,12 +32,14 @@ def _cpu_seconds(pid: int | None = None) -> float:
 
 
 def _children(pid: int) -> list[int]:
-    """Processes whose parent is pid (the engine core of a server; Linux)."""
+    """Processes pid started with multiprocessing spawn: a server's engine core (Linux)."""
     found = []
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if ppid == pid and b"spawn_main" in f.read():
                     found.append(int(entry))
         except (OSError, ValueError, IndexError):
             pass
