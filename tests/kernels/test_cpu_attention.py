@@ -1,6 +1,7 @@
 """The compiled CPU attention equals the torch reference; its build cache and fallbacks."""
 import logging
 import shutil
+import sys
 
 import pytest
 import torch
@@ -108,6 +109,15 @@ def test_build_is_cached_and_reused(fresh_build, monkeypatch):
     monkeypatch.setattr(cpu, "_compile", lambda *a: pytest.fail("compiled again"))
     assert cpu.load() is not None
     assert list(fresh_build.glob("*.so")) == built
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_kernel_threads_come_from_torchs_openmp_runtime():
+    # a second libgomp would bring a second thread pool spinning against torch's
+    assert cpu.available()
+    with open("/proc/self/maps") as f:
+        runtimes = {line.split()[-1] for line in f if "libgomp" in line or "libomp" in line}
+    assert len(runtimes) <= 1, runtimes
 
 
 @pytest.mark.parametrize("compiler", ["no-such-cc-anywhere", "false"])
