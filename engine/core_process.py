@@ -72,14 +72,14 @@ def _send_error(conn: Connection, error: BaseException) -> None:
 
 
 def _leave_a_core_to_the_frontend(config: EngineConfig) -> None:
-    """On a CPU device torch would use every core, and its OpenMP threads spin while they
-    wait: the frontend (HTTP, streaming) would fight them for CPU. An explicit
-    OMP_NUM_THREADS wins."""
+    """On a CPU device torch would use every usable core, and the frontend process (HTTP,
+    streaming) would have to take CPU from its threads. An explicit OMP_NUM_THREADS wins."""
     import torch
 
+    from pagedserve.engine.cpu_threads import usable_cpus
     from pagedserve.engine.model_runner import resolve_device
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if ("OMP_NUM_THREADS" not in os.environ and (cores or 1) > 1
+    cores = usable_cpus()
+    if (not os.environ.get("OMP_NUM_THREADS") and cores > 1
             and resolve_device(config.device).type == "cpu"):
         torch.set_num_threads(cores - 1)
 
