@@ -8,6 +8,7 @@ the length of what each request has generated so far.
 """
 import asyncio
 import atexit
+import itertools
 import logging
 import threading
 
@@ -51,6 +52,11 @@ class CoreClientEngine(AsyncLLMEngine):
         self._sent_seqs = 0  # sequences sent to the core so far
         self._last = _NO_STATS  # the core's newest counters
         self._acc: dict[str, RequestOutput | None] = {}  # cumulative requests sent as DELTA
+        # The core knows each request by a fresh id, so an output of an aborted request still
+        # in the pipe can never reach a new request that reuses the id.
+        self._core_ids = itertools.count()
+        self._to_core: dict[str, str] = {}
+        self._from_core: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: threading.Thread | None = None
         self._closing = False
@@ -99,6 +105,9 @@ class CoreClientEngine(AsyncLLMEngine):
             self._reader.start()
 
     def _submit(self, req: EngineCoreRequest) -> None:
+        core_id = f"{req.request_id}#{next(self._core_ids)}"
+        self._to_core[req.request_id], self._from_core[core_id] = core_id, req.request_id
+        req.request_id = core_id
         if req.params.output_kind is RequestOutputKind.CUMULATIVE:
             req.params = req.params.with_output_kind(RequestOutputKind.DELTA)
             self._acc[req.request_id] = None
@@ -107,6 +116,10 @@ class CoreClientEngine(AsyncLLMEngine):
         self._schedule_flush()
 
     def abort(self, request_id: str) -> None:
+        request_id = self._to_core.pop(request_id, None)
+        if request_id is None:
+            return  # finished, or never submitted
+        del self._from_core[request_id]
         self._acc.pop(request_id, None)
         adds = self._pending.adds
         for i, req in enumerate(adds):
@@ -160,10 +173,16 @@ class CoreClientEngine(AsyncLLMEngine):
             return
         self._last = msg  # counters first: a consumer woken below sees them current
         self.steps = msg.num_steps
-        outputs = msg.outputs
-        if self._acc:
-            outputs = [self._accumulate(out) for out in outputs]
+        outputs = [self._to_user(out) for out in msg.outputs if out.request_id in self._from_core]
         self._dispatch(outputs)
+
+    def _to_user(self, out: RequestOutput) -> RequestOutput:
+        core_id = out.request_id
+        out = self._accumulate(out) if self._acc else out
+        out.request_id = self._from_core[core_id]
+        if out.finished:
+            del self._from_core[core_id], self._to_core[out.request_id]
+        return out
 
     def _accumulate(self, out: RequestOutput) -> RequestOutput:
         rid = out.request_id
@@ -178,6 +197,8 @@ class CoreClientEngine(AsyncLLMEngine):
 
     def _fail_all(self, error: BaseException) -> None:
         self._acc.clear()
+        self._to_core.clear()
+        self._from_core.clear()
         super()._fail_all(error)
 
     async def shutdown(self) -> None:
