@@ -33,7 +33,7 @@ class AsyncLLMEngine:
     def __init__(self, engine: LLMEngine) -> None:
         self._init_frontend(engine.config, engine.tokenizer, engine.processor)
         self.engine = engine
-        self._adds: list[ParentRequest] = []
+        self._adds: dict[str, ParentRequest] = {}  # not yet in the engine, by request id
         self._aborts: list[str] = []
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -63,7 +63,7 @@ class AsyncLLMEngine:
         """Sequences not yet scheduled: queued for the loop or waiting in the scheduler.
         The server bounds this (--max-queue-len), so requests added within one event-loop
         tick, before the loop hands them to the scheduler, must count too."""
-        return sum(len(p.children) for p in self._adds) + len(self.engine.scheduler.waiting)
+        return sum(len(p.children) for p in self._adds.values()) + len(self.engine.scheduler.waiting)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -113,11 +113,13 @@ class AsyncLLMEngine:
                 self.abort(rid)
 
     def _submit(self, req: EngineCoreRequest) -> None:
-        self._adds.append(self.processor.make_parent(req))
+        self._adds[req.request_id] = self.processor.make_parent(req)
         self._wakeup.set()
 
     def abort(self, request_id: str) -> None:
         """Abort between steps; its KV blocks return to the pool before the next step."""
+        if self._adds.pop(request_id, None) is not None:
+            return  # it never reached the engine
         if self._wakeup is not None:
             self._aborts.append(request_id)
             self._wakeup.set()
@@ -162,13 +164,13 @@ class AsyncLLMEngine:
                 self.engine.check_health()
 
     def _apply_pending(self) -> None:
-        adds, self._adds = self._adds, []
-        for parent in adds:
-            if parent.request_id in self.queues:
-                self.engine.add_parent(parent)
+        # aborts first: a request id may be reused as soon as its request was aborted
         aborts, self._aborts = self._aborts, []
         for rid in aborts:
             self.engine.abort_request(rid)
+        adds, self._adds = self._adds, {}
+        for parent in adds.values():
+            self.engine.add_parent(parent)
 
     def _fail_all(self, error: BaseException) -> None:
         for queue in self.queues.values():

@@ -84,3 +84,29 @@ def test_async_generate_batches_and_cancellation_aborts(stories_path, in_process
                 pass
         await eng.shutdown()
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "core-process"])
+def test_a_request_id_is_reusable_right_after_its_abort(stories_path, in_process):
+    greedy = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+
+    async def main():
+        eng = AsyncLLMEngine.from_config(EngineConfig(model=stories_path), in_process)
+        try:
+            texts = []
+            for _ in range(3):  # aborted mid-generation, then reused at once
+                early = eng.generate("Once upon a time", SamplingParams(max_tokens=100), "x")
+                await early.__anext__()
+                await early.aclose()
+                outs = [o async for o in eng.generate("Once upon a time", greedy, "x")]
+                texts.append(outs[-1].outputs[0].text)
+            assert eng.is_running
+            return texts
+        finally:
+            await eng.shutdown()
+    texts = asyncio.run(main())
+    want = LLMEngine(EngineConfig(model=stories_path))
+    want.add_request("w", "Once upon a time", greedy)
+    while want.has_unfinished_requests():
+        final = want.step()
+    assert texts == [final[0].outputs[0].text] * 3
