@@ -24,7 +24,7 @@ from pagedserve.engine.sampling_params import RequestOutputKind
 from pagedserve.engine.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
-_NO_STATS = CoreOutputs([], 0, 0, 0.0, 0, 0, 0, 0, 0, 0, 0)
+_NO_STATS = CoreOutputs([], EngineStats(0, 0, 0.0, 0, 0, 0), 0, 0, 0, 0)
 
 
 def merge_delta(acc: RequestOutput | None, delta: RequestOutput) -> RequestOutput:
@@ -82,7 +82,7 @@ class CoreClientEngine(AsyncLLMEngine):
     @property
     def num_waiting(self) -> int:
         in_transit = self._sent_seqs - self._last.num_seqs_received
-        return self._last.num_waiting + self._pending_seqs + in_transit
+        return self._last.stats.num_waiting + self._pending_seqs + in_transit
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -93,9 +93,7 @@ class CoreClientEngine(AsyncLLMEngine):
         return self._last.num_generation_tokens
 
     def stats(self) -> EngineStats:
-        s = self._last
-        return EngineStats(s.num_running, s.num_waiting, s.kv_cache_usage, s.num_preemptions,
-                           s.prefix_cache_queries, s.prefix_cache_hits)
+        return self._last.stats
 
     def start(self) -> None:
         if self._reader is None:

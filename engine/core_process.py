@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from pagedserve.engine.config import EngineConfig
+from pagedserve.engine.llm_engine import EngineStats
 from pagedserve.engine.outputs import RequestOutput
 from pagedserve.engine.processor import EngineCoreRequest
 
@@ -36,12 +37,7 @@ class CoreCommands:
 class CoreOutputs:
     """One step's outputs and the engine's counters after it."""
     outputs: list[RequestOutput]
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    num_preemptions: int
-    prefix_cache_queries: int
-    prefix_cache_hits: int
+    stats: EngineStats
     num_prompt_tokens: int
     num_generation_tokens: int
     num_seqs_received: int  # sequences added so far, so the frontend knows what is in flight
@@ -55,10 +51,8 @@ class CoreFailed:
 
 
 def _snapshot(engine, outputs: list[RequestOutput], received: int, steps: int) -> CoreOutputs:
-    s = engine.stats()
-    return CoreOutputs(outputs, s.num_running, s.num_waiting, s.kv_cache_usage,
-                       s.num_preemptions, s.prefix_cache_queries, s.prefix_cache_hits,
-                       engine.num_prompt_tokens, engine.num_generation_tokens, received, steps)
+    return CoreOutputs(outputs, engine.stats(), engine.num_prompt_tokens,
+                       engine.num_generation_tokens, received, steps)
 
 
 def _send_error(conn: Connection, error: BaseException) -> None:
