@@ -220,10 +220,16 @@ def docker_context(dest: Path) -> Path:
         rel_dir = os.path.relpath(folder, ROOT)
         rel = lambda name: name if rel_dir == "." else f"{rel_dir}/{name}"  # noqa: E731
         dirs[:] = [d for d in dirs if not ignored(rel(d))]
-        for f in files:
-            if not ignored(rel(f)):
-                (dest / rel(f)).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(Path(folder) / f, dest / rel(f))
+        for name in dirs + files:
+            src, out = Path(folder) / name, dest / rel(name)
+            if ignored(rel(name)) or (src.is_dir() and not src.is_symlink()):
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_symlink():  # docker's COPY keeps links as links (pagedserve/engine -> ../engine)
+                out.symlink_to(os.readlink(src))
+            else:
+                shutil.copy2(src, out)
+        dirs[:] = [d for d in dirs if not (Path(folder) / d).is_symlink()]
     return dest
 
 
@@ -241,7 +247,10 @@ def test_wheel_stage_builds_a_complete_package_from_the_docker_context(tmp_path)
     (wheel,) = (tmp_path / "dist").glob("pagedserve-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for package in pyproject()["tool"]["setuptools"]["packages"]:
-        assert f"{package.replace('.', '/')}/__init__.py" in names, f"{package} missing from the image's wheel"
+        prefix = package.replace(".", "/") + "/"
+        assert any(n.startswith(prefix) and "/" not in n[len(prefix):] for n in names), \
+            f"{package} missing from the image's wheel"
+    assert "pagedserve/operator/__init__.py" not in names  # it would shadow the stdlib's operator
     from pagedserve.cli import SUBCOMMANDS
     for module in SUBCOMMANDS.values():
         assert module.replace(".", "/") + ".py" in names, f"`pagedserve` imports {module}, not in the wheel"
