@@ -8,38 +8,66 @@ from safetensors import safe_open
 from torch import nn
 
 
+BUNDLED_MODEL_NAME = "stories260K"
+_HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+_HOW_TO = ("download it first (`huggingface-cli download {m}`), or pass a local folder with "
+           "config.json and *.safetensors")
+
+
 def default_model() -> str:
     """The bundled stories260K model folder (package data of `pagedserve`)."""
     return str(files("pagedserve") / "models" / "stories260K")
 
 
 def resolve_model_path(model: str) -> str:
-    """A local folder as is; a hub id from the local Hugging Face cache (downloaded only when
-    the hub is reachable and HF_HUB_OFFLINE is not set)."""
+    """A local folder as is; the bundled model by its served name; a hub id from the local
+    Hugging Face cache (downloaded only when the hub is reachable and HF_HUB_OFFLINE is not
+    set). Every failure is a ValueError saying why and what to do."""
     if os.path.isdir(model):
         if not os.path.isfile(os.path.join(model, "config.json")):
             raise ValueError(f"model folder {model!r} has no config.json")
         return model
+    if model == BUNDLED_MODEL_NAME:
+        return default_model()
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise ValueError(f"model path {model!r} does not exist")
+    return _from_hub(model)
+
+
+def _from_hub(model: str) -> str:
     from huggingface_hub import snapshot_download
     # read the environment now, not at huggingface_hub's import, so late settings apply
     cache = os.environ.get("HF_HUB_CACHE") or (
         os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None)
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
-        return snapshot_download(model, allow_patterns=patterns, cache_dir=cache,
+        return snapshot_download(model, allow_patterns=_HUB_FILES, cache_dir=cache,
                                  local_files_only=True)
     except Exception:
         if offline:
-            raise ValueError(f"model {model!r} is neither a local folder nor in the Hugging "
-                             f"Face cache (offline mode)") from None
+            raise ValueError(f"model {model!r} is not a local folder and not in the Hugging "
+                             f"Face cache, and HF_HUB_OFFLINE is set: "
+                             + _HOW_TO.format(m=model)) from None
     try:
-        return snapshot_download(model, allow_patterns=patterns, cache_dir=cache)
+        return snapshot_download(model, allow_patterns=_HUB_FILES, cache_dir=cache)
     except Exception as e:
-        raise ValueError(f"model {model!r} is neither a local folder nor in the Hugging Face "
-                         f"cache, and could not be downloaded ({type(e).__name__})") from None
+        raise ValueError(hub_error_message(model, e)) from None
+
+
+def hub_error_message(model: str, error: BaseException) -> str:
+    """Why a hub download failed, in words a user can act on."""
+    from huggingface_hub import errors
+    name = f"model {model!r} is not a local folder and not in the Hugging Face cache"
+    if isinstance(error, errors.GatedRepoError):
+        return (f"{name}; it is a gated repository: accept its license on huggingface.co and "
+                f"set HF_TOKEN to a token with access, or " + _HOW_TO.format(m=model))
+    if isinstance(error, errors.RepositoryNotFoundError):
+        return (f"{name}, and the hub has no repository of that name (or it is private: set "
+                f"HF_TOKEN); check the spelling, or pass a local folder")
+    if isinstance(error, errors.LocalEntryNotFoundError | errors.OfflineModeIsEnabled):
+        return (f"{name}, and the hub cannot be reached (no network?): "
+                + _HOW_TO.format(m=model) + "; HF_HUB_OFFLINE=1 skips the attempt")
+    return f"{name}, and downloading it failed ({type(error).__name__}: {error})"
 
 
 def load_weights(model: nn.Module, path: str) -> None:
