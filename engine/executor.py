@@ -1,7 +1,7 @@
 """Executors run a step's inputs through the model on every tensor-parallel rank.
 
-`uni` runs the single rank in-process. `mp` keeps rank 0 in the engine process and spawns a
-worker process per extra rank (engine/worker.py). Rank 0 alone receives logits and samples.
+`uni` runs the single rank in-process. `mp` keeps rank 0 in the engine process and starts a
+worker process per extra rank (engine/worker.py; forked or spawned: engine/multiproc.py). Rank 0 alone receives logits and samples.
 """
 import atexit
 import contextlib
@@ -18,6 +18,7 @@ from pagedserve.engine.cpu_threads import limit_torch_threads, usable_cpus
 from pagedserve.engine.distributed import (TPGroup, abort_group, check_no_group, destroy_group,
                                            init_group, make_store, rendezvous_address)
 from pagedserve.engine.model_runner import ModelRunner, pad_block_tables, resolve_device
+from pagedserve.engine.multiproc import worker_start_method
 from pagedserve.engine.scheduler import SchedulerOutput
 from pagedserve.engine.worker import (EXIT, INIT_KV, encode_command, encode_step,
                                       init_kv_cache, rank_device, run_worker)
@@ -82,7 +83,7 @@ class UniExecutor:
 
 
 class MPExecutor:
-    """Rank 0 in this process, ranks 1..N-1 in spawned workers driven over pipes.
+    """Rank 0 in this process, ranks 1..N-1 in worker processes driven over pipes.
 
     A worker that dies or raises fails the engine: the step in flight (or, when idle, the
     next check_health) raises TensorParallelError naming the rank, and every worker is gone.
@@ -117,11 +118,14 @@ class MPExecutor:
         threads = 0
         if resolve_device(config.device).type == "cpu":
             threads = max(1, usable_cpus() // self.size)
-        ctx = mp.get_context("spawn")
+        self.start_method = method = worker_start_method()
+        ctx = mp.get_context(method)
         for rank in range(1, self.size):
             ours, theirs = ctx.Pipe()
+            parents_ends = [c.fileno() for c in (*self.conns, ours)] if method == "fork" else []
             proc = ctx.Process(target=run_worker, name=f"pagedserve-tp-rank{rank}", daemon=True,
-                               args=(rank, config, host, self.port, theirs, threads))
+                               args=(rank, config, host, self.port, theirs, threads,
+                                     parents_ends))
             proc.start()
             theirs.close()  # so a dead worker reads as EOF here
             self.procs.append(proc)
@@ -142,7 +146,7 @@ class MPExecutor:
                 if self._reason(rank) == "loaded":
                     pending.discard(rank)
                 elif rank in self._reasons or not self.procs[rank - 1].is_alive():
-                    hint = "" if rank in self._reasons else (
+                    hint = "" if rank in self._reasons or self.start_method == "fork" else (
                         ". Workers are spawned and re-import your __main__ module: a script "
                         "that starts the engine at import time needs `if __name__ == "
                         "'__main__':`")

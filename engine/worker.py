@@ -20,6 +20,7 @@ from pagedserve.engine.config import EngineConfig
 from pagedserve.engine.distributed import (TPGroup, all_reduce, destroy_group, init_group,
                                            make_store, use_group)
 from pagedserve.engine.model_runner import ModelRunner, resolve_device
+from pagedserve.engine.multiproc import close_inherited
 
 EXIT, STEP, INIT_KV = 0, 1, 2
 
@@ -72,8 +73,9 @@ def init_kv_cache(runner: ModelRunner) -> int:
 
 
 def run_worker(rank: int, config: EngineConfig, host: str, port: int, conn: Connection,
-               threads: int) -> None:
-    """Entry point of a spawned worker: load this rank's shards, join the group, serve steps."""
+               threads: int, parents_ends: list[int]) -> None:
+    """Entry point of a worker: load this rank's shards, join the group, serve steps."""
+    close_inherited(parents_ends)
     # Ctrl-C reaches the whole process group; rank 0 alone decides what happens then.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
