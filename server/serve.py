@@ -1,6 +1,7 @@
 """Run the app under uvicorn with Kubernetes-friendly signals and exit codes."""
 import asyncio
 import logging
+import os
 
 import uvicorn
 
@@ -8,6 +9,7 @@ from pagedserve.server.app import build_app
 from pagedserve.server.state import ServerState, ServeSettings
 
 logger = logging.getLogger("pagedserve.server")
+EXIT_INTERRUPTED = 130
 
 
 class DrainingServer(uvicorn.Server):
@@ -28,9 +30,18 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig, frame) -> None:
         if self.started and self.loop is not None and not self.state.draining:
             self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self.state.drain()))
+        elif self.state.draining:
+            self.stop_now()
         else:
-            self.force_exit = self.state.draining
             self.should_exit = True
+
+    def stop_now(self) -> None:
+        """A second signal while draining: leave at once, quietly, with 128 + SIGINT as a
+        shell does. The engine core sees its pipe close and exits; its workers follow it."""
+        logger.warning("second signal while draining: stopping now, %d requests cut off",
+                       self.state.in_flight)
+        logging.shutdown()
+        os._exit(EXIT_INTERRUPTED)
 
     def stop(self) -> None:
         self.should_exit = True
