@@ -56,7 +56,10 @@ class ParentRequest:
                              metrics)
 
     def _completion(self, i: int, req: Request, delta: bool) -> CompletionOutput:
-        text = self.detoks[i].streamable_text(req.finished)
+        detok = self.detoks[i]
+        if req.finished:
+            detok.flush()  # held bytes can no longer complete: the final text is the full decode
+        text = detok.streamable_text(req.finished)
         cum = req.cumulative_logprob if req.logprobs is not None else None
         if not delta:
             return CompletionOutput(req.index, text, req.output_token_ids, req.finish_reason,
@@ -82,7 +85,7 @@ class InputProcessor:
                 params: SamplingParams | None = None,
                 arrival_time: float | None = None) -> EngineCoreRequest:
         params = params or SamplingParams()
-        vocab = self.config.hf.vocab_size
+        vocab = self.config.model_config.vocab_size
         text, ids = tokenize_prompt(self.tokenizer, prompt, vocab)
         if params.logprobs is not None and params.logprobs > vocab:
             raise ValueError(f"logprobs ({params.logprobs}) exceeds the vocabulary size ({vocab})")
