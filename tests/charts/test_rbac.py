@@ -129,7 +129,7 @@ def exercise(cluster, ns: str, testing) -> None:
 
 def recorded_run(chart, values: dict, ns: str):
     """Run the chart's operator against an emulator, exercise it; return (requests, calls)."""
-    testing = pytest.importorskip("pagedserve.operator.testing", reason="needs the test extra (kmock)")
+    testing = pytest.importorskip("tests.kube_emulator", reason="needs the test extra (kmock)")
     docs = chart.render(values)
     container = chart.operator_container(docs)
     with tempfile.TemporaryDirectory() as tmp, testing.EmulatedCluster(crds=split_crds(Path(tmp))) as cluster:

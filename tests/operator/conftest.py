@@ -1,6 +1,6 @@
 """Fixtures for the operator's tests.
 
-`cluster` is pagedserve.operator.testing.EmulatedCluster: kmock's Kubernetes emulator with its
+`cluster` is tests.kube_emulator.EmulatedCluster: kmock's Kubernetes emulator with its
 gaps filled (201 on create; uid, resourceVersion, creationTimestamp, generation stamped; lists
 with kind/apiVersion; the LLMDeployment resource declared from the chart's CRD), served from a
 thread so that tests, kubectl and the operator can all talk to it. It records every request:
@@ -15,7 +15,7 @@ import pathlib
 import pytest
 import yaml
 
-from pagedserve.operator.testing import EmulatedCluster, running_operator
+from tests.kube_emulator import EmulatedCluster, running_operator
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "charts" / "pagedserve" / "crds" / "llmdeployments.yaml"

@@ -9,12 +9,13 @@ import pytest
 
 from pagedserve.cli import build_parser
 from pagedserve.operator.config import OperatorConfig
-from pagedserve.operator.testing import llmdeployment, wait_for
+from tests.kube_emulator import llmdeployment, wait_for
 
 
-def test_operator_package_does_not_import_torch():
-    code = ("import sys, pagedserve.operator.handlers, pagedserve.operator.cli, pagedserve.operator.testing; "
-            "print(sorted(m for m in ('torch', 'pagedserve.engine.llm', 'pagedserve.server.app') if m in sys.modules))")
+def test_operator_package_does_not_import_torch_or_test_support():
+    code = ("import sys, pagedserve.operator.handlers, pagedserve.operator.cli; "
+            "print(sorted(m for m in ('torch', 'pagedserve.engine.llm', 'pagedserve.server.app', 'kmock')"
+            " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

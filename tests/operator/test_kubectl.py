@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from pagedserve.operator.testing import wait_for
+from tests.kube_emulator import wait_for
 
 KUBECTL = shutil.which("kubectl", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("kubectl")
 pytestmark = [pytest.mark.usefixtures("operator"),

@@ -5,7 +5,7 @@ Deployment's status the way the Deployment controller would.
 """
 import pytest
 
-from pagedserve.operator.testing import condition, llmdeployment, wait_for
+from tests.kube_emulator import condition, llmdeployment, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
 

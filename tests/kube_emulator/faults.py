@@ -1,6 +1,6 @@
 """Seeded faults for the emulated API server: what a misbehaving cluster does to a client.
 
-Test support (see emulator.KubeEmulator and testing.EmulatedCluster.inject). Only requests
+Used by emulator.KubeEmulator and cluster.EmulatedCluster.inject. Only requests
 from the listed User-Agents are disturbed, so a test's own client sees a healthy server. Each
 request draws its fate from a generator seeded with (seed, method, path, how many times that
 method and path came before): the n-th write to an object meets the same fault in every run,

@@ -1,7 +1,7 @@
 """Test support: the real operator against an emulated Kubernetes API, no cluster needed.
 
-Like kopf.testing, this module is for tests only and needs the test extra (kmock); nothing in
-the operator imports it. EmulatedCluster serves emulator.KubeEmulator (kmock with its gaps
+Like kopf.testing, this is for tests only and needs the test extra (kmock); it lives under
+tests/ so that neither the wheel nor the operator image carries it. EmulatedCluster serves emulator.KubeEmulator (kmock with its gaps
 filled) on localhost from a thread and records every request; running_operator runs the
 operator in it with kopf's KopfRunner. The emulator runs no controllers (tests patch a
 Deployment's status themselves, see deployment_ready) and collects no garbage (tests assert
@@ -28,11 +28,13 @@ import yaml
 
 from pagedserve.operator.apply import controlled_by, is_subset
 from pagedserve.operator.config import OperatorConfig
-from pagedserve.operator.emulator import KubeEmulator
-from pagedserve.operator.faults import OPERATOR_AGENTS, Faults
 from pagedserve.operator.kube import KINDS, Kube
 from pagedserve.operator.manifests import child_name, desired_children
 from pagedserve.operator.spec import parse_spec
+
+from .emulator import KubeEmulator
+from .faults import OPERATOR_AGENTS, Faults
+
 VERBS = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
          "DELETE": "delete"}
 

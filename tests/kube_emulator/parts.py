@@ -1,4 +1,4 @@
-"""Stateless pieces of the emulated API server (emulator.KubeEmulator; test support only):
+"""Stateless pieces of the emulated API server (emulator.KubeEmulator):
 the request log, watch replays and stream ends, the Scale subresource and `kubectl get` Tables.
 """
 import asyncio

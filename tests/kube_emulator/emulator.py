@@ -15,7 +15,7 @@
   faults.Faults) injects conflicts, errors, lost answers, delays and dropped watches at random.
 
 It runs no controllers, collects no garbage, selects no labels, serves no OpenAPI and checks
-no RBAC. Test support only (needs kmock, from the test extra); see testing.EmulatedCluster.
+no RBAC. Test support only (needs kmock, from the test extra); see cluster.EmulatedCluster.
 """
 import asyncio
 import datetime
@@ -26,8 +26,8 @@ import attrs
 import kmock
 from kmock._internal import dicts
 
-from pagedserve.operator import emulator_parts as parts
-from pagedserve.operator.faults import Fault, Faults
+from . import parts
+from .faults import Fault, Faults
 
 
 @attrs.define(kw_only=True)
