@@ -85,7 +85,7 @@ class InputProcessor:
                 params: SamplingParams | None = None,
                 arrival_time: float | None = None) -> EngineCoreRequest:
         params = params or SamplingParams()
-        vocab = self.config.model_config.vocab_size
+        vocab = self.config.hf.vocab_size
         text, ids = tokenize_prompt(self.tokenizer, prompt, vocab)
         if params.logprobs is not None and params.logprobs > vocab:
             raise ValueError(f"logprobs ({params.logprobs}) exceeds the vocabulary size ({vocab})")
