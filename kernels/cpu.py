@@ -38,7 +38,7 @@ CACHE_ENV = "PAGEDSERVE_KERNEL_CACHE"
 _ARGTYPES = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
              ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
              ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-             ctypes.c_float, ctypes.c_int, ctypes.c_void_p]
+             ctypes.c_float, ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_void_p]
 _lib: ctypes.CDLL | None = None
 _tried = False
 
@@ -121,7 +121,8 @@ def _takes(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
 
 def _run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
          block_tables: torch.Tensor, seq_lens: torch.Tensor,
-         query_start_loc: torch.Tensor | None, scale: float) -> torch.Tensor | None:
+         query_start_loc: torch.Tensor | None, scale: float, sliding_window: int | None,
+         logits_soft_cap: float | None) -> torch.Tensor | None:
     for t in (k_cache, v_cache, block_tables, seq_lens, query_start_loc):
         assert t is None or t.device.type == "cpu" and t.is_contiguous(), "CPU, contiguous"
     assert v_cache.dtype == torch.float32 and v_cache.shape == k_cache.shape
@@ -136,28 +137,35 @@ def _run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         block_tables.data_ptr(), block_tables.stride(0), seq_lens.data_ptr(),
         None if query_start_loc is None else query_start_loc.data_ptr(), seq_lens.numel(),
         num_tokens, num_heads, k_cache.shape[2], head_size, k_cache.shape[1], scale,
-        torch.get_num_threads(), None)
+        sliding_window or 0, logits_soft_cap or 0.0, torch.get_num_threads(), None)
     return out if rc == 0 else None
 
 
 def paged_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                           block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                           scale: float) -> torch.Tensor:
+                           block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                           sliding_window: int | None = None,
+                           logits_soft_cap: float | None = None) -> torch.Tensor:
     """Same contract as reference.paged_attention_decode."""
     if _takes(q, k_cache):
-        out = _run(q, k_cache, v_cache, block_tables, seq_lens, None, scale)
+        out = _run(q, k_cache, v_cache, block_tables, seq_lens, None, scale, sliding_window,
+                   logits_soft_cap)
         if out is not None:
             return out
-    return reference.paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale)
+    return reference.paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale,
+                                            sliding_window, logits_soft_cap)
 
 
 def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             block_tables: torch.Tensor, query_start_loc: torch.Tensor,
-                            seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+                            seq_lens: torch.Tensor, scale: float,
+                            sliding_window: int | None = None,
+                            logits_soft_cap: float | None = None) -> torch.Tensor:
     """Same contract as reference.paged_prefill_attention."""
     if _takes(q, k_cache):
-        out = _run(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
+        out = _run(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale,
+                   sliding_window, logits_soft_cap)
         if out is not None:
             return out
     return reference.paged_prefill_attention(q, k_cache, v_cache, block_tables,
-                                             query_start_loc, seq_lens, scale)
+                                             query_start_loc, seq_lens, scale, sliding_window,
+                                             logits_soft_cap)

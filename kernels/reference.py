@@ -27,13 +27,42 @@ def _gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, max_len: int) ->
     return cache[block_tables[:, :num_blocks].long()].flatten(1, 2)[:, :max_len]
 
 
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+            logits_soft_cap: float | None) -> torch.Tensor:
+    """softmax(q k^T * scale) v over [B, H, Q, D] tensors; GQA by head groups. Soft-capping
+    (cap * tanh(s / cap), Gemma 2) has no SDPA form, so it takes the explicit path."""
+    if not logits_soft_cap:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                              enable_gqa=True)
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    s = (q.float() @ k.float().transpose(-1, -2)) * scale
+    s = torch.tanh(s / logits_soft_cap) * logits_soft_cap
+    s = s.masked_fill(~mask, float("-inf"))
+    return (s.softmax(-1) @ v.float()).to(q.dtype)
+
+
+def _visible(q_pos: torch.Tensor, max_kv: int, sliding_window: int | None) -> torch.Tensor:
+    """[..., max_kv] mask of the keys a query at q_pos sees: causal, and with a sliding
+    window of W only the last W positions (its own included), as transformers masks them."""
+    kv = torch.arange(max_kv, device=q_pos.device)
+    mask = kv <= q_pos[..., None]
+    if sliding_window:
+        mask &= kv > q_pos[..., None] - sliding_window
+    return mask
+
+
 def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             block_tables: torch.Tensor, query_start_loc: torch.Tensor,
-                            seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+                            seq_lens: torch.Tensor, scale: float,
+                            sliding_window: int | None = None,
+                            logits_soft_cap: float | None = None) -> torch.Tensor:
     """Causal attention of new tokens q [T, Hq, D] over their sequences' whole cached context.
 
     Sequence i's new tokens are the last q_len_i of its seq_lens[i] tokens, so earlier context
     (prefix-cache hits, earlier prefill chunks) is read from the cache like the new tokens.
+    sliding_window W: a token sees only the W latest positions up to its own; logits_soft_cap
+    c: scores become c * tanh(score / c) before the softmax.
     """
     num_seqs = seq_lens.numel()
     q_lens = (query_start_loc[1:] - query_start_loc[:-1]).long()
@@ -43,24 +72,24 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     qp = q.new_zeros(num_seqs, max_q, *q.shape[1:])
     qp[seq_of_token, offset] = q
     q_pos = (seq_lens.long() - q_lens)[:, None] + torch.arange(max_q, device=q.device)
-    mask = torch.arange(max_kv, device=q.device)[None, None, :] <= q_pos[:, :, None]
+    mask = _visible(q_pos, max_kv, sliding_window)
     k = _gather_kv(k_cache, block_tables, max_kv).transpose(1, 2)
     v = _gather_kv(v_cache, block_tables, max_kv).transpose(1, 2)
-    out = F.scaled_dot_product_attention(qp.transpose(1, 2), k, v, attn_mask=mask[:, None],
-                                         scale=scale, enable_gqa=True)
+    out = _attend(qp.transpose(1, 2), k, v, mask[:, None], scale, logits_soft_cap)
     return out.transpose(1, 2)[seq_of_token, offset]
 
 
 def paged_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                           block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                           scale: float) -> torch.Tensor:
-    """One query token per sequence, q [B, Hq, D], over seq_lens[i] cached tokens."""
+                           block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                           sliding_window: int | None = None,
+                           logits_soft_cap: float | None = None) -> torch.Tensor:
+    """One query token per sequence, q [B, Hq, D], over seq_lens[i] cached tokens (the
+    window and soft-cap as in paged_prefill_attention)."""
     max_kv = int(seq_lens.max())
-    mask = torch.arange(max_kv, device=q.device)[None, :] < seq_lens[:, None]
+    mask = _visible(seq_lens.long() - 1, max_kv, sliding_window)
     k = _gather_kv(k_cache, block_tables, max_kv).transpose(1, 2)
     v = _gather_kv(v_cache, block_tables, max_kv).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask[:, None, None],
-                                         scale=scale, enable_gqa=True)
+    out = _attend(q[:, :, None], k, v, mask[:, None, None], scale, logits_soft_cap)
     return out[:, :, 0]
 
 

@@ -20,15 +20,17 @@ PROGRAMS_PER_SM = 4  # enough resident programs per SM to keep memory requests i
 
 @triton.jit
 def _decode_split(q_ptr, kc_ptr, vc_ptr, bt_ptr, lens_ptr, o_ptr, lse_ptr, scale_log2,
-                  split_tokens, s_qb, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_bt,
+                  split_tokens, window, s_qb, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_bt,
                   s_ob, s_oh, s_os, s_lb, s_lh,
                   GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD: tl.constexpr,
                   BLOCK_D: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
-                  FP32_DOT: tl.constexpr, SPLIT: tl.constexpr):
+                  FP32_DOT: tl.constexpr, SPLIT: tl.constexpr, SOFT_CAP: tl.constexpr):
     b, hk, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     seq_len = tl.load(lens_ptr + b)
     start = s * split_tokens
     end = tl.minimum(seq_len, start + split_tokens)
+    # a sliding window: only the last `window` positions are visible
+    start = tl.where(window > 0, tl.maximum(start, seq_len - window), start)
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, BLOCK_D)
     heads = hk * GROUP + g
@@ -45,8 +47,9 @@ def _decode_split(q_ptr, kc_ptr, vc_ptr, bt_ptr, lens_ptr, o_ptr, lse_ptr, scale
         v_rows = page_offsets(bt_ptr + b * s_bt, tok, tok_mask, PAGE, s_vb, s_vt)
         k = tl.load(kc_ptr + (k_rows + hk * s_kh)[:, None] + d[None, :], mask=nd_mask, other=0.0)
         v = tl.load(vc_ptr + (v_rows + hk * s_vh)[:, None] + d[None, :], mask=nd_mask, other=0.0)
-        m, l, acc = attend_tile(q, k, v, tok_mask[None, :], m, l, acc, scale_log2, FP32_DOT)
-    # an empty split (past this sequence's end) leaves l == 0 and weighs nothing in the merge
+        m, l, acc = attend_tile(q, k, v, tok_mask[None, :], m, l, acc, scale_log2, FP32_DOT,
+                                SOFT_CAP)
+    # an empty split (past this sequence's end, or before its window) leaves l == 0 and weighs nothing in the merge
     l_safe = tl.where(l > 0, l, 1.0)
     out = acc / l_safe[:, None]
     o_ptrs = o_ptr + b * s_ob + heads[:, None] * s_oh + s * s_os + d[None, :]
@@ -63,7 +66,7 @@ def _decode_merge(po_ptr, lse_ptr, o_ptr, num_splits, s_pb, s_ph, s_ps, s_lb, s_
     sp = tl.arange(0, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
     lse = tl.load(lse_ptr + b * s_lb + h * s_lh + sp, mask=sp < num_splits, other=float("-inf"))
-    w = tl.exp2(lse - tl.max(lse, 0))  # split 0 is never empty, so the max is finite
+    w = tl.exp2(lse - tl.max(lse, 0))  # the last token's split is not empty: a finite max
     mask = (sp < num_splits)[:, None] & (d < HEAD)[None, :]
     po = tl.load(po_ptr + b * s_pb + h * s_ph + sp[:, None] * s_ps + d[None, :], mask=mask,
                  other=0.0)
@@ -89,7 +92,8 @@ def choose_splits(batch: int, kv_heads: int, max_tokens: int, block_n: int,
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
-                     num_splits: int | None = None) -> torch.Tensor:
+                     num_splits: int | None = None, sliding_window: int | None = None,
+                     logits_soft_cap: float | None = None) -> torch.Tensor:
     """paged_attention_decode with an explicit split count (None: choose for the device)."""
     batch, q_heads, head = q.shape
     page, kv_heads = k_cache.shape[1], k_cache.shape[2]
@@ -105,19 +109,22 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     splits = -(-max_tokens // split_tokens)
     fp32_dot = INTERPRETED or q.dtype == torch.float32
     common = dict(GROUP=group, BLOCK_G=pow2(group, 16), HEAD=head, BLOCK_D=pow2(head, 16),
-                  PAGE=page, BLOCK_N=block_n, FP32_DOT=fp32_dot, num_warps=warps)
+                  PAGE=page, BLOCK_N=block_n, FP32_DOT=fp32_dot,
+                  SOFT_CAP=float(logits_soft_cap or 0.0), num_warps=warps)
     args = (q, k_cache, v_cache, block_tables, seq_lens)
+    window = sliding_window or 0
     strides = (q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
                block_tables.stride(0))
     scale_log2 = scale * math.log2(math.e)
     if splits == 1:
-        _decode_split[(batch, kv_heads, 1)](*args, out, out, scale_log2, split_tokens, *strides,
+        _decode_split[(batch, kv_heads, 1)](*args, out, out, scale_log2, split_tokens, window,
+                                            *strides,
                                             out.stride(0), out.stride(1), 0, 0, 0, SPLIT=False,
                                             **common)
         return out
     part = torch.empty(batch, q_heads, splits, head, dtype=torch.float32, device=q.device)
     lse = torch.empty(batch, q_heads, splits, dtype=torch.float32, device=q.device)
-    _decode_split[(batch, kv_heads, splits)](*args, part, lse, scale_log2, split_tokens,
+    _decode_split[(batch, kv_heads, splits)](*args, part, lse, scale_log2, split_tokens, window,
                                              *strides, *part.stride()[:3], *lse.stride()[:2],
                                              SPLIT=True, **common)
     _decode_merge[(batch, q_heads)](part, lse, out, splits, *part.stride()[:3],
@@ -127,7 +134,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
 
 def paged_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                           block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                           scale: float) -> torch.Tensor:
+                           block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                           sliding_window: int | None = None,
+                           logits_soft_cap: float | None = None) -> torch.Tensor:
     """One query token per sequence, q [B, Hq, D], over seq_lens[i] cached tokens."""
-    return decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale)
+    return decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, None,
+                            sliding_window, logits_soft_cap)

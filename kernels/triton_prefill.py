@@ -42,10 +42,10 @@ def _find_seq(qsl_ptr, pid, num_seqs, BLOCK_Q: tl.constexpr):
 
 @triton.jit
 def _prefill(q_ptr, kc_ptr, vc_ptr, bt_ptr, qsl_ptr, lens_ptr, o_ptr, scale_log2, num_seqs,
-             s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_bt, s_ot, s_oh,
+             window, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_bt, s_ot, s_oh,
              GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr,
              HEAD: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
-             BLOCK_N: tl.constexpr, FP32_DOT: tl.constexpr):
+             BLOCK_N: tl.constexpr, FP32_DOT: tl.constexpr, SOFT_CAP: tl.constexpr):
     pid, hk = tl.program_id(0), tl.program_id(1)
     seq = _find_seq(qsl_ptr, pid, num_seqs, BLOCK_Q)
     q_start = tl.load(qsl_ptr + seq)
@@ -66,10 +66,12 @@ def _prefill(q_ptr, kc_ptr, vc_ptr, bt_ptr, qsl_ptr, lens_ptr, o_ptr, scale_log2
                 other=0.0)
     q_pos = prefix + tok  # absolute position: may attend to keys 0..q_pos
     kv_end = tl.minimum(seq_len, prefix + (qb + 1) * BLOCK_Q)
+    # with a sliding window, the block's first token sees the earliest key of the block
+    kv_start = tl.where(window > 0, tl.maximum(prefix + qb * BLOCK_Q - window + 1, 0), 0)
     m = tl.full([BLOCK_Q * BLOCK_G], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_Q * BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_Q * BLOCK_G, BLOCK_D], tl.float32)
-    for n0 in range(0, kv_end, BLOCK_N):
+    for n0 in range(kv_start, kv_end, BLOCK_N):
         kv = n0 + tl.arange(0, BLOCK_N)
         kv_mask = kv < kv_end
         nd_mask = kv_mask[:, None] & (d < HEAD)[None, :]
@@ -78,7 +80,9 @@ def _prefill(q_ptr, kc_ptr, vc_ptr, bt_ptr, qsl_ptr, lens_ptr, o_ptr, scale_log2
         k = tl.load(kc_ptr + (k_rows + hk * s_kh)[:, None] + d[None, :], mask=nd_mask, other=0.0)
         v = tl.load(vc_ptr + (v_rows + hk * s_vh)[:, None] + d[None, :], mask=nd_mask, other=0.0)
         causal = (kv[None, :] <= q_pos[:, None]) & kv_mask[None, :]
-        m, l, acc = attend_tile(q, k, v, causal, m, l, acc, scale_log2, FP32_DOT)
+        if window > 0:
+            causal &= kv[None, :] > q_pos[:, None] - window
+        m, l, acc = attend_tile(q, k, v, causal, m, l, acc, scale_log2, FP32_DOT, SOFT_CAP)
     out = acc / tl.where(l > 0, l, 1.0)[:, None]
     o_ptrs = o_ptr + (q_off * s_ot + head * s_oh)[:, None] + d[None, :]
     tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=rd_mask)
@@ -86,11 +90,14 @@ def _prefill(q_ptr, kc_ptr, vc_ptr, bt_ptr, qsl_ptr, lens_ptr, o_ptr, scale_log2
 
 def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             block_tables: torch.Tensor, query_start_loc: torch.Tensor,
-                            seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+                            seq_lens: torch.Tensor, scale: float,
+                            sliding_window: int | None = None,
+                            logits_soft_cap: float | None = None) -> torch.Tensor:
     """Causal attention of new tokens q [T, Hq, D] over their sequences' whole cached context.
 
     Sequence i's new tokens are the last q_len_i of its seq_lens[i] tokens, so earlier context
     (prefix-cache hits, earlier prefill chunks) is read from the cache like the new tokens.
+    Sliding window and soft-cap as in reference.paged_prefill_attention.
     """
     num_tokens, q_heads, head = q.shape
     page, kv_heads = k_cache.shape[1], k_cache.shape[2]
@@ -104,10 +111,11 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     out = torch.empty_like(q)
     grid = (num_tokens // block_q + num_seqs, kv_heads)
     _prefill[grid](q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out,
-                   scale * math.log2(math.e), num_seqs, q.stride(0), q.stride(1),
+                   scale * math.log2(math.e), num_seqs, sliding_window or 0, q.stride(0), q.stride(1),
                    *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
                    out.stride(0), out.stride(1), GROUP=group, BLOCK_G=block_g, BLOCK_Q=block_q,
                    HEAD=head, BLOCK_D=pow2(head, 16), PAGE=page,
                    BLOCK_N=block_n,
-                   FP32_DOT=INTERPRETED or q.dtype == torch.float32, num_warps=warps)
+                   FP32_DOT=INTERPRETED or q.dtype == torch.float32,
+                   SOFT_CAP=float(logits_soft_cap or 0.0), num_warps=warps)
     return out

@@ -5,7 +5,9 @@
  * query_start_loc int32 [num_seqs + 1] (NULL: decode, one query token per sequence).
  * q and out are [tokens, num_heads, head_size] with q's token stride given (q is often a
  * view of a fused qkv projection). Query i of a sequence with q_len new tokens and seq_len
- * cached ones sees positions [0, seq_len - q_len + i].
+ * cached ones sees positions [0, seq_len - q_len + i], or with a sliding window of W only
+ * the last W of them (its own included). soft_cap > 0 turns each score s into
+ * soft_cap * tanh(s / soft_cap) (Gemma 2's attention logit soft-capping).
  *
  * K/V rows are read in place through the block table, in tiles, with an online softmax:
  * no gather, no padding. All query heads of a KV head (GQA group) and up to a few query
@@ -28,8 +30,8 @@ typedef struct {
     const float *q, *k_cache, *v_cache;
     const int32_t *block_tables, *seq_lens, *query_start_loc;
     int64_t q_stride, bt_stride;
-    int num_heads, num_kv_heads, head_size, block_size;
-    float scale;
+    int num_heads, num_kv_heads, head_size, block_size, sliding_window;
+    float scale, soft_cap;
 } Params;
 
 /* A work item: query tokens [q0, q1) of sequence seq, with the query heads of KV heads
@@ -47,6 +49,13 @@ static inline float exp_neg(float x) {
     union { int32_t i; float f; } s = { .i = ((int32_t)n + 127) << 23 };
     /* exactly 0 below e^-80: weights that small would make denormals, which are slow */
     return x < -80.0f ? 0.0f : p * s.f;
+}
+
+/* tanh from exp_neg, so capping loops vectorize too (and no libm is needed) */
+static inline float tanh_(float x) {
+    const float e = exp_neg(-2.0f * (x < 0 ? -x : x));
+    const float t = (1.0f - e) / (1.0f + e);
+    return x < 0 ? -t : t;
 }
 
 /* 8 floats at any alignment. Explicit vectors keep the head_size loops vectorized along the
@@ -75,14 +84,14 @@ static inline void axpy(const int D, float *restrict y, float a, const float *re
 /* One tile of `n` rows for one query row: scores, online-softmax update, V accumulation. */
 static inline __attribute__((always_inline)) void tile_row(
         const int D, const float *restrict qrow, const float *const *krow,
-        const float *const *vrow, int64_t kv_off, int n, float scale, float *restrict acc,
-        float *restrict m, float *restrict l) {
+        const float *const *vrow, int64_t kv_off, int n, float scale, float soft_cap,
+        float *restrict acc, float *restrict m, float *restrict l) {
     float sc[TILE];
     float mx = *m;
-    for (int j = 0; j < n; j++) {
-        sc[j] = dot(D, qrow, krow[j] + kv_off) * scale;
-        mx = sc[j] > mx ? sc[j] : mx;
-    }
+    for (int j = 0; j < n; j++) sc[j] = dot(D, qrow, krow[j] + kv_off) * scale;
+    if (soft_cap > 0.0f)  /* a separate loop keeps the uncapped one as it was */
+        for (int j = 0; j < n; j++) sc[j] = soft_cap * tanh_(sc[j] / soft_cap);
+    for (int j = 0; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
     float alpha = exp_neg(*m - mx), sum = 0.0f;
     for (int j = 0; j < n; j++) {
         sc[j] = exp_neg(sc[j] - mx);
@@ -119,7 +128,10 @@ static inline __attribute__((always_inline)) void run_chunk(const int D, const P
         kv_off[r] = (int64_t)(c.h0 + r % heads / G) * D;
     }
     memset(acc, 0, sizeof(float) * rows * D);
-    for (int t0 = 0; t0 < n_kv; t0 += TILE) {
+    const int W = p->sliding_window;
+    /* the chunk's first query sees the earliest key; later rows start further on */
+    const int t_lo = W > 0 && first + c.q0 - W + 1 > 0 ? first + c.q0 - W + 1 : 0;
+    for (int t0 = t_lo; t0 < n_kv; t0 += TILE) {
         const int tn = n_kv - t0 < TILE ? n_kv - t0 : TILE;
         for (int j = 0; j < tn; j++) {
             const int64_t off = row_offset(p, table, t0 + j, stride);
@@ -127,11 +139,13 @@ static inline __attribute__((always_inline)) void run_chunk(const int D, const P
             vrow[j] = p->v_cache + off;
         }
         for (int r = 0; r < rows; r++) {
-            const int visible = first + c.q0 + r / heads + 1 - t0;  /* causal limit here */
+            const int pos = first + c.q0 + r / heads;
+            const int visible = pos + 1 - t0;  /* causal limit here */
             const int n = visible < tn ? visible : tn;
-            if (n > 0)
-                tile_row(D, qrow[r], krow, vrow, kv_off[r], n, p->scale, acc + r * D, m + r,
-                         l + r);
+            const int skip = W > 0 && pos - W + 1 > t0 ? pos - W + 1 - t0 : 0;  /* window */
+            if (n > skip)
+                tile_row(D, qrow[r], krow + skip, vrow + skip, kv_off[r], n - skip, p->scale,
+                         p->soft_cap, acc + r * D, m + r, l + r);
         }
     }
     for (int r = 0; r < rows; r++) {
@@ -205,13 +219,14 @@ int paged_attention(float *out, const float *q, int64_t q_stride, const float *k
                     const float *v_cache, const int32_t *block_tables, int64_t bt_stride,
                     const int32_t *seq_lens, const int32_t *query_start_loc, int num_seqs,
                     int num_tokens, int num_heads, int num_kv_heads, int head_size,
-                    int block_size, float scale, int num_threads, int *counter) {
+                    int block_size, float scale, int sliding_window, float soft_cap,
+                    int num_threads, int *counter) {
     if (head_size > MAX_HEAD || num_kv_heads <= 0 || num_heads % num_kv_heads
         || num_heads / num_kv_heads > MAX_ROWS)
         return -1;
     const Params p = { out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
                        q_stride, bt_stride, num_heads, num_kv_heads, head_size, block_size,
-                       scale };
+                       sliding_window, scale, soft_cap };
     if (num_threads < 1) num_threads = 1;
     Chunk *chunks = malloc(sizeof(Chunk) * (size_t)(num_tokens + num_seqs) * num_kv_heads);
     if (!chunks) return -1;
