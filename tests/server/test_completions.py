@@ -1,4 +1,6 @@
 """/v1/completions, /v1/models and the tokenizer routes, through the official openai client."""
+import json
+
 import pytest
 
 
@@ -83,12 +85,19 @@ def test_streaming_matches_non_streaming(server):
 
 
 def test_stream_wire_format_ends_with_done(server):
-    body = {"prompt": "Once upon a time", "max_tokens": 3, "stream": True}
-    with server.http.stream("POST", "/v1/completions", json=body) as r:
+    """What a client relies on: every event is `data: <json>`, the stream ends with
+    `data: [DONE]`, and the texts add up to the non-streamed answer (however many tokens
+    one event happens to carry)."""
+    body = {"prompt": "Once upon a time", "max_tokens": 3, "temperature": 0}
+    whole = server.http.post("/v1/completions", json=body).json()["choices"][0]
+    with server.http.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [line for line in r.iter_lines() if line]
     assert all(e.startswith("data: ") for e in events)
-    assert events[-1] == "data: [DONE]" and len(events) == 4
+    assert events[-1] == "data: [DONE]" and len(events) >= 2
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == whole["text"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == whole["finish_reason"] == "length"
 
 
 def test_models_version_tokenize(server):
