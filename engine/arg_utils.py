@@ -1,14 +1,18 @@
 """Command-line flags for EngineConfig, with vLLM's names (shared by serve, generate, bench)."""
 import argparse
 
-from pagedserve.engine.config import EngineConfig
+from types import SimpleNamespace
+
+from pagedserve.engine.config import DTYPES, EngineConfig
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    d = EngineConfig(model="")
+    d = SimpleNamespace(**EngineConfig.defaults())
     g = parser.add_argument_group("engine")
     g.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: the model's)")
-    g.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "float16", "bfloat16", "half", "float"],
+    g.add_argument("--trust-remote-code", action="store_true", default=d.trust_remote_code,
+                   help="let the tokenizer run code that comes with the model")
+    g.add_argument("--dtype", default=d.dtype, choices=DTYPES,
                    help="weight and activation dtype; auto = float32 on CPU, the model's half type on GPU")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for unseeded sampling")
     g.add_argument("--max-model-len", type=int, default=None,

@@ -7,6 +7,7 @@ and stays findable until the pool needs it again (least recently freed goes firs
 from collections import OrderedDict
 
 from pagedserve.engine.request import Request
+from pagedserve.kernels.utils import cdiv
 
 
 def block_hash(parent: int | None, token_ids: tuple[int, ...]) -> int:
@@ -50,7 +51,7 @@ class BlockManager:
 
     def blocks_needed(self, req: Request, num_new_tokens: int) -> int:
         total = req.num_computed_tokens + num_new_tokens
-        return max(0, -(-total // self.block_size) - len(req.block_table))
+        return max(0, cdiv(total, self.block_size) - len(req.block_table))
 
     def find_cached_prefix(self, req: Request) -> list[int]:
         """Block ids holding the longest cached prefix of req; the last token is always left
@@ -72,7 +73,7 @@ class BlockManager:
     def can_admit(self, req: Request, cached: list[int], num_new_tokens: int) -> bool:
         reused_free = sum(1 for b in cached if self.blocks[b].ref_count == 0)
         total = len(cached) * self.block_size + num_new_tokens
-        needed = -(-total // self.block_size) - len(cached)
+        needed = cdiv(total, self.block_size) - len(cached)
         return needed + reused_free <= len(self.free)
 
     def admit(self, req: Request, cached: list[int]) -> None:
@@ -133,8 +134,3 @@ class BlockManager:
         req.block_table.clear()
         req.block_hashes.clear()
         req.num_computed_tokens = 0
-
-    def reset_prefix_cache(self) -> None:
-        self.cached.clear()
-        for block in self.blocks:
-            block.hash, block.token_ids = None, ()

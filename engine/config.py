@@ -4,7 +4,13 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 
+from pagedserve.engine.model_config import MoEConfig, family_fields
+
 EXECUTOR_BACKENDS = ("uni", "mp")
+DEVICES = ("auto", "cpu", "cuda")  # ROCm GPUs are "cuda" to torch
+# --dtype's names (vLLM's); the aliases name the same torch dtypes
+DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
+DTYPE_ALIASES = {"half": "float16", "float": "float32"}
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
           "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tib": 2**40}
 
@@ -31,25 +37,30 @@ class ModelConfig:
     num_key_value_heads: int
     head_dim: int
     rms_norm_eps: float
-    rope_theta: float
-    rope_scaling: dict | None
     max_position_embeddings: int
     tie_word_embeddings: bool
-    attention_bias: bool
-    qk_norm: bool
     torch_dtype: str
     eos_token_id: int | list[int] | None
-    sliding_window: int | None = None
+    # the family-specific rest: see model_config.family_fields
+    sliding_window: int | None = None  # tokens a sliding-window layer sees, its own included
+    layer_types: list[str] = field(default_factory=list)  # full_attention / sliding_attention
+    local_rope_theta: float = 10000.0  # rope of the sliding-window layers (Gemma 3's differs)
+    local_rope_scaling: dict | None = None
+    hidden_act: str = "silu"
+    attn_logit_softcapping: float | None = None  # Gemma 2
+    final_logit_softcapping: float | None = None
+    query_pre_attn_scalar: float | None = None  # Gemma: attention scale is its -1/2 power
+    partial_rotary_factor: float = 1.0
+    moe: MoEConfig | None = None
+    rope_theta: float = 10000.0  # of the full-attention layers
+    rope_scaling: dict | None = None
+    attention_bias: bool = False
+    qk_norm: bool = False
 
     @classmethod
     def from_json(cls, path: str) -> "ModelConfig":
         with open(path) as f:
             d = json.load(f)
-        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-        theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
-        scaling = {k: v for k, v in rope.items() if k != "rope_theta"} or None
-        if scaling and scaling.get("type") and not scaling.get("rope_type"):
-            scaling["rope_type"] = scaling["type"]
         heads = d["num_attention_heads"]
         arch = d.get("architectures") or []
         return cls(
@@ -57,20 +68,21 @@ class ModelConfig:
             intermediate_size=d["intermediate_size"], num_hidden_layers=d["num_hidden_layers"],
             num_attention_heads=heads, num_key_value_heads=d.get("num_key_value_heads") or heads,
             head_dim=d.get("head_dim") or d["hidden_size"] // heads,
-            rms_norm_eps=d.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=scaling,
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
             max_position_embeddings=d.get("max_position_embeddings", 2048),
             tie_word_embeddings=d.get("tie_word_embeddings", False),
-            # Qwen2 has q/k/v biases without saying so in its config
-            attention_bias=d.get("attention_bias", "Qwen2ForCausalLM" in arch),
-            qk_norm="Qwen3ForCausalLM" in arch,
             torch_dtype=d.get("torch_dtype") or d.get("dtype") or "float32",
-            eos_token_id=d.get("eos_token_id"),
-            sliding_window=d.get("sliding_window") if d.get("use_sliding_window", True) else None)
+            eos_token_id=d.get("eos_token_id"), **family_fields(d, arch))
 
 
 @dataclass(slots=True)
 class EngineConfig:
-    """Everything `LLM(...)` and `pagedserve serve` accept about the engine (vLLM's names)."""
+    """Everything `LLM(...)` and `pagedserve serve` accept about the engine (vLLM's names).
+
+    Settled when constructed: the model is found, its config.json read and max_model_len fixed
+    against it, so every process that receives the config sees the same one. A bad value
+    raises ValueError naming its field, before any process starts.
+    """
     model: str
     tokenizer: str | None = None
     dtype: str = "auto"
@@ -87,26 +99,39 @@ class EngineConfig:
     distributed_executor_backend: str | None = None
     device: str = "auto"
     kernel_backend: str | None = None
+    # passed to the tokenizer's loading; config.json is read as plain JSON (no code runs), and
+    # a model whose architecture needs remote code is refused by the model registry
     trust_remote_code: bool = False
+    # derived from `model` at construction, not arguments
     model_path: str = field(default="", init=False)
-    hf: ModelConfig | None = field(default=None, init=False)
+    model_config: ModelConfig = field(default=None, init=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        def positive(name: str) -> None:
+        self._check_values()
+        self._check_backend()
+        from pagedserve.engine.loader import resolve_model_path
+        self.model_path = resolve_model_path(self.model)
+        self.model_config = ModelConfig.from_json(os.path.join(self.model_path, "config.json"))
+        self._check_tensor_parallel()
+        self.max_model_len = self._settle_max_model_len()
+
+    def _check_values(self) -> None:
+        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size",
+                     "num_kv_blocks", "tensor_parallel_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size",
-                     "num_kv_blocks", "tensor_parallel_size"):
-            positive(name)
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of 2, got {self.block_size}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], "
                              f"got {self.gpu_memory_utilization!r}")
         if self.kv_cache_memory is not None:
             self.kv_cache_memory = parse_bytes(self.kv_cache_memory)
-        if self.dtype not in ("auto", "float32", "float16", "bfloat16", "half", "float"):
-            raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
-        self._check_backend()
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device.split(":")[0] not in DEVICES:
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
     def _check_backend(self) -> None:
         tp, backend = self.tensor_parallel_size, self.distributed_executor_backend
@@ -121,33 +146,33 @@ class EngineConfig:
 
     def _check_tensor_parallel(self) -> None:
         """What tensor parallelism splits must split evenly; checked before any rank starts."""
-        tp, hf = self.tensor_parallel_size, self.hf
-        heads, kv = hf.num_attention_heads, hf.num_key_value_heads
+        tp, mc = self.tensor_parallel_size, self.model_config
+        heads, kv = mc.num_attention_heads, mc.num_key_value_heads
         if heads % tp:
             raise ValueError(f"the model's {heads} attention heads are not divisible by "
                              f"tensor_parallel_size={tp}")
         if kv % tp and tp % kv:
             raise ValueError(f"the model's {kv} KV heads do not split over tensor_parallel_size"
                              f"={tp}: one must be a multiple of the other")
-        if hf.intermediate_size % tp:
-            raise ValueError(f"the model's intermediate_size {hf.intermediate_size} is not "
+        if mc.intermediate_size % tp:
+            raise ValueError(f"the model's intermediate_size {mc.intermediate_size} is not "
                              f"divisible by tensor_parallel_size={tp}")
+
+    def _settle_max_model_len(self) -> int:
+        limit = self.model_config.max_position_embeddings
+        if self.max_model_len is None:
+            return limit
+        if self.max_model_len > limit:
+            raise ValueError(f"max_model_len ({self.max_model_len}) exceeds the model's "
+                             f"limit of {limit} tokens")
+        return self.max_model_len
 
     @classmethod
     def field_names(cls) -> list[str]:
+        """The constructor's arguments (what LLM(...) and the CLI may set)."""
         return [f.name for f in fields(cls) if f.init]
 
-    def load_model_config(self, model_path: str) -> None:
-        """Read config.json and settle max_model_len against the model's limits."""
-        self.model_path = model_path
-        self.hf = ModelConfig.from_json(os.path.join(model_path, "config.json"))
-        self._check_tensor_parallel()
-        limit = self.hf.max_position_embeddings
-        if self.hf.sliding_window:
-            # without sliding-window attention, stay inside the window to remain exact
-            limit = min(limit, self.hf.sliding_window)
-        if self.max_model_len is None:
-            self.max_model_len = limit
-        elif self.max_model_len > limit:
-            raise ValueError(f"max_model_len ({self.max_model_len}) exceeds the model's "
-                             f"limit of {limit} tokens")
+    @classmethod
+    def defaults(cls) -> dict:
+        """Each optional argument's default, without constructing (and so finding) a model."""
+        return {f.name: f.default for f in fields(cls) if f.init and f.name != "model"}

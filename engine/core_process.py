@@ -1,68 +1,21 @@
 """The engine core in its own process, so a server's HTTP work and the engine's Python (scheduler,
 sampler, detokenizer) run on two cores instead of sharing one GIL (vLLM V1's split).
 
-The core owns an LLMEngine. Over one pipe it receives batches of commands (add requests, abort
-ids, shut down) and answers each step with a CoreOutputs: the step's outputs plus a snapshot
-of the engine's counters for /metrics. It exits when told to, when the frontend's end of the
-pipe closes (the frontend died: no orphans), or after sending the error a step raised.
+The process runs engine/core.py's loop over a pipe. It exits when told to, when the
+frontend's end of the pipe closes (the frontend died: no orphans), or after sending the
+error a step raised.
 """
 import atexit
 import logging
 import multiprocessing as mp
 import os
 import signal
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from pagedserve.engine.config import EngineConfig
-from pagedserve.engine.llm_engine import EngineStats
-from pagedserve.engine.outputs import RequestOutput
-from pagedserve.engine.processor import EngineCoreRequest
+from pagedserve.engine.core import CoreCommands, CoreFailed, CoreOutputs, run_core, send_error
 
 logger = logging.getLogger(__name__)
-HEALTH_CHECK_INTERVAL_S = 1.0
-STARTUP_POLL_S = 0.5
-
-
-@dataclass(slots=True)
-class CoreCommands:
-    """What the frontend sends in one message (aborts apply before adds; a request added and
-    aborted within one message is never sent); `shutdown` ends the core after the rest."""
-    adds: list[EngineCoreRequest] = field(default_factory=list)
-    aborts: list[str] = field(default_factory=list)
-    shutdown: bool = False
-
-
-@dataclass(slots=True)
-class CoreOutputs:
-    """One step's outputs and the engine's counters after it."""
-    outputs: list[RequestOutput]
-    stats: EngineStats
-    num_prompt_tokens: int
-    num_generation_tokens: int
-    num_seqs_received: int  # sequences added so far, so the frontend knows what is in flight
-    num_steps: int
-
-
-@dataclass(slots=True)
-class CoreFailed:
-    """Sent instead of outputs when loading or a step failed; the core then exits 1."""
-    error: BaseException
-
-
-def _snapshot(engine, outputs: list[RequestOutput], received: int, steps: int) -> CoreOutputs:
-    return CoreOutputs(outputs, engine.stats(), engine.num_prompt_tokens,
-                       engine.num_generation_tokens, received, steps)
-
-
-def _send_error(conn: Connection, error: BaseException) -> None:
-    try:
-        conn.send(CoreFailed(error))
-    except Exception:  # unpicklable exception (or pipe gone): its repr still tells the story
-        try:
-            conn.send(CoreFailed(RuntimeError(repr(error))))
-        except OSError:
-            pass
 
 
 def _leave_a_core_to_the_frontend(config: EngineConfig) -> None:
@@ -87,44 +40,13 @@ def run_engine_core(config: EngineConfig, conn: Connection) -> None:
     try:
         engine = LLMEngine(config)
     except BaseException as e:
-        _send_error(conn, e)
+        send_error(conn, e)
         raise SystemExit(1)
     try:
-        conn.send(engine.config)  # ready; the settled config (num blocks, max_model_len)
-        code = _loop(engine, conn)
-    except (EOFError, BrokenPipeError, ConnectionResetError):
-        code = 0  # the frontend is gone: stop, and take the TP workers with us
-    except BaseException as e:
-        logger.exception("engine core failed")
-        _send_error(conn, e)
-        code = 1
+        code = run_core(engine, conn)
     finally:
         engine.shutdown()
     raise SystemExit(code)
-
-
-def _loop(engine, conn: Connection) -> int:
-    received = steps = 0
-    while True:
-        if not engine.has_unfinished_requests():
-            # idle: block on the pipe, but look at the TP workers every second
-            while not conn.poll(HEALTH_CHECK_INTERVAL_S):
-                engine.check_health()
-        while conn.poll():
-            cmds: CoreCommands = conn.recv()
-            for rid in cmds.aborts:  # first: a finished id may be reused by a new request
-                engine.abort_request(rid)
-            for req in cmds.adds:
-                received += req.params.n
-                engine.add_parent(engine.processor.make_parent(req))
-            if cmds.shutdown:
-                return 0
-        if engine.has_unfinished_requests():
-            outputs = engine.step()
-            steps += 1
-            conn.send(_snapshot(engine, outputs, received, steps))
-        else:
-            conn.send(_snapshot(engine, [], received, steps))  # aborts freed blocks: say so
 
 
 class EngineCoreProcess:
@@ -138,11 +60,10 @@ class EngineCoreProcess:
                                 name="pagedserve-engine-core", daemon=False)
         self.proc.start()
         theirs.close()  # so the core's death reads as EOF here
-        self.config = config
         # before multiprocessing's own exit hook, which would wait for the core forever
         atexit.register(self.stop, 5.0)
 
-    def wait_ready(self) -> None:
+    def wait_ready(self) -> CoreOutputs:
         """Block until the model is loaded; a failure to load raises here (as in-process)."""
         try:
             msg = self.conn.recv()
@@ -153,7 +74,7 @@ class EngineCoreProcess:
         if isinstance(msg, CoreFailed):
             self.proc.join()
             raise msg.error
-        self.config = msg
+        return msg
 
     @property
     def pid(self) -> int:

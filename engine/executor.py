@@ -7,7 +7,6 @@ import atexit
 import contextlib
 import threading
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import wait
 
 import torch
@@ -17,11 +16,11 @@ from pagedserve.engine.config import EngineConfig
 from pagedserve.engine.cpu_threads import limit_torch_threads, usable_cpus
 from pagedserve.engine.distributed import (TPGroup, abort_group, check_no_group, destroy_group,
                                            init_group, make_store, rendezvous_address)
-from pagedserve.engine.model_runner import ModelRunner, pad_block_tables, resolve_device
+from pagedserve.engine.model_runner import ModelRunner, resolve_device
 from pagedserve.engine.multiproc import worker_start_method
-from pagedserve.engine.scheduler import SchedulerOutput
-from pagedserve.engine.worker import (EXIT, INIT_KV, encode_command, encode_step,
-                                      init_kv_cache, rank_device, run_worker)
+from pagedserve.engine.step_input import StepInput
+from pagedserve.engine.worker import (EXIT, INIT_KV, STEP, encode_command, init_kv_cache,
+                                      rank_device, run_worker)
 
 FAILURE_GRACE_S = 3.0  # after a failed collective, how long to wait for a worker to be seen dead
 SHUTDOWN_GRACE_S = 5.0
@@ -29,32 +28,6 @@ SHUTDOWN_GRACE_S = 5.0
 
 class TensorParallelError(RuntimeError):
     """A tensor-parallel rank died or failed; the engine cannot go on."""
-
-
-@dataclass(slots=True)
-class StepInput:
-    """The flat tensors of one step: everything a rank needs, nothing of request state."""
-    input_ids: torch.Tensor
-    positions: torch.Tensor
-    block_tables: list[list[int]]
-    seq_lens: list[int]
-    num_new: list[int]
-
-
-def build_step_input(out: SchedulerOutput) -> StepInput:
-    ids, positions, tables, seq_lens = [], [], [], []
-    for req, n in zip(out.requests, out.num_new_tokens):
-        start = req.num_computed_tokens
-        if n == 1:  # a decode: most of a busy batch, so no slices or ranges for it
-            ids.append(req.token_ids[start])
-            positions.append(start)
-        else:
-            ids.extend(req.token_ids[start:start + n])
-            positions.extend(range(start, start + n))
-        tables.append(req.block_table)
-        seq_lens.append(start + n)
-    return StepInput(torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long),
-                     tables, seq_lens, list(out.num_new_tokens))
 
 
 class UniExecutor:
@@ -72,8 +45,7 @@ class UniExecutor:
         return num_blocks
 
     def execute(self, step: StepInput) -> torch.Tensor:
-        return self.runner.execute(step.input_ids, step.positions, step.block_tables,
-                                   step.seq_lens, step.num_new)
+        return self.runner.execute(step)
 
     def check_health(self) -> None:
         pass
@@ -178,10 +150,8 @@ class MPExecutor:
         return self._on_all_ranks(encode_command(INIT_KV), lambda: init_kv_cache(self.runner))
 
     def execute(self, step: StepInput) -> torch.Tensor:
-        table = pad_block_tables(step.block_tables)
-        msg = encode_step(step.input_ids, step.positions, table, step.seq_lens, step.num_new)
-        return self._on_all_ranks(msg, lambda: self.runner.execute(
-            step.input_ids, step.positions, table, step.seq_lens, step.num_new))
+        step = step.padded()  # once, for the message and for rank 0
+        return self._on_all_ranks(step.encode(STEP), lambda: self.runner.execute(step))
 
     def _on_all_ranks(self, msg: bytes, run_rank0):
         try:

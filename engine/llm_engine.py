@@ -4,14 +4,14 @@ from dataclasses import dataclass
 
 from pagedserve.engine.block_manager import BlockManager
 from pagedserve.engine.config import EngineConfig
-from pagedserve.engine.executor import build_step_input, make_executor
-from pagedserve.engine.loader import resolve_model_path
+from pagedserve.engine.executor import make_executor
 from pagedserve.engine.outputs import RequestOutput
 from pagedserve.engine.processor import EngineCoreRequest, InputProcessor, ParentRequest
 from pagedserve.engine.request import Request
 from pagedserve.engine.sampler import Sampler
 from pagedserve.engine.sampling_params import RequestOutputKind, SamplingParams
 from pagedserve.engine.scheduler import Scheduler
+from pagedserve.engine.step_input import StepInput
 from pagedserve.engine.tokenizer import PromptType, load_tokenizer
 
 __all__ = ["EngineCoreRequest", "EngineStats", "LLMEngine", "ParentRequest"]
@@ -19,12 +19,18 @@ __all__ = ["EngineCoreRequest", "EngineStats", "LLMEngine", "ParentRequest"]
 
 @dataclass(slots=True)
 class EngineStats:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    num_preemptions: int
-    prefix_cache_queries: int
-    prefix_cache_hits: int
+    """The engine's gauges now and its counters so far (what /metrics reports); the default
+    is the engine before its first request."""
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0
+    num_preemptions: int = 0
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    num_prompt_tokens: int = 0  # prompts fully prefilled
+    num_generation_tokens: int = 0  # tokens sampled
+    num_seqs_added: int = 0  # so a frontend can tell which of its sequences are in transit
+    num_steps: int = 0
 
 
 class LLMEngine:
@@ -32,8 +38,8 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        config.load_model_config(resolve_model_path(config.model))
-        self.tokenizer = load_tokenizer(config.tokenizer or config.model_path)
+        self.tokenizer = load_tokenizer(config.tokenizer or config.model_path,
+                                        config.trust_remote_code)
         self.processor = InputProcessor(config, self.tokenizer)
         self.eos_token_ids = self.processor.eos_token_ids
         self.executor = make_executor(config)
@@ -50,8 +56,7 @@ class LLMEngine:
                                    config.max_num_batched_tokens)
         self.sampler = Sampler(config.seed)
         self.parents: dict[str, ParentRequest] = {}
-        self.num_prompt_tokens = 0  # prompts fully prefilled, cumulative
-        self.num_generation_tokens = 0  # tokens sampled, cumulative
+        self.totals = EngineStats()  # its counters; the gauges are read in stats()
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "LLMEngine":
@@ -68,6 +73,7 @@ class LLMEngine:
         if parent.request_id in self.parents:
             raise ValueError(f"request id {parent.request_id!r} is already running")
         self.parents[parent.request_id] = parent
+        self.totals.num_seqs_added += len(parent.children)
         for req in parent.children:
             self.scheduler.add(req)
 
@@ -93,10 +99,11 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once for the whole batch, sample, detokenize, stop."""
+        self.totals.num_steps += 1
         sched = self.scheduler.schedule()
         if not sched.requests:
             return []
-        logits = self.executor.execute(build_step_input(sched))
+        logits = self.executor.execute(StepInput.from_scheduler_output(sched))
         rows = [i for i, (r, n) in enumerate(zip(sched.requests, sched.num_new_tokens))
                 if r.num_computed_tokens + n == r.num_tokens]  # prompt done: sample a token
         touched = {}
@@ -111,12 +118,11 @@ class LLMEngine:
 
     def _append_token(self, req: Request, token: int, logprobs: dict[int, float] | None) -> None:
         req.token_ids.append(token)
-        self.num_generation_tokens += 1
-        now = time.monotonic()
+        self.totals.num_generation_tokens += 1
         if req.first_token_time is None:
-            req.first_token_time = now
+            req.first_token_time = time.monotonic()
             if req.index == 0:
-                self.num_prompt_tokens += req.num_prompt_tokens
+                self.totals.num_prompt_tokens += req.num_prompt_tokens
         if logprobs is not None:
             req.logprobs.append(logprobs)
             req.cumulative_logprob += logprobs[token]
@@ -145,9 +151,12 @@ class LLMEngine:
         return outputs
 
     def stats(self) -> EngineStats:
-        bm = self.block_manager
+        """A snapshot: later steps do not change it."""
+        bm, t = self.block_manager, self.totals
         return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting), bm.usage,
-                           self.scheduler.num_preemptions, bm.prefix_queries, bm.prefix_hits)
+                           self.scheduler.num_preemptions, bm.prefix_queries, bm.prefix_hits,
+                           t.num_prompt_tokens, t.num_generation_tokens, t.num_seqs_added,
+                           t.num_steps)
 
     def check_health(self) -> None:
         """Raise if the executor cannot run steps any more (e.g. a tensor-parallel worker died)."""

@@ -3,14 +3,14 @@ import numpy as np
 import torch
 
 from pagedserve import kernels
-from pagedserve.engine.config import EngineConfig
+from pagedserve.engine.config import DTYPE_ALIASES, DTYPES, EngineConfig
 from pagedserve.engine.distributed import TPGroup, use_group
 from pagedserve.engine.layers.attention import Attention, AttentionMetadata
 from pagedserve.engine.loader import load_weights
 from pagedserve.engine.models import model_class
+from pagedserve.engine.step_input import StepInput
+from pagedserve.kernels.utils import cdiv
 
-_DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16,
-           "half": torch.float16, "bfloat16": torch.bfloat16}
 CPU_KV_CACHE_DEFAULT = 4 * 2**30
 # Torch-reference decode attention copies each sequence's KV padded to the chunk's longest:
 # chunks of at most 32 sequences and ~8 MiB of KV per layer stay cache-sized (measured best
@@ -29,22 +29,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of one of --dtype's names other than auto (config.DTYPES)."""
+    return getattr(torch, DTYPE_ALIASES.get(name, name))
+
+
 def resolve_dtype(name: str, config_dtype: str, device: torch.device) -> torch.dtype:
     if name != "auto":
-        return _DTYPES[name]
+        return torch_dtype(name)
     if device.type == "cpu":
         return torch.float32  # exact and fast enough on CPUs; half types are emulated there
-    wanted = _DTYPES.get(config_dtype, torch.bfloat16)
+    wanted = torch_dtype(config_dtype) if config_dtype in DTYPES[1:] else torch.bfloat16
     return torch.bfloat16 if wanted == torch.float32 else wanted
-
-
-def pad_block_tables(block_tables: list[list[int]]) -> np.ndarray:
-    """The tables as one zero-padded [num_seqs, max_blocks] int32 array."""
-    width = max(map(len, block_tables))
-    table = np.zeros((len(block_tables), width), dtype=np.int32)
-    for i, row in enumerate(block_tables):
-        table[i, :len(row)] = row
-    return table
 
 
 class ModelRunner:
@@ -53,15 +49,15 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, device: torch.device,
                  tp: TPGroup = TPGroup()) -> None:
         self.config, self.device, self.tp = config, device, tp
-        hf = config.hf
-        self.dtype = resolve_dtype(config.dtype, hf.torch_dtype, device)
+        mc = config.model_config
+        self.dtype = resolve_dtype(config.dtype, mc.torch_dtype, device)
         kernels.select_backend(device, config.kernel_backend)
         torch.manual_seed(config.seed)
         default = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
             with torch.device(device), use_group(tp):
-                self.model = model_class(hf.architectures)(hf)
+                self.model = model_class(mc.architectures)(mc)
         finally:
             torch.set_default_dtype(default)
         with use_group(tp):  # each rank reads only its own shards
@@ -83,7 +79,7 @@ class ModelRunner:
         if c.num_kv_blocks:
             return c.num_kv_blocks
         per_block = self.kv_bytes_per_block()
-        useful = c.max_num_seqs * -(-c.max_model_len // self.block_size)
+        useful = c.max_num_seqs * cdiv(c.max_model_len, self.block_size)
         if c.kv_cache_memory:
             return max(1, c.kv_cache_memory // per_block)
         if self.device.type == "cpu":  # the ranks share the host's memory
@@ -93,10 +89,10 @@ class ModelRunner:
     def _profile_free_bytes(self) -> int:
         c = self.config
         torch.cuda.reset_peak_memory_stats(self.device)
-        self.allocate_kv_cache(-(-c.max_num_batched_tokens // self.block_size) + 1)
+        self.allocate_kv_cache(cdiv(c.max_num_batched_tokens, self.block_size) + 1)
         n = min(c.max_num_batched_tokens, c.max_model_len)
-        ids = torch.zeros(n, dtype=torch.long)
-        self.execute(ids, torch.arange(n), [list(range(len(self.attn_layers[0].k_cache)))], [n], [n])
+        table = [list(range(len(self.attn_layers[0].k_cache)))]
+        self.execute(StepInput(torch.zeros(n, dtype=torch.long), torch.arange(n), table, [n], [n]))
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
         total = torch.cuda.get_device_properties(self.device).total_memory
@@ -113,24 +109,22 @@ class ModelRunner:
         self.num_blocks = num_blocks
 
     @torch.inference_mode()
-    def execute(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                block_tables: list[list[int]] | np.ndarray, seq_lens: list[int],
-                num_new: list[int]) -> torch.Tensor | None:
-        """Run one step; returns the logits of each sequence's last new token (rank 0; other
-        tensor-parallel ranks get None). block_tables may come padded as an array."""
+    def execute(self, step: StepInput) -> torch.Tensor | None:
+        """Run one step; returns the logits of the rows `_logit_rows` picks, one per sequence
+        (rank 0; other tensor-parallel ranks get None)."""
         dev = self.device
-        meta = self._metadata(positions, block_tables, seq_lens, num_new)
+        meta = self._metadata(step.padded())
         with use_group(self.tp):
-            hidden = self.model(input_ids.to(dev), positions.to(dev), meta)
-            last = meta.query_start_loc[1:].long() - 1
-            return self.model.compute_logits(hidden[last])
+            hidden = self.model(step.input_ids.to(dev), step.positions.to(dev), meta)
+            return self.model.compute_logits(hidden[self._logit_rows(meta)])
 
-    def _metadata(self, positions: torch.Tensor, block_tables: list[list[int]] | np.ndarray,
-                  seq_lens: list[int], num_new: list[int]) -> AttentionMetadata:
-        table = block_tables
-        if not isinstance(table, np.ndarray):
-            table = pad_block_tables(block_tables)
-        table_t = torch.from_numpy(table.astype(np.int32, copy=False))
+    def _logit_rows(self, meta: AttentionMetadata) -> torch.Tensor:
+        # each sequence's last new token: the position its next token is sampled from
+        return meta.query_start_loc[1:].long() - 1
+
+    def _metadata(self, step: StepInput) -> AttentionMetadata:
+        positions, num_new = step.positions, step.num_new
+        table_t = torch.from_numpy(step.block_tables.astype(np.int32, copy=False))
         seq_of_token = torch.repeat_interleave(torch.arange(len(num_new)), torch.tensor(num_new))
         block = table_t[seq_of_token, positions // self.block_size].long()
         slots = block * self.block_size + positions % self.block_size
@@ -138,9 +132,9 @@ class ModelRunner:
         qsl[1:] = torch.tensor(num_new).cumsum(0)
         dev = self.device
         return AttentionMetadata(slots.to(dev), table_t.to(dev),
-                                 torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+                                 torch.tensor(step.seq_lens, dtype=torch.int32, device=dev),
                                  qsl.to(dev), max(num_new), _leading_ones(num_new),
-                                 self._decode_chunk(max(seq_lens)))
+                                 self._decode_chunk(max(step.seq_lens)))
 
     def _decode_chunk(self, max_seq_len: int) -> int:
         if kernels.active_backend() != "torch":

@@ -72,6 +72,17 @@ class ParentRequest:
                                 req.finish_reason, req.stop_reason, lps, cum)
 
 
+def bad_words_token_ids(tokenizer, words: list[str]) -> list[list[int]]:
+    """Each bad word as token ids, alone and after a space (as vLLM bans both spellings)."""
+    out: list[list[int]] = []
+    for word in words:
+        for text in (word, " " + word.lstrip()):
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            if ids and ids not in out:
+                out.append(ids)
+    return out
+
+
 class InputProcessor:
     """Validation and tokenization: bad input raises ValueError before anything is queued."""
 
@@ -85,10 +96,13 @@ class InputProcessor:
                 params: SamplingParams | None = None,
                 arrival_time: float | None = None) -> EngineCoreRequest:
         params = params or SamplingParams()
-        vocab = self.config.hf.vocab_size
+        vocab = self.config.model_config.vocab_size
         text, ids = tokenize_prompt(self.tokenizer, prompt, vocab)
-        if params.logprobs is not None and params.logprobs > vocab:
-            raise ValueError(f"logprobs ({params.logprobs}) exceeds the vocabulary size ({vocab})")
+        params.check_vocab(vocab)
+        if params.truncate_prompt_tokens is not None:
+            ids = ids[-params.truncate_prompt_tokens:]
+        if params.bad_words:
+            params.bad_words_token_ids = bad_words_token_ids(self.tokenizer, params.bad_words)
         limit = self.config.max_model_len
         if len(ids) >= limit:
             raise ValueError(f"prompt has {len(ids)} tokens but max_model_len is {limit}; "

@@ -49,9 +49,6 @@ class Scheduler:
     def add(self, req: Request) -> None:
         self.waiting.append(req)
 
-    def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
-
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput([], [])
         budget = self.max_num_batched_tokens
@@ -87,7 +84,8 @@ class Scheduler:
                 break
             self.waiting.popleft()
             bm.admit(req, cached)
-            assert bm.allocate(req, n)
+            allocated = bm.allocate(req, n)  # can_admit said the pool has room
+            assert allocated, "can_admit and allocate disagree about free blocks"
             req.status = RequestStatus.RUNNING
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = time.monotonic()

@@ -17,7 +17,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 def eos_token_ids(config: EngineConfig, tokenizer) -> frozenset[int]:
     """EOS ids from the model config (may be a list, as in Llama 3) and the tokenizer."""
-    ids = config.hf.eos_token_id
+    ids = config.model_config.eos_token_id
     ids = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)

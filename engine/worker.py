@@ -1,9 +1,8 @@
 """Tensor-parallel worker processes: ranks 1..N-1 of the mp executor.
 
-Rank 0 (in the engine process) drives each worker over a pipe. A step travels as raw int64
-bytes: a 4-int header (command, tokens, sequences, block-table width) and the step's flat
-arrays, never pickled request objects. The model's own traffic between ranks goes through
-torch.distributed collectives.
+Rank 0 (in the engine process) drives each worker over a pipe. Every message is raw int64
+bytes starting with a command; a step carries its StepInput (engine/step_input.py). The
+model's own traffic between ranks goes through torch.distributed collectives.
 """
 import os
 import signal
@@ -20,6 +19,7 @@ from pagedserve.engine.config import EngineConfig
 from pagedserve.engine.distributed import (TPGroup, all_reduce, destroy_group, init_group,
                                            make_store, use_group)
 from pagedserve.engine.model_runner import ModelRunner, resolve_device
+from pagedserve.engine.step_input import StepInput
 from pagedserve.engine.multiproc import close_inherited
 
 EXIT, STEP, INIT_KV = 0, 1, 2
@@ -29,28 +29,11 @@ def encode_command(kind: int) -> bytes:
     return np.array([kind, 0, 0, 0], dtype=np.int64).tobytes()
 
 
-def encode_step(input_ids: torch.Tensor, positions: torch.Tensor, table: np.ndarray,
-                seq_lens: list[int], num_new: list[int]) -> bytes:
-    header = [STEP, len(input_ids), table.shape[0], table.shape[1]]
-    return np.concatenate([header, input_ids.numpy(), positions.numpy(), seq_lens, num_new,
-                           table.ravel()], dtype=np.int64).tobytes()
-
-
-def decode(msg: bytes) -> tuple[int, tuple | None]:
-    """(command, execute() arguments for a STEP or None)."""
+def decode(msg: bytes) -> tuple[int, StepInput | None]:
+    """(command, the StepInput of a STEP or None)."""
     data = np.frombuffer(msg, dtype=np.int64)
-    kind, n, s, w = data[:4].tolist()
-    if kind != STEP:
-        return kind, None
-    body = data[4:]
-    if len(body) != 2 * n + 2 * s + s * w:
-        raise ValueError(f"step message of {len(body)} ints does not match its header "
-                         f"({n} tokens, {s} sequences, table width {w})")
-    ids = torch.from_numpy(body[:n].copy())
-    positions = torch.from_numpy(body[n:2 * n].copy())
-    seq_lens = body[2 * n:2 * n + s].tolist()
-    num_new = body[2 * n + s:2 * n + 2 * s].tolist()
-    return kind, (ids, positions, body[2 * n + 2 * s:].reshape(s, w), seq_lens, num_new)
+    kind = int(data[0])
+    return kind, StepInput.decode(data) if kind == STEP else None
 
 
 def rank_device(config: EngineConfig, rank: int) -> torch.device:
@@ -109,7 +92,7 @@ def _serve(runner: ModelRunner, conn: Connection) -> None:
         if kind == EXIT:
             return
         if kind == STEP:
-            runner.execute(*step)
+            runner.execute(step)
         elif kind == INIT_KV:
             init_kv_cache(runner)
         else:

@@ -144,7 +144,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     async def detokenize(body: DetokenizeRequest):
         engine = state.engine_or_raise()
         state.check_model(body.model)
-        vocab = engine.config.hf.vocab_size
+        vocab = engine.config.model_config.vocab_size
         bad = [t for t in body.tokens if not 0 <= t < vocab]
         if bad:
             raise invalid(f"token id {bad[0]} is outside the vocabulary [0, {vocab})", "tokens")

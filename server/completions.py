@@ -27,8 +27,9 @@ def _prompts(state: ServerState, prompt) -> list[tuple[str | None, list[int]]]:
         if isinstance(p, str):
             check_unicode(p, "prompt")
     engine = state.engine
+    vocab = engine.config.model_config.vocab_size
     try:
-        return [tokenize_prompt(engine.tokenizer, p, engine.config.hf.vocab_size) for p in items]
+        return [tokenize_prompt(engine.tokenizer, p, vocab) for p in items]
     except ValueError as e:
         raise invalid(str(e), "prompt") from None
 

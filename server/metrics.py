@@ -51,7 +51,7 @@ class Metrics:
         """Called once a second to feed the generation-throughput window."""
         engine = self.get_engine()
         if engine is not None:
-            self.samples.append((time.monotonic(), engine.num_generation_tokens))
+            self.samples.append((time.monotonic(), engine.stats().num_generation_tokens))
 
     def tokens_per_second(self, total: int) -> float:
         if not self.samples:
@@ -95,16 +95,16 @@ class _EngineCollector:
         yield family(GaugeMetricFamily, "num_requests_running", "Sequences in the running batch",
                      stats.num_running)
         yield family(GaugeMetricFamily, "num_requests_waiting", "Sequences waiting to be scheduled",
-                     engine.num_waiting)
+                     stats.num_waiting)
         yield family(GaugeMetricFamily, "kv_cache_usage_perc", "KV-cache blocks in use (0..1)",
                      stats.kv_cache_usage)
         yield family(GaugeMetricFamily, "generation_tokens_per_second",
                      f"Generated tokens per second over the last {RATE_WINDOW_S} s",
-                     self.metrics.tokens_per_second(engine.num_generation_tokens))
+                     self.metrics.tokens_per_second(stats.num_generation_tokens))
         yield family(CounterMetricFamily, "prompt_tokens", "Prefilled prompt tokens",
-                     engine.num_prompt_tokens)
+                     stats.num_prompt_tokens)
         yield family(CounterMetricFamily, "generation_tokens", "Generated tokens",
-                     engine.num_generation_tokens)
+                     stats.num_generation_tokens)
         yield family(CounterMetricFamily, "num_preemptions", "Preempted sequences",
                      stats.num_preemptions)
         yield family(CounterMetricFamily, "prefix_cache_queries", "Prompt tokens looked up in the "

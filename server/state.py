@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from pagedserve.engine.async_engine import AsyncLLMEngine, EngineDeadError
 from pagedserve.engine.config import EngineConfig
+from pagedserve.engine.protocol import EngineClient
 from pagedserve.server.errors import APIError
 from pagedserve.server.limits import Limits
 from pagedserve.server.metrics import Metrics
@@ -31,7 +32,7 @@ class ServeSettings:
 class ServerState:
     """Shared by the routes. `request_exit` is set by whoever runs the server (uvicorn)."""
 
-    def __init__(self, settings: ServeSettings, engine: AsyncLLMEngine | None = None) -> None:
+    def __init__(self, settings: ServeSettings, engine: EngineClient | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.metrics = Metrics(settings.served_model_names[0], lambda: self.engine)
@@ -48,7 +49,7 @@ class ServerState:
     def ready(self) -> bool:
         return self.engine is not None and self.engine.is_running and not self.draining
 
-    def engine_or_raise(self) -> AsyncLLMEngine:
+    def engine_or_raise(self) -> EngineClient:
         if self.engine is None:
             raise APIError(503, "the model is still loading", headers={"Retry-After": "5"})
         if self.engine.dead_error is not None:
@@ -63,8 +64,9 @@ class ServerState:
     def admit(self) -> None:
         """Refuse new work while the queue is full (--max-queue-len) rather than queue it."""
         limit = self.settings.max_queue_len
-        if limit is not None and self.engine.num_waiting >= limit:
-            raise APIError(503, f"the server is busy: {self.engine.num_waiting} sequences are "
+        waiting = self.engine.stats().num_waiting
+        if limit is not None and waiting >= limit:
+            raise APIError(503, f"the server is busy: {waiting} sequences are "
                            f"waiting (--max-queue-len {limit}); retry later",
                            code="queue_full", headers={"Retry-After": "1"})
 

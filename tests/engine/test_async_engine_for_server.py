@@ -14,16 +14,16 @@ def test_num_waiting_counts_queued_and_unscheduled_sequences(stories_path):
         long = SamplingParams(max_tokens=300, ignore_eos=True)
         first = eng.generate("Once upon a time", long)
         await first.__anext__()  # running: the only sequence slot is taken
-        assert eng.num_waiting == 0
+        assert eng.stats().num_waiting == 0
         second = eng.generate("A cat", SamplingParams(n=2, max_tokens=300, ignore_eos=True))
         pending = asyncio.ensure_future(second.__anext__())
         await asyncio.sleep(0)  # queued for the loop, not yet in the scheduler
-        assert eng.num_waiting == 2
+        assert eng.stats().num_waiting == 2
         await asyncio.sleep(0.05)  # handed to the scheduler, still waiting for a slot
-        assert eng.num_waiting == 2
+        assert eng.stats().num_waiting == 2
         await first.aclose()  # the slot frees: one of the two sequences gets it
         await pending
-        assert eng.num_waiting == 1
+        assert eng.stats().num_waiting == 1
         await second.aclose()
         await eng.shutdown()
     asyncio.run(main())

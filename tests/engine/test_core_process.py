@@ -85,7 +85,7 @@ def test_load_error_is_raised_by_from_config(stories_path):
 def test_killed_core_fails_requests_and_the_engine(stories_path):
     async def main():
         eng = AsyncLLMEngine.from_config(EngineConfig(model=stories_path, num_kv_blocks=64))
-        pid = eng.core.pid
+        pid = eng.client.pid
         stream = eng.generate("Once upon a time", SamplingParams(max_tokens=400, ignore_eos=True))
         await stream.__anext__()
         assert eng.is_running and eng.stats().num_running == 1
@@ -110,7 +110,7 @@ async def main():
     eng = AsyncLLMEngine.from_config(EngineConfig(model=sys.argv[1], num_kv_blocks=64))
     async for _ in eng.generate("Hi", SamplingParams(max_tokens=2)):
         pass
-    print(eng.core.pid, flush=True)
+    print(eng.client.pid, flush=True)
     if sys.argv[2] == "wait":
         await asyncio.sleep(300)
 

@@ -69,7 +69,7 @@ def test_async_generate_batches_and_cancellation_aborts(stories_path, in_process
             return last
         outs = await asyncio.gather(*[consume(f"Story {i}:") for i in range(8)])
         assert all(len(o.outputs[0].token_ids) == 20 for o in outs)
-        assert eng.steps < 8 * 20 / 2, "concurrent requests were not batched"
+        assert eng.stats().num_steps < 8 * 20 / 2, "concurrent requests were not batched"
         stream = eng.generate("Once upon a time", SamplingParams(max_tokens=200, ignore_eos=True))
         await stream.__anext__()
         assert eng.stats().kv_cache_usage > 0
@@ -78,7 +78,7 @@ def test_async_generate_batches_and_cancellation_aborts(stories_path, in_process
             await asyncio.sleep(0.01)
             if idle(eng):
                 break
-        assert idle(eng) and not eng.queues
+        assert idle(eng) and not eng.collectors
         with pytest.raises(ValueError, match="empty"):
             async for _ in eng.generate("", params):
                 pass

@@ -150,7 +150,7 @@ def test_worker_exception_while_idle_kills_the_async_engine(model):
             assert outs[-1].finished and engine.is_running
             # a step message whose body contradicts its header: rank 1 raises ValueError
             bad = np.array([STEP, 5, 1, 1], dtype=np.int64).tobytes()
-            engine.engine.executor.conns[0].send_bytes(bad)
+            engine.client.engine.executor.conns[0].send_bytes(bad)
             while engine.is_running:
                 await asyncio.sleep(0.1)
             assert isinstance(engine.dead_error, TensorParallelError)

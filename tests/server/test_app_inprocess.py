@@ -36,12 +36,12 @@ def test_batching_and_missing_chat_template(stories_path):
             r = await client.post("/v1/chat/completions",
                                   json={"messages": [{"role": "user", "content": "Hi"}]})
             assert r.status_code == 400 and "no chat template" in r.json()["error"]["message"]
-            before = state.engine.steps
+            before = state.engine.stats().num_steps
             rs = await asyncio.gather(*[client.post("/v1/completions", json={
                 "prompt": f"Story {i}:", "max_tokens": 16, "ignore_eos": True})
                 for i in range(8)])
             assert [r.json()["usage"]["completion_tokens"] for r in rs] == [16] * 8
-            assert state.engine.steps - before < 8 * 16 / 2, "requests were not batched"
+            assert state.engine.stats().num_steps - before < 8 * 16 / 2, "requests were not batched"
     asyncio.run(main())
 
 
@@ -49,13 +49,13 @@ def test_engine_death_fails_requests_and_health(stories_path):
     async def main():
         async with running(stories_path) as (state, client):
             assert (await client.get("/health")).status_code == 200
-            core = state.engine.engine
+            core = state.engine.client.engine
 
             def broken_step():
                 raise RuntimeError("a worker died")
             task = asyncio.create_task(client.post("/v1/completions", json={
                 "prompt": "Hi", "max_tokens": 300, "ignore_eos": True}))
-            while state.engine.steps < 2:
+            while state.engine.stats().num_steps < 2:
                 await asyncio.sleep(0.005)
             core.step = broken_step
             r = await task
@@ -72,7 +72,7 @@ def test_engine_death_fails_requests_and_health(stories_path):
 def test_drain_waits_for_in_flight_only_up_to_the_timeout(stories_path):
     async def main():
         async with running(stories_path, shutdown_timeout=0.3) as (state, client):
-            core, gate = state.engine.engine, threading.Event()
+            core, gate = state.engine.client.engine, threading.Event()
             real_step = core.step
             core.step = lambda: gate.wait() and real_step()  # hold the request in flight
             task = asyncio.create_task(client.post("/v1/completions", json={
