@@ -10,6 +10,8 @@ Layouts shared by both backends:
 import torch
 import torch.nn.functional as F
 
+from pagedserve.kernels.utils import cdiv
+
 
 def store_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
                    v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -23,7 +25,7 @@ def store_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
 
 def _gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, max_len: int) -> torch.Tensor:
     """[num_seqs, max_len, Hkv, D] view of each sequence's cached tokens (padded)."""
-    num_blocks = -(-max_len // cache.shape[1])
+    num_blocks = cdiv(max_len, cache.shape[1])
     return cache[block_tables[:, :num_blocks].long()].flatten(1, 2)[:, :max_len]
 
 

@@ -13,6 +13,7 @@ import triton.language as tl
 
 from pagedserve.kernels.triton_utils import (INTERPRETED, attend_tile, page_offsets, pow2,
                                              sm_count)
+from pagedserve.kernels.utils import cdiv
 
 MAX_SPLITS = 64
 PROGRAMS_PER_SM = 4  # enough resident programs per SM to keep memory requests in flight
@@ -86,8 +87,8 @@ def _tiles(head: int, dtype: torch.dtype) -> tuple[int, int]:
 def choose_splits(batch: int, kv_heads: int, max_tokens: int, block_n: int,
                   device: torch.device) -> int:
     """Splits per sequence so that about PROGRAMS_PER_SM programs run on every SM."""
-    want = -(-PROGRAMS_PER_SM * sm_count(device) // (batch * kv_heads))
-    return max(1, min(want, -(-max_tokens // block_n), MAX_SPLITS))
+    want = cdiv(PROGRAMS_PER_SM * sm_count(device), batch * kv_heads)
+    return max(1, min(want, cdiv(max_tokens, block_n), MAX_SPLITS))
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -105,8 +106,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     max_tokens = block_tables.shape[1] * page
     block_n, warps = _tiles(head, q.dtype)
     splits = num_splits or choose_splits(batch, kv_heads, max_tokens, block_n, q.device)
-    split_tokens = -(-max_tokens // splits // block_n) * block_n if splits > 1 else max_tokens
-    splits = -(-max_tokens // split_tokens)
+    split_tokens = cdiv(cdiv(max_tokens, splits), block_n) * block_n if splits > 1 else max_tokens
+    splits = cdiv(max_tokens, split_tokens)
     fp32_dot = INTERPRETED or q.dtype == torch.float32
     common = dict(GROUP=group, BLOCK_G=pow2(group, 16), HEAD=head, BLOCK_D=pow2(head, 16),
                   PAGE=page, BLOCK_N=block_n, FP32_DOT=fp32_dot,

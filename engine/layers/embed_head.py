@@ -4,13 +4,14 @@ from torch import nn
 import torch.nn.functional as F
 
 from pagedserve.engine.distributed import all_reduce, gather_to_first, tp_rank, tp_size
+from pagedserve.kernels.utils import cdiv
 
 
 class VocabParallelEmbedding(nn.Module):
     def __init__(self, vocab_size: int, hidden: int) -> None:
         super().__init__()
         self.vocab_size = vocab_size
-        self.shard = -(-vocab_size // tp_size())  # the last rank's shard is padded
+        self.shard = cdiv(vocab_size, tp_size())  # the last rank's shard is padded
         self.start = tp_rank() * self.shard
         self.weight = nn.Parameter(torch.zeros(self.shard, hidden), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
