@@ -5,30 +5,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from pagedserve.engine import AsyncLLMEngine, EngineConfig, LLMEngine, SamplingParams
 from pagedserve.engine.async_engine import EngineDeadError
 from pagedserve.engine.sampling_params import RequestOutputKind
+from tests.support import wait_gone
 
 GREEDY = dict(temperature=0, max_tokens=24, ignore_eos=True)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pid: int, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not alive(pid)
 
 
 def test_output_kinds_match_the_in_process_engine(stories_path):

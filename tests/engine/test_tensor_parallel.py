@@ -22,6 +22,7 @@ from pagedserve.engine.async_engine import AsyncLLMEngine, EngineDeadError
 from pagedserve.engine.config import EngineConfig
 from pagedserve.engine.executor import TensorParallelError
 from pagedserve.engine.worker import STEP
+from tests.support import alive, children, free_port, spawned_children
 
 # Llama: 4 heads, 2 KV heads (tp=2 shards them, tp=4 replicates each on two ranks).
 # Qwen2: q/k/v biases, one KV head (replicated on every rank), tied embeddings, and a vocab of
@@ -47,19 +48,7 @@ def token_ids(llm: LLM) -> list[list[int]]:
 
 def workers() -> set[int]:
     """Live child processes of this one, except multiprocessing's resource tracker."""
-    return set(_children(os.getpid())) - {resource_tracker._resource_tracker._pid}
-
-
-def _children(pid: int) -> list[int]:
-    """Child pids of every thread of pid; a thread may end while we read."""
-    pids = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                pids += [int(p) for p in f.read().split()]
-        except FileNotFoundError:
-            pass
-    return pids
+    return set(children(os.getpid())) - {resource_tracker._resource_tracker._pid}
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +86,7 @@ def test_greedy_tokens_match_one_rank(model, reference, name, tp):
 @pytest.mark.timeout(120)
 def test_engines_one_after_another_reuse_the_port(model, reference, monkeypatch):
     """With MASTER_PORT fixed, the second engine can only start if the first freed it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     monkeypatch.setenv("MASTER_PORT", str(port))
     before = workers()
     first = LLM(model("llama"), tensor_parallel_size=2, **ENGINE)
@@ -209,26 +196,6 @@ def test_more_ranks_than_visible_gpus(model, monkeypatch):
 
 # ---- `pagedserve serve --tensor-parallel-size 2`: a real server process ----
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _spawned_workers(pid: int) -> list[int]:
-    workers = []
-    for p in _children(pid):
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as f:
-                if b"spawn_main" in f.read():
-                    workers.append(p)
-        except FileNotFoundError:  # ended meanwhile
-            pass
-    return workers
-
-
 def _wait_until(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -239,9 +206,7 @@ def _wait_until(condition, timeout: float, what: str) -> None:
 
 class TPServer:
     def __init__(self, tmp_path, model_path: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60)
         cli = os.path.join(os.path.dirname(sys.executable), "pagedserve")
         cmd = [cli] if os.path.exists(cli) else [sys.executable, "-m", "pagedserve.cli"]
@@ -254,7 +219,7 @@ class TPServer:
                 stdout=out, stderr=subprocess.STDOUT)
         _wait_until(lambda: self.health() == 200, 180, f"server healthy; log:\n{self.logs()}")
         # the server's child is the engine core process; rank 1 is the core's child
-        self.workers = [w for c in _spawned_workers(self.proc.pid) for w in _spawned_workers(c)]
+        self.workers = [w for c in spawned_children(self.proc.pid) for w in spawned_children(c)]
         assert len(self.workers) == 1
 
     def logs(self) -> str:
@@ -294,7 +259,7 @@ def test_server_matches_one_rank_and_sigterm_leaves_no_workers(model, tp_server)
     assert texts == [o.outputs[0].text for o in expected]
     tp_server.proc.send_signal(signal.SIGTERM)
     assert tp_server.proc.wait(60) == 0
-    _wait_until(lambda: not any(map(_alive, tp_server.workers)), 10, "workers gone")
+    _wait_until(lambda: not any(map(alive, tp_server.workers)), 10, "workers gone")
 
 
 @pytest.mark.slow
@@ -332,4 +297,4 @@ def test_engine_process_ending_takes_its_workers(model, ending):
     if ending == "kill":
         proc.kill()
     proc.wait(60)
-    _wait_until(lambda: not any(map(_alive, pids)), 10, "workers gone")
+    _wait_until(lambda: not any(map(alive, pids)), 10, "workers gone")

@@ -2,7 +2,6 @@
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support import alive, free_port, spawned_children
+
 LAUNCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch.py")
 # small KV pool: every test server fits in memory next to the others
 BASE_ARGS = ["--host", "127.0.0.1", "--kv-cache-memory", "8MiB", "--uvicorn-log-level", "warning"]
@@ -19,37 +20,6 @@ API_KEY = "sk-test-4f1c9a"
 MAX_QUEUE_LEN = 12
 TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}assistant:{% endif %}")
-
-
-def spawned_children(pid: int) -> list[int]:
-    """Child processes of pid started by multiprocessing spawn: a server's engine core, a
-    core's tensor-parallel workers."""
-    found = []
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-        except (OSError, ValueError, IndexError):
-            continue  # not a process, or it ended meanwhile
-        if ppid == pid and b"spawn_main" in cmd:
-            found.append(int(entry))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
