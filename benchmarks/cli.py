@@ -1,4 +1,5 @@
-"""`pagedserve bench`: throughput, serve, latency, roofline, model. Parsers import no torch."""
+"""`pagedserve bench`: throughput, serve, latency, roofline, model, kernels. Parsers import no
+torch."""
 import argparse
 
 
@@ -38,7 +39,11 @@ def add_parser(subparsers) -> None:
                                   description="Benchmarks; transformers is the baseline, "
                                               "measured in the same run.")
     sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    for add in (_throughput, _latency, _roofline, _serve, _model, _kernels):
+        add(sub)
 
+
+def _throughput(sub) -> None:
     p = sub.add_parser("throughput", help="offline throughput of a workload",
                        description="Offline throughput: requests/s, output and total tokens/s.")
     _offline(p, "pagedserve")
@@ -50,6 +55,8 @@ def add_parser(subparsers) -> None:
                    help="run the backends in turn this many times; the median is reported")
     p.set_defaults(run=_run("throughput"))
 
+
+def _latency(sub) -> None:
     p = sub.add_parser("latency", help="batch-1 decode latency per token",
                        description="Latency of one batch: prefill, end to end, per decode token.")
     _offline(p, "pagedserve")
@@ -60,6 +67,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-iters-warmup", type=int, default=1)
     p.set_defaults(run=_run("latency"))
 
+
+def _roofline(sub) -> None:
     p = sub.add_parser("roofline", help="decode FLOP/s as a fraction of the measured matmul peak",
                        description="Achieved decode FLOP/s of a batch vs torch matmul peak.")
     _offline(p, "pagedserve")
@@ -68,6 +77,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--decode-steps", type=int, default=16, help="decode steps timed")
     p.set_defaults(run=_run("roofline"), model="random:100M")
 
+
+def _serve(sub) -> None:
     p = sub.add_parser("serve", help="load test a running server over the OpenAI API",
                        description="Streams completions from a running server; reports "
                                    "throughput, TTFT, TPOT, ITL and e2e latency.")
@@ -85,12 +96,35 @@ def add_parser(subparsers) -> None:
     _common(p)
     p.set_defaults(run=_run("serve"))
 
+
+def _model(sub) -> None:
+    from pagedserve.engine.config import DTYPE_ALIASES, DTYPES
     p = sub.add_parser("model", help="write a random-weight Llama of a given size",
                        description="Write a random-weight Llama (HF folder) for benchmarks.")
     p.add_argument("size", choices=["1M", "20M", "100M", "1B"])
     p.add_argument("--out", required=True, help="folder to write")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32",
+                   choices=[d for d in DTYPES if d != "auto" and d not in DTYPE_ALIASES])
     p.set_defaults(run=_run("models"))
+
+
+_KERNEL_TOOLS = {"gpu": "kernel_gpu", "cpu": "kernel_cpu", "compile": "kernel_compile"}
+
+
+def _kernels(sub) -> None:
+    p = sub.add_parser("kernels", help="kernel developer tools: gpu, cpu, compile",
+                       description="gpu: each Triton kernel vs the torch reference (--tiny runs "
+                                   "without a GPU); cpu: the compiled CPU attention vs torch; "
+                                   "compile: build the Triton kernels for sm_90 and gfx942 "
+                                   "without a GPU. TOOL --help lists a tool's options.")
+    p.add_argument("tool", choices=list(_KERNEL_TOOLS))
+    p.add_argument("tool_args", nargs=argparse.REMAINDER, help="the tool's own options")
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+        module = importlib.import_module(f"pagedserve.benchmarks.{_KERNEL_TOOLS[args.tool]}")
+        return module.main(args.tool_args)
+    p.set_defaults(run=run)
 
 
 def _run(module: str):

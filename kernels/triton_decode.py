@@ -78,7 +78,7 @@ def _decode_merge(po_ptr, lse_ptr, o_ptr, num_splits, s_pb, s_ph, s_ps, s_lb, s_
 def _tiles(head: int, dtype: torch.dtype) -> tuple[int, int]:
     """(KV tokens per tile, warps). fp32 dots run without tensor cores and need more registers:
     smaller tiles and more warps keep them from spilling and tiles inside MI300's 64 KiB LDS
-    (checked per target by compile_check.py)."""
+    (checked per target by benchmarks/kernel_compile.py)."""
     if dtype == torch.float32:
         return (16, 4) if head > 128 else (32, 8)
     return (32 if head > 128 else 64), 4

@@ -21,7 +21,7 @@ from pagedserve.kernels.triton_utils import INTERPRETED, attend_tile, page_offse
 def _tiles(head: int, dtype: torch.dtype) -> tuple[int, int, int]:
     """(query rows = tokens x heads of a group, KV tokens, warps) per program. fp32 dots run
     without tensor cores: smaller tiles keep registers from spilling and tiles inside MI300's
-    64 KiB LDS (checked per target by compile_check.py)."""
+    64 KiB LDS (checked per target by benchmarks/kernel_compile.py)."""
     if dtype == torch.float32:
         return (16, 16, 4) if head > 128 else (32, 32, 8)
     return 64, (32 if head > 128 else 64), 4

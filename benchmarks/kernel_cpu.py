@@ -1,6 +1,6 @@
 """CPU attention benchmark: the compiled kernel against the torch reference.
 
-    python -m pagedserve.kernels.cpu_bench [--threads N]
+    pagedserve bench kernels cpu [--threads N]
 
 Decode attention is memory bound, so it is also reported as K and V bytes read per second.
 """
@@ -10,7 +10,7 @@ import os
 import torch
 
 from pagedserve.kernels import cpu, reference
-from pagedserve.kernels.bench import paged_cache, timer
+from pagedserve.benchmarks.kernel_gpu import paged_cache, timer
 
 # name, (sequences, context, new tokens per sequence, kv heads, group, head size)
 SHAPES = [
@@ -43,12 +43,13 @@ def run_shape(shape: tuple, page: int, time_ms) -> tuple[float, float, float, fl
     return ms, ref_ms, gbs, err
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pagedserve bench kernels cpu",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--page", type=int, default=16, help="block size")
     p.add_argument("--reps", type=int, default=10)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not cpu.available():
         raise SystemExit("the CPU kernel did not build (see the warning above)")
@@ -60,7 +61,8 @@ def main() -> None:
     for name, shape in SHAPES:
         ms, ref_ms, gbs, err = run_shape(shape, args.page, time_ms)
         print(f"{name:28s} {ms:10.3f} {ref_ms:10.3f} {ref_ms / ms:7.1f}x {gbs:8.2f} {err:8.1e}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Compile the Triton kernels for GPU targets on a machine without a GPU.
 
-    python -m pagedserve.kernels.compile_check [--quick] [--targets sm90,gfx942]
+    pagedserve bench kernels compile [--quick] [--targets sm90,gfx942]
 
 Each kernel is reached through its real Python wrapper (same tile choices as on a GPU) with
 CPU tensors; a JIT hook captures what would be compiled and stops the launch, then Triton's
@@ -128,7 +128,8 @@ def check(targets: list[str], cases: list[tuple]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="pagedserve bench kernels compile",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="one attention shape (D=128, GQA 4, bf16) and bf16 pointwise (CI)")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated")

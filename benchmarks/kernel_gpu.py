@@ -1,7 +1,7 @@
 """Kernel benchmark: each Triton kernel against the torch reference, on a GPU.
 
-    python -m pagedserve.kernels.bench            # on a CUDA/ROCm GPU
-    python -m pagedserve.kernels.bench --tiny     # CPU smoke run (interpreted, tiny shapes)
+    pagedserve bench kernels gpu           # on a CUDA/ROCm GPU
+    pagedserve bench kernels gpu --tiny    # CPU smoke run (interpreted, tiny shapes)
 
 Decode attention is memory bound, so it is reported as achieved bandwidth (K and V bytes read
 per second) and as a fraction of the device's measured copy bandwidth. Interpreted CPU times
@@ -122,7 +122,8 @@ def bench_pointwise(tokens: int, hidden: int, inter: int, shape, dtype, device, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="pagedserve bench kernels gpu",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true",
                         help="without a GPU: run tiny shapes in Triton's CPU interpreter")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
