@@ -3,12 +3,12 @@ import asyncio
 import contextlib
 import hmac
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from pagedserve import __version__
-from pagedserve.engine.async_engine import AsyncLLMEngine
+from pagedserve.engine.protocol import EngineClient
 from pagedserve.server.chat import create_chat_completion, render_messages
 from pagedserve.server.completions import create_completion
 from pagedserve.server.errors import (check_unicode, error_response, install_error_handlers,
@@ -57,7 +57,7 @@ class Gate:
             self.state.in_flight -= 1
 
 
-def build_app(settings: ServeSettings, engine: AsyncLLMEngine | None = None) -> FastAPI:
+def build_app(settings: ServeSettings, engine: EngineClient | None = None) -> FastAPI:
     """The server app; without `engine` it loads settings.model in the background at startup
     (so /health can answer 503 meanwhile)."""
     state = ServerState(settings, engine)
@@ -89,7 +89,15 @@ def build_app(settings: ServeSettings, engine: AsyncLLMEngine | None = None) -> 
 
 
 def _add_routes(app: FastAPI, state: ServerState) -> None:
-    @app.get("/health", responses={503: {"model": ErrorResponse}})
+    for router in (_ops_router(state), _openai_router(state), _tokenizer_router(state)):
+        app.include_router(router)
+
+
+def _ops_router(state: ServerState) -> APIRouter:
+    """What Kubernetes and Prometheus ask: readiness, metrics, the version."""
+    router = APIRouter()
+
+    @router.get("/health", responses={503: {"model": ErrorResponse}})
     async def health():
         """200 once the engine is loaded and running; 503 while loading, draining or dead."""
         if state.ready:
@@ -98,15 +106,21 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
                   else "engine stopped")
         return error_response(503, f"not ready: {reason}", code=reason.replace(" ", "_"))
 
-    @app.get("/metrics", response_class=Response)
+    @router.get("/metrics", response_class=Response)
     async def metrics():
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/version")
+    @router.get("/version")
     async def version():
         return {"version": __version__}
+    return router
 
-    @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
+
+def _openai_router(state: ServerState) -> APIRouter:
+    """The OpenAI API under /v1."""
+    router = APIRouter()
+
+    @router.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def models():
         engine = state.engine_or_raise()
         config = engine.config
@@ -114,19 +128,25 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
                                          max_model_len=config.max_model_len)
                                for name in state.settings.served_model_names])
 
-    @app.post("/v1/completions", response_model=CompletionResponse,
-              responses={**_ERRORS, 200: {"content": _SSE}})
+    @router.post("/v1/completions", response_model=CompletionResponse,
+                 responses={**_ERRORS, 200: {"content": _SSE}})
     async def completions(body: CompletionRequest, request: Request):
         """OpenAI completions; `stream: true` answers with server-sent events."""
         return await create_completion(state, body, request)
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse,
-              responses={**_ERRORS, 200: {"content": _SSE}})
+    @router.post("/v1/chat/completions", response_model=ChatCompletionResponse,
+                 responses={**_ERRORS, 200: {"content": _SSE}})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         """OpenAI chat completions; `stream: true` answers with server-sent events."""
         return await create_chat_completion(state, body, request)
+    return router
 
-    @app.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
+
+def _tokenizer_router(state: ServerState) -> APIRouter:
+    """vLLM's /tokenize and /detokenize."""
+    router = APIRouter()
+
+    @router.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
     async def tokenize(body: TokenizeRequest):
         engine = state.engine_or_raise()
         state.check_model(body.model)
@@ -140,7 +160,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         return TokenizeResponse(tokens=ids, count=len(ids),
                                 max_model_len=engine.config.max_model_len)
 
-    @app.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS)
+    @router.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS)
     async def detokenize(body: DetokenizeRequest):
         engine = state.engine_or_raise()
         state.check_model(body.model)
@@ -149,4 +169,4 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         if bad:
             raise invalid(f"token id {bad[0]} is outside the vocabulary [0, {vocab})", "tokens")
         return DetokenizeResponse(prompt=engine.tokenizer.decode(body.tokens))
-
+    return router
