@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass, field, fields
 
 from pagedserve.engine.model_config import MoEConfig, family_fields
+from pagedserve.engine.structured_output.config import StructuredOutputsConfig
 
 EXECUTOR_BACKENDS = ("uni", "mp")
 DEVICES = ("auto", "cpu", "cuda")  # ROCm GPUs are "cuda" to torch
@@ -102,6 +103,8 @@ class EngineConfig:
     # passed to the tokenizer's loading; config.json is read as plain JSON (no code runs), and
     # a model whose architecture needs remote code is refused by the model registry
     trust_remote_code: bool = False
+    # vLLM's structured_outputs_config (a dict of its fields, or the config itself)
+    structured_outputs_config: StructuredOutputsConfig | dict | None = None
     # derived from `model` at construction, not arguments
     model_path: str = field(default="", init=False)
     model_config: ModelConfig = field(default=None, init=False)  # type: ignore[assignment]
@@ -109,6 +112,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         self._check_values()
         self._check_backend()
+        self.structured_outputs_config = StructuredOutputsConfig.from_value(
+            self.structured_outputs_config)
         from pagedserve.engine.loader import resolve_model_path
         self.model_path = resolve_model_path(self.model)
         self.model_config = ModelConfig.from_json(os.path.join(self.model_path, "config.json"))

@@ -1,4 +1,5 @@
 """LLMEngine: requests in, RequestOutputs out, one scheduler step at a time."""
+import logging
 import time
 from dataclasses import dataclass
 
@@ -12,9 +13,11 @@ from pagedserve.engine.sampler import Sampler
 from pagedserve.engine.sampling_params import RequestOutputKind, SamplingParams
 from pagedserve.engine.scheduler import Scheduler
 from pagedserve.engine.step_input import StepInput
+from pagedserve.engine.structured_output.manager import StructuredOutputManager
 from pagedserve.engine.tokenizer import PromptType, load_tokenizer
 
 __all__ = ["EngineCoreRequest", "EngineStats", "LLMEngine", "ParentRequest"]
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -55,7 +58,11 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens)
         self.sampler = Sampler(config.seed)
+        self.structured_outputs = StructuredOutputManager(
+            config.structured_outputs_config, self.tokenizer, config.model_config.vocab_size,
+            self.eos_token_ids)
         self.parents: dict[str, ParentRequest] = {}
+        self.compiling: list[ParentRequest] = []  # waiting for their grammars, not scheduled
         self.totals = EngineStats()  # its counters; the gauges are read in stats()
 
     @classmethod
@@ -74,8 +81,36 @@ class LLMEngine:
             raise ValueError(f"request id {parent.request_id!r} is already running")
         self.parents[parent.request_id] = parent
         self.totals.num_seqs_added += len(parent.children)
+        constraint = parent.children[0].params.structured_outputs
+        if constraint is not None:
+            for req in parent.children:  # one matcher per sample; one compile for them all
+                req.structured_output = self.structured_outputs.grammar_init(
+                    constraint, req.prompt_token_ids)
+            self.compiling.append(parent)
+            return
         for req in parent.children:
             self.scheduler.add(req)
+
+    def _schedule_compiled(self) -> list[RequestOutput]:
+        """Requests whose grammars are compiled join the scheduler; a failed compile ends its
+        request (the frontend validates constraints, so this is not the client's error)."""
+        failed, waiting = [], []
+        for parent in self.compiling:
+            if parent.request_id not in self.parents:
+                continue  # aborted while compiling
+            sos = [r.structured_output for r in parent.children]
+            if not all(so.is_ready() for so in sos):
+                waiting.append(parent)
+            elif (error := sos[0].error()) is not None:
+                logger.error("request %s: grammar compile failed: %s", parent.request_id, error)
+                for req in parent.children:
+                    req.finish("abort")
+                failed.append(self.parents.pop(parent.request_id).output())
+            else:
+                for req in parent.children:
+                    self.scheduler.add(req)
+        self.compiling = waiting
+        return failed
 
     def add_request(self, request_id: str | None, prompt: PromptType,
                     params: SamplingParams | None = None) -> str:
@@ -100,21 +135,29 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once for the whole batch, sample, detokenize, stop."""
         self.totals.num_steps += 1
+        failed = self._schedule_compiled() if self.compiling else []
         sched = self.scheduler.schedule()
         if not sched.requests:
-            return []
+            if self.compiling and not failed:
+                self.structured_outputs.wait_for_compiles(
+                    [r.structured_output for p in self.compiling for r in p.children], 0.01)
+            return failed
         logits = self.executor.execute(StepInput.from_scheduler_output(sched))
         rows = [i for i, (r, n) in enumerate(zip(sched.requests, sched.num_new_tokens))
                 if r.num_computed_tokens + n == r.num_tokens]  # prompt done: sample a token
         touched = {}
         if rows:
             sampling = [sched.requests[i] for i in rows]
-            result = self.sampler(logits[rows], sampling)
+            logits = logits[rows]
+            # before the sampler, as vLLM does: penalties, temperature, top-k/p and the
+            # logprobs all see the constrained distribution
+            self.structured_outputs.apply_bitmask(logits, [r.structured_output for r in sampling])
+            result = self.sampler(logits, sampling)
             for req, token, lp in zip(sampling, result.token_ids, result.logprobs):
                 self._append_token(req, token, lp)
                 touched[req.parent_id] = self.parents[req.parent_id]
         self.scheduler.finish_step(sched)
-        return self._collect(touched)
+        return failed + self._collect(touched)
 
     def _append_token(self, req: Request, token: int, logprobs: dict[int, float] | None) -> None:
         req.token_ids.append(token)
@@ -128,6 +171,9 @@ class LLMEngine:
             req.cumulative_logprob += logprobs[token]
         p = req.params
         detok = self.parents[req.parent_id].detoks[req.index]
+        so = req.structured_output
+        if so is not None:
+            self.structured_outputs.accept_token(so, token)
         may_stop = req.num_output_tokens >= p.min_tokens
         if may_stop and not p.ignore_eos and token in req.eos_token_ids:
             req.finish("stop")
@@ -135,6 +181,8 @@ class LLMEngine:
             req.finish("stop", token)
         elif (stop := detok.add(token, check_stop=may_stop)) is not None:
             req.finish("stop", stop)
+        elif so is not None and so.is_terminated():  # e.g. with ignore_eos: nothing may follow
+            req.finish("stop")
         elif req.num_output_tokens >= req.max_output_tokens:
             req.finish("length")
 
@@ -163,4 +211,5 @@ class LLMEngine:
         self.executor.check_health()
 
     def shutdown(self) -> None:
+        self.structured_outputs.shutdown()
         self.executor.shutdown()

@@ -99,6 +99,9 @@ class InputProcessor:
         vocab = self.config.model_config.vocab_size
         text, ids = tokenize_prompt(self.tokenizer, prompt, vocab)
         params.check_vocab(vocab)
+        if params.structured_outputs is not None:  # a bad schema is the client's error
+            from pagedserve.engine.structured_output.xgrammar_backend import validate
+            validate(params.structured_outputs, self.config.structured_outputs_config)
         if params.truncate_prompt_tokens is not None:
             ids = ids[-params.truncate_prompt_tokens:]
         if params.bad_words:

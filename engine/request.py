@@ -5,6 +5,7 @@ import time
 import torch
 
 from pagedserve.engine.sampling_params import SamplingParams
+from pagedserve.engine.structured_output.request import StructuredOutputRequest
 
 
 class RequestStatus(enum.Enum):
@@ -46,6 +47,9 @@ class Request:
         self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
         self.cumulative_logprob = 0.0
         self.generator: torch.Generator | None = None
+        # the request's grammar and matcher when it asks for structured outputs (the engine
+        # sets it); kept through preemption, since recompute never changes sampled tokens
+        self.structured_output: StructuredOutputRequest | None = None
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed + index)
 

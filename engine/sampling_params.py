@@ -3,6 +3,8 @@ import copy
 import enum
 from dataclasses import dataclass, field
 
+from pagedserve.engine.structured_output.params import StructuredOutputsParams
+
 
 class RequestOutputKind(enum.Enum):
     """What a request's outputs carry (vLLM's names). CUMULATIVE: everything so far, every
@@ -41,6 +43,8 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # output constrained to a JSON schema, regex, choice or grammar (vLLM's field)
+    structured_outputs: StructuredOutputsParams | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     stop_strs: list[str] = field(init=False, repr=False)
 
@@ -72,6 +76,9 @@ class SamplingParams:
         _check(all(isinstance(t, int) and t >= 0 for t in ids), "stop_token_ids",
                self.stop_token_ids, "non-negative integers")
         self.stop_token_ids = list(ids)
+        _check(self.structured_outputs is None
+               or isinstance(self.structured_outputs, StructuredOutputsParams),
+               "structured_outputs", self.structured_outputs, "None or StructuredOutputsParams")
         _check(isinstance(self.output_kind, RequestOutputKind), "output_kind",
                self.output_kind, "a RequestOutputKind")
         if self.top_k == -1:

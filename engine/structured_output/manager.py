@@ -1,12 +1,13 @@
 """StructuredOutputManager: compiles grammars off the step loop and masks a batch's logits."""
 import logging
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import torch
 
 from pagedserve.engine.structured_output.config import StructuredOutputsConfig
 from pagedserve.engine.structured_output.params import StructuredOutputsParams
+from pagedserve.engine.structured_output.reasoning import ReasoningEnd
 from pagedserve.engine.structured_output.request import StructuredOutputRequest
 from pagedserve.engine.structured_output.spec import GrammarSpec, grammar_spec
 
@@ -29,7 +30,11 @@ class StructuredOutputManager:
         self._backend = None
         self._executor: ThreadPoolExecutor | None = None
         self._cache: OrderedDict[GrammarSpec, Future] = OrderedDict()
-        self.reasoning_end = None  # (prompt_ids -> bool, token_id -> bool) when a parser is set
+        # with a reasoning parser, constraints wait for the end of the thinking; a tokenizer
+        # without its think tokens is refused here, when the engine starts
+        self.reasoning_end: ReasoningEnd | None = None
+        if config.reasoning_parser:
+            self.reasoning_end = ReasoningEnd.for_parser(config.reasoning_parser, tokenizer)
 
     @property
     def backend(self):
@@ -84,6 +89,12 @@ class StructuredOutputManager:
             return True
         logger.error("grammar refused sampled token %d (%s constraint)", token_id, so.spec.kind)
         return False
+
+    def wait_for_compiles(self, requests: list[StructuredOutputRequest],
+                          timeout: float) -> None:
+        """Block until one of these compiles is done (or timeout): an idle engine waits here
+        instead of spinning."""
+        wait([so.future for so in requests], timeout, FIRST_COMPLETED)
 
     def shutdown(self) -> None:
         if self._executor is not None:

@@ -36,6 +36,10 @@ class StructuredOutputRequest:
             self._grammar = self._new_grammar(self.future.result())
         return self._grammar
 
+    def is_terminated(self) -> bool:
+        """The grammar is complete and accepted its stop token: the request is done."""
+        return self.is_ready() and self.grammar.is_terminated()
+
     @property
     def active(self) -> bool:
         """Whether the constraint masks this step's logits."""
