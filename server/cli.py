@@ -43,6 +43,9 @@ def add_parser(subparsers) -> None:
     _add_limit_args(p)
     g.add_argument("--uvicorn-log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug", "trace"])
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="pagedserve's own log level; debug also prints tracebacks of start-up "
+                        "errors (default: %(default)s)")
     add_engine_args(p)
     p.set_defaults(run=run)
 
@@ -118,4 +121,8 @@ def _load_template(value: str | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from pagedserve.server.serve import serve
-    return serve(settings_from_args(args), args.host, args.port, args.uvicorn_log_level)
+    from pagedserve.server.startup import resolve_engine_config
+    settings = settings_from_args(args)
+    settings.engine_config = resolve_engine_config(settings.model, settings.engine_kwargs,
+                                                   debug=args.log_level == "debug")
+    return serve(settings, args.host, args.port, args.uvicorn_log_level, args.log_level)

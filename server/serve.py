@@ -47,9 +47,10 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(settings: ServeSettings, host: str, port: int, log_level: str = "info") -> int:
+def serve(settings: ServeSettings, host: str, port: int, log_level: str = "info",
+          own_log_level: str = "info") -> int:
     """Serve until drained (exit code 0) or until the engine dies or fails to load (1)."""
-    logging.basicConfig(level=logging.INFO,
+    logging.basicConfig(level=own_log_level.upper(),
                         format="%(levelname)s %(asctime)s %(name)s: %(message)s")
     app = build_app(settings)
     state: ServerState = app.state.server

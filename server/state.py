@@ -27,6 +27,8 @@ class ServeSettings:
     shutdown_timeout: float = 30.0
     limits: Limits = field(default_factory=Limits)
     engine_in_process: bool = False  # True: no engine core process (for debugging)
+    # settled before the server starts (server/startup.py); built from the above when absent
+    engine_config: EngineConfig | None = None
 
 
 class ServerState:
@@ -73,7 +75,8 @@ class ServerState:
     # ---- lifecycle: load, watch, drain ----
 
     async def load_engine(self) -> None:
-        config = EngineConfig(model=self.settings.model, **self.settings.engine_kwargs)
+        config = self.settings.engine_config or EngineConfig(model=self.settings.model,
+                                                             **self.settings.engine_kwargs)
         try:
             self.engine = await asyncio.to_thread(AsyncLLMEngine.from_config, config,
                                                   self.settings.engine_in_process)
