@@ -58,6 +58,16 @@ class ModelConfig:
     attention_bias: bool = False
     qk_norm: bool = False
 
+    def split_sizes(self) -> dict[str, int]:
+        """The MLP sizes tensor parallelism splits, by their config.json names."""
+        sizes = {"intermediate_size": self.intermediate_size}
+        if self.moe:
+            sizes["moe_intermediate_size"] = self.moe.intermediate_size
+            shared = self.moe.shared_expert_intermediate_size
+            if shared:
+                sizes["shared_expert_intermediate_size"] = shared
+        return sizes
+
     @classmethod
     def from_json(cls, path: str) -> "ModelConfig":
         with open(path) as f:
@@ -159,9 +169,11 @@ class EngineConfig:
         if kv % tp and tp % kv:
             raise ValueError(f"the model's {kv} KV heads do not split over tensor_parallel_size"
                              f"={tp}: one must be a multiple of the other")
-        if mc.intermediate_size % tp:
-            raise ValueError(f"the model's intermediate_size {mc.intermediate_size} is not "
-                             f"divisible by tensor_parallel_size={tp}")
+        for name, size in mc.split_sizes().items():
+            if size % tp:
+                raise ValueError(f"the model's {name} {size} is not divisible by "
+                                 f"tensor_parallel_size={tp}")
+
 
     def _settle_max_model_len(self) -> int:
         limit = self.model_config.max_position_embeddings

@@ -77,11 +77,16 @@ def load_weights(model: nn.Module, path: str) -> None:
         raise ValueError(f"no *.safetensors weights in {path!r}")
     params = dict(model.named_parameters())
     packed = getattr(model, "packed_modules", {})
+    # a model may map names itself (stacked experts, fused checkpoint projections)
+    custom = getattr(model, "load_weight", None)
     loaded = set()
     for file in files:
         with safe_open(file, framework="pt") as f:
             for name in f.keys():
-                target = _load_one(params, packed, name, f.get_slice(name))
+                if custom is not None:
+                    target = custom(params, name, f.get_slice(name))
+                else:
+                    target = load_tensor(params, packed, name, f.get_slice(name))
                 if target:
                     loaded.add(target)
     missing = set(params) - loaded
@@ -90,7 +95,9 @@ def load_weights(model: nn.Module, path: str) -> None:
         raise ValueError(f"checkpoint in {path!r} lacks weights: {sorted(missing - tied)[:5]}")
 
 
-def _load_one(params: dict, packed: dict, name: str, tensor) -> str | None:
+def load_tensor(params: dict, packed: dict, name: str, tensor) -> str | None:
+    """Copy one checkpoint tensor (a safetensors slice) into its parameter, through a fused
+    parameter's shard when `packed` maps the name; returns the parameter's name, or None."""
     if "rotary_emb.inv_freq" in name:
         return None
     for ckpt_name, (fused, shard_id) in packed.items():

@@ -132,3 +132,29 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """SwiGLU: silu(x[..., :d]) * x[..., d:] for x [..., 2d]."""
     gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+              topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+    """Mixture-of-experts MLP: sum_k topk_weights[t, k] * expert_{topk_ids[t, k]}(x[t]).
+
+    x [T, H]; w13 [E, 2I, H] (gate rows, then up rows); w2 [E, H, I]; topk_* [T, K]. Each
+    expert is a SwiGLU MLP. The T*K (token, expert) pairs are sorted by expert, so each
+    expert runs one matmul over all of its tokens (a loop over experts, not tokens).
+    """
+    num_tokens, top_k = topk_ids.shape
+    flat = topk_ids.flatten()
+    order = flat.argsort(stable=True)
+    token = order // top_k
+    counts = torch.bincount(flat, minlength=w13.shape[0]).tolist()
+    xs = x[token]
+    out = torch.empty_like(xs)
+    start = 0
+    for e, n in enumerate(counts):
+        if n:
+            h = silu_and_mul(F.linear(xs[start:start + n], w13[e]))
+            out[start:start + n] = F.linear(h, w2[e])
+            start += n
+    out *= topk_weights.flatten()[order, None].to(out.dtype)
+    # summed per token in expert order (index_add_ keeps the sorted order)
+    return torch.zeros_like(x).index_add_(0, token, out)

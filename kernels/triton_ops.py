@@ -1,10 +1,11 @@
-"""The Triton backend: the same six functions as reference.py, one Triton kernel each."""
+"""The Triton backend: the same functions as reference.py, one Triton kernel each."""
 from pagedserve.kernels.triton_activation import silu_and_mul
 from pagedserve.kernels.triton_cache import store_kv_cache
 from pagedserve.kernels.triton_decode import paged_attention_decode
+from pagedserve.kernels.reference import fused_moe  # until kernels/triton_moe.py lands
 from pagedserve.kernels.triton_norm import rms_norm
 from pagedserve.kernels.triton_prefill import paged_prefill_attention
 from pagedserve.kernels.triton_rotary import rotary_embedding
 
 __all__ = ["store_kv_cache", "paged_attention_decode", "paged_prefill_attention", "rms_norm",
-           "rotary_embedding", "silu_and_mul"]
+           "rotary_embedding", "silu_and_mul", "fused_moe"]

@@ -89,10 +89,14 @@ class QKVParallelLinear(ColumnParallelLinear):
 
 
 class RowParallelLinear(LinearBase):
-    """Splits input features across ranks and all-reduces the partial outputs."""
+    """Splits input features across ranks and all-reduces the partial outputs (unless the
+    caller sums several partial outputs first and reduces once: reduce_results=False)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = False,
+                 reduce_results: bool = True) -> None:
         super().__init__(_divide(in_features, tp_size(), "input size"), out_features, bias)
+        assert reduce_results or not bias, "a bias is added once, after the reduce"
+        self.reduce_results = reduce_results
 
     def weight_loader(self, param: nn.Parameter, loaded, shard_id=None) -> None:
         if param.dim() == 1:  # the bias is added once, after the reduce
@@ -102,5 +106,7 @@ class RowParallelLinear(LinearBase):
         param.data.copy_(loaded[:, tp_rank() * size:(tp_rank() + 1) * size])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = all_reduce(F.linear(x, self.weight))
+        y = F.linear(x, self.weight)
+        if self.reduce_results:
+            y = all_reduce(y)
         return y if self.bias is None else y + self.bias

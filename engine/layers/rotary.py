@@ -44,3 +44,12 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
         kernels.rotary_embedding(positions, q, k, self.cos_sin_cache)
+
+
+def get_rope(cache: dict, head_size: int, max_position: int, theta: float,
+             scaling: dict | None) -> RotaryEmbedding:
+    """One RotaryEmbedding per distinct setting in `cache` (a model's layers share it)."""
+    key = (head_size, max_position, theta, repr(sorted((scaling or {}).items())))
+    if key not in cache:
+        cache[key] = RotaryEmbedding(head_size, max_position, theta, scaling)
+    return cache[key]

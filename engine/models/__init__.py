@@ -1,11 +1,15 @@
 """Model architectures, keyed by the `architectures` name in a Hugging Face config.json."""
 from pagedserve.engine.models.llama import LlamaForCausalLM
+from pagedserve.engine.models.moe import MixtralForCausalLM, Qwen2MoeForCausalLM
 
 MODELS = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
     "Qwen3ForCausalLM": LlamaForCausalLM,
+    "MixtralForCausalLM": MixtralForCausalLM,
+    "Qwen2MoeForCausalLM": Qwen2MoeForCausalLM,
+    "Qwen3MoeForCausalLM": Qwen2MoeForCausalLM,
 }
 
 

@@ -1,35 +1,56 @@
 """Llama-family decoder: Llama 2/3, Yi, TinyLlama, Mistral, Qwen2 (qkv bias), Qwen3 (q/k norm).
 
-The variants differ only in config flags, so one module serves them all.
+The variants differ only in config flags, so one module serves them all; the other families
+(MoE, Gemma, Phi-3) reuse its attention, layer and model with their own MLP, norms or weight
+names. Sliding-window layers (config.layer_types) get the window and their own rope.
 """
 import torch
 from torch import nn
 
 from pagedserve.engine.config import ModelConfig
-from pagedserve.engine.layers.activation import SiluAndMul
+from pagedserve.engine.layers.activation import get_act_and_mul
 from pagedserve.engine.layers.attention import Attention, AttentionMetadata
 from pagedserve.engine.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
 from pagedserve.engine.layers.layernorm import RMSNorm
 from pagedserve.engine.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear,
                                              RowParallelLinear)
-from pagedserve.engine.layers.rotary import RotaryEmbedding
+from pagedserve.engine.layers.rotary import RotaryEmbedding, get_rope
+from pagedserve.engine.loader import load_tensor
+from pagedserve.engine.model_config import SLIDING
+
+
+def is_sliding(c: ModelConfig, layer: int) -> bool:
+    return bool(c.sliding_window) and c.layer_types[layer] == SLIDING
+
+
+def layer_rope(c: ModelConfig, layer: int, ropes: dict) -> RotaryEmbedding:
+    """The layer's rotary embedding, one per distinct setting (sliding layers may differ)."""
+    if c.partial_rotary_factor != 1.0:
+        raise ValueError(f"partial_rotary_factor {c.partial_rotary_factor} is not supported")
+    if is_sliding(c, layer):
+        return get_rope(ropes, c.head_dim, c.max_position_embeddings, c.local_rope_theta,
+                        c.local_rope_scaling)
+    return get_rope(ropes, c.head_dim, c.max_position_embeddings, c.rope_theta, c.rope_scaling)
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, c: ModelConfig) -> None:
+    def __init__(self, c: ModelConfig, layer: int, ropes: dict,
+                 norm: type[RMSNorm] = RMSNorm) -> None:
         super().__init__()
         self.qkv_proj = QKVParallelLinear(c.hidden_size, c.head_dim, c.num_attention_heads,
                                           c.num_key_value_heads, bias=c.attention_bias)
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.head_dim = c.head_dim
         self.o_proj = RowParallelLinear(c.num_attention_heads * c.head_dim, c.hidden_size)
-        self.rotary_emb = RotaryEmbedding(c.head_dim, c.max_position_embeddings, c.rope_theta,
-                                          c.rope_scaling)
-        self.attn = Attention(self.num_heads, c.head_dim, self.num_kv_heads, c.head_dim ** -0.5)
+        self.rotary_emb = layer_rope(c, layer, ropes)
+        scale = (c.query_pre_attn_scalar or c.head_dim) ** -0.5
+        window = c.sliding_window if is_sliding(c, layer) else None
+        self.attn = Attention(self.num_heads, c.head_dim, self.num_kv_heads, scale, window,
+                              c.attn_logit_softcapping)
         self.q_norm = self.k_norm = None
         if c.qk_norm:
-            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
-            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+            self.q_norm = norm(c.head_dim, c.rms_norm_eps)
+            self.k_norm = norm(c.head_dim, c.rms_norm_eps)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -47,23 +68,29 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, c: ModelConfig) -> None:
+    """Gated MLP; reduce_results=False leaves the tensor-parallel sum to the caller."""
+
+    def __init__(self, hidden: int, intermediate: int, act: str,
+                 reduce_results: bool = True) -> None:
         super().__init__()
-        self.gate_up_proj = MergedColumnParallelLinear(c.hidden_size, [c.intermediate_size] * 2)
-        self.down_proj = RowParallelLinear(c.intermediate_size, c.hidden_size)
-        self.act_fn = SiluAndMul()
+        self.gate_up_proj = MergedColumnParallelLinear(hidden, [intermediate] * 2)
+        self.down_proj = RowParallelLinear(intermediate, hidden, reduce_results=reduce_results)
+        self.act_fn = get_act_and_mul(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, c: ModelConfig) -> None:
+    def __init__(self, c: ModelConfig, layer: int, ropes: dict) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(c)
-        self.mlp = LlamaMLP(c)
+        self.self_attn = LlamaAttention(c, layer, ropes)
+        self.mlp = self.make_mlp(c, layer)
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+    def make_mlp(self, c: ModelConfig, layer: int) -> nn.Module:
+        return LlamaMLP(c.hidden_size, c.intermediate_size, c.hidden_act)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
                 meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,15 +104,20 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, c: ModelConfig) -> None:
+    def __init__(self, c: ModelConfig, layer_cls: type[nn.Module] = LlamaDecoderLayer,
+                 norm: type[RMSNorm] = RMSNorm) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(c.vocab_size, c.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(c) for _ in range(c.num_hidden_layers))
-        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        ropes: dict = {}  # layers with the same rope share one cos/sin cache
+        self.layers = nn.ModuleList(layer_cls(c, i, ropes) for i in range(c.num_hidden_layers))
+        self.norm = norm(c.hidden_size, c.rms_norm_eps)
+        self.embed_scale = None
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
         x, residual = self.embed_tokens(ids), None
+        if self.embed_scale is not None:  # Gemma, rounded to the model's dtype as it does
+            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
         for layer in self.layers:
             x, residual = layer(positions, x, residual, meta)
         return self.norm(x, residual)[0]
@@ -97,10 +129,11 @@ class LlamaForCausalLM(nn.Module):
         "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
     }
+    layer_cls: type[nn.Module] = LlamaDecoderLayer
 
     def __init__(self, c: ModelConfig) -> None:
         super().__init__()
-        self.model = LlamaModel(c)
+        self.model = LlamaModel(c, self.layer_cls)
         self.lm_head = ParallelLMHead(c.vocab_size, c.hidden_size)
         if c.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -111,3 +144,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         return self.lm_head(hidden)
+
+    def load_weight(self, params: dict, name: str, tensor) -> str | None:
+        """Load one checkpoint tensor; returns the parameter it filled (None: not ours)."""
+        return load_tensor(params, self.packed_modules, name, tensor)
