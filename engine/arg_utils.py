@@ -36,6 +36,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=d.device, help="auto, cpu or cuda (ROCm GPUs are cuda)")
     g.add_argument("--kernel-backend", default=None,
                    help="torch, cpu (compiled C attention) or triton; default triton on GPUs, cpu on CPUs")
+    g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction,
+                   default=d.enforce_eager,
+                   help="run decode eagerly; --no-enforce-eager captures CUDA/HIP graphs for "
+                        "decode (GPU with the triton backend only). Default on, unlike vLLM, "
+                        "until the graphs are verified on a GPU")
 
 
 def engine_kwargs_from_args(args: argparse.Namespace) -> dict:

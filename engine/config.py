@@ -110,6 +110,9 @@ class EngineConfig:
     distributed_executor_backend: str | None = None
     device: str = "auto"
     kernel_backend: str | None = None
+    # vLLM's flag; False captures CUDA/HIP graphs for decode (engine/cuda_graph.py). True by
+    # default, unlike vLLM, until a run on a GPU has verified the graphs
+    enforce_eager: bool = True
     # passed to the tokenizer's loading; config.json is read as plain JSON (no code runs), and
     # a model whose architecture needs remote code is refused by the model registry
     trust_remote_code: bool = False

@@ -13,7 +13,7 @@ from pagedserve.engine.sampling_params import RequestOutputKind, SamplingParams
 from pagedserve.engine.tokenizer import PromptType, apply_chat_template
 
 # vLLM arguments that tune things this engine does not have; accepted so vLLM code runs.
-_IGNORED_VLLM_ARGS = {"enforce_eager", "swap_space", "disable_log_stats", "cpu_offload_gb",
+_IGNORED_VLLM_ARGS = {"swap_space", "disable_log_stats", "cpu_offload_gb",
                       "disable_custom_all_reduce", "max_seq_len_to_capture", "revision",
                       "tokenizer_mode", "quantization", "enable_chunked_prefill"}
 

@@ -1,9 +1,12 @@
 """ModelRunner: owns the model and its KV cache on one rank, and runs one step of a batch."""
+import logging
+
 import numpy as np
 import torch
 
 from pagedserve import kernels
 from pagedserve.engine.config import DTYPE_ALIASES, DTYPES, EngineConfig
+from pagedserve.engine.cuda_graph import CUDAGraphRunner, capture_sizes, graphs_unavailable
 from pagedserve.engine.distributed import TPGroup, use_group
 from pagedserve.engine.layers.attention import Attention, AttentionMetadata
 from pagedserve.engine.loader import load_weights
@@ -17,6 +20,7 @@ CPU_KV_CACHE_DEFAULT = 4 * 2**30
 # on CPU for 8- and 64-dim heads; see AttentionMetadata.decode_chunk).
 TORCH_DECODE_CHUNK = 32
 TORCH_DECODE_CHUNK_BYTES = 8 * 2**20
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,6 +70,18 @@ class ModelRunner:
         self.attn_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.block_size = config.block_size
         self.num_blocks = 0
+        self.use_graphs = self._graphs_wanted()
+        self.graphs: CUDAGraphRunner | None = None
+
+    def _graphs_wanted(self) -> bool:
+        """enforce_eager=False asks for decode graphs; where they cannot run (vLLM: CPUs),
+        decode runs eagerly and rank 0 says so once."""
+        if self.config.enforce_eager:
+            return False
+        why = graphs_unavailable(self.device, kernels.active_backend())
+        if why and self.tp.rank == 0:
+            logger.warning("enforce_eager=False: %s; decode runs eagerly", why)
+        return why is None
 
     def kv_bytes_per_block(self) -> int:
         a = self.attn_layers[0]
@@ -89,24 +105,41 @@ class ModelRunner:
     def _profile_free_bytes(self) -> int:
         c = self.config
         torch.cuda.reset_peak_memory_stats(self.device)
-        self.allocate_kv_cache(cdiv(c.max_num_batched_tokens, self.block_size) + 1)
+        self.allocate_kv_cache(cdiv(c.max_num_batched_tokens, self.block_size) + 1,
+                               capture=False)
         n = min(c.max_num_batched_tokens, c.max_model_len)
         table = [list(range(len(self.attn_layers[0].k_cache)))]
         self.execute(StepInput(torch.zeros(n, dtype=torch.long), torch.arange(n), table, [n], [n]))
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
+        # graphs captured over the profiling cache hold what the real ones will
+        graph_bytes = self._capture_graphs() if self.use_graphs else 0
         total = torch.cuda.get_device_properties(self.device).total_memory
         self.allocate_kv_cache(0)
         torch.cuda.empty_cache()
-        return int(total * c.gpu_memory_utilization) - peak
+        return int(total * c.gpu_memory_utilization) - peak - graph_bytes
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
+    def allocate_kv_cache(self, num_blocks: int, capture: bool = True) -> None:
+        """A pool of `num_blocks` blocks per layer; decode graphs (when used) are captured
+        over it, since they hold its addresses."""
+        self.graphs = None
         a = self.attn_layers[0]
         shape = (num_blocks, self.block_size, a.num_kv_heads, a.head_size)
         for layer in self.attn_layers:
             layer.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
             layer.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.num_blocks = num_blocks
+        if num_blocks and capture and self.use_graphs:
+            self._capture_graphs()
+
+    @torch.inference_mode()
+    def _capture_graphs(self) -> int:
+        """Capture decode graphs over the current cache; returns the device bytes they hold."""
+        c = self.config
+        self.graphs = CUDAGraphRunner(self.model, capture_sizes(c.max_num_seqs),
+                                      cdiv(c.max_model_len, self.block_size), self.device)
+        with use_group(self.tp):
+            return self.graphs.capture()
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> torch.Tensor | None:
@@ -115,7 +148,10 @@ class ModelRunner:
         dev = self.device
         meta = self._metadata(step.padded())
         with use_group(self.tp):
-            hidden = self.model(step.input_ids.to(dev), step.positions.to(dev), meta)
+            if self.graphs is not None and self.graphs.can_run(meta):
+                hidden = self.graphs.run(step.input_ids, step.positions, meta)
+            else:
+                hidden = self.model(step.input_ids.to(dev), step.positions.to(dev), meta)
             return self.model.compute_logits(hidden[self._logit_rows(meta)])
 
     def _logit_rows(self, meta: AttentionMetadata) -> torch.Tensor:

@@ -40,5 +40,5 @@ def test_chat_applies_the_template(stories_path):
 
 def test_vllm_only_arguments_are_accepted_with_a_warning(stories_path):
     import pytest
-    with pytest.warns(UserWarning, match="enforce_eager"):
-        LLM(stories_path, enforce_eager=True)
+    with pytest.warns(UserWarning, match="swap_space"):
+        LLM(stories_path, swap_space=4)
