@@ -51,6 +51,17 @@ class DeltaMessage:
     def is_empty(self) -> bool:
         return not (self.content or self.reasoning_content or self.tool_calls)
 
+    def to_dict(self) -> dict:
+        """The chunk's delta: only the parts this step has."""
+        out: dict = {}
+        if self.reasoning_content:
+            out["reasoning_content"] = self.reasoning_content
+        if self.content:
+            out["content"] = self.content
+        if self.tool_calls:
+            out["tool_calls"] = [t.to_dict() for t in self.tool_calls]
+        return out
+
 
 @dataclass(slots=True)
 class ExtractedToolCalls:
