@@ -107,3 +107,69 @@ def test_preemption_and_recompute_keep_outputs_valid():
 def test_unknown_config_field_is_named():
     with pytest.raises(ValueError, match="'disable_whitespace'"):
         LLM(structured_outputs_config={"disable_whitespace": True})
+
+
+def test_sixteen_concurrent_mixed_requests_through_the_core_process(stories_path):
+    """The server's path: the engine core in its own process, constrained and free requests
+    interleaved in its batches."""
+    import asyncio
+
+    from pagedserve.engine.async_engine import AsyncLLMEngine
+    from pagedserve.engine.config import EngineConfig
+    regex = r"(red|blue) [a-z]{2,6}"
+
+    def params(i: int) -> SamplingParams:
+        so = [StructuredOutputsParams(json=SCHEMA), StructuredOutputsParams(regex=regex),
+              StructuredOutputsParams(choice=["up", "down"]), None][i % 4]
+        return sp(temperature=1.0, seed=i, max_tokens=60, structured_outputs=so)
+
+    async def main():
+        eng = AsyncLLMEngine.from_config(EngineConfig(
+            model=stories_path, structured_outputs_config={"disable_any_whitespace": True}))
+        try:
+            async def one(i):
+                return [o async for o in eng.generate(PROMPTS[i % 3], params(i))][-1]
+            return await asyncio.gather(*(one(i) for i in range(16)))
+        finally:
+            await eng.shutdown()
+    for i, out in enumerate(asyncio.run(main())):
+        c = out.outputs[0]
+        if i % 4 == 0:
+            jsonschema.validate(json.loads(c.text), SCHEMA)
+        elif i % 4 == 1:
+            assert re.fullmatch(regex, c.text)
+        elif i % 4 == 2:
+            assert c.text in ("up", "down")
+        assert c.finish_reason == ("length" if i % 4 == 3 else "stop")
+
+
+@pytest.fixture(scope="module")
+def thinking_model(tmp_path_factory):
+    """A tiny random Qwen3 whose tokenizer has the think tokens (ids 512 and 513)."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import build_tiny_model
+    path = str(tmp_path_factory.mktemp("qwen3-think"))
+    build_tiny_model(path, "qwen3", vocab_size=520)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.add_tokens(["<think>", "</think>"])
+    tok.save_pretrained(path)
+    return path
+
+
+def test_constraint_applies_after_thinking(thinking_model):
+    llm = LLM(model=thinking_model, structured_outputs_config={"reasoning_parser": "deepseek_r1"})
+    tok = llm.get_tokenizer()
+    start, end = tok.convert_tokens_to_ids(["<think>", "</think>"])
+    choice = StructuredOutputsParams(choice=["yes", "no"])
+    thought = llm.generate({"prompt_token_ids": [1, 40, start, 50, end]},
+                           sp(temperature=0, structured_outputs=choice))[0].outputs[0]
+    assert thought.text in ("yes", "no")  # the template closed the thinking: constrained
+    thinking = llm.generate({"prompt_token_ids": [1, 40, start]},
+                            sp(temperature=0, max_tokens=12, structured_outputs=choice))
+    assert thinking[0].outputs[0].text not in ("yes", "no")  # still thinking: free text
+
+
+def test_reasoning_parser_refuses_a_tokenizer_without_think_tokens(stories_path):
+    with pytest.raises(ValueError, match="needs the tokens <think> and </think>"):
+        LLM(model=stories_path, structured_outputs_config={"reasoning_parser": "qwen3"})
