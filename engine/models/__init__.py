@@ -1,6 +1,8 @@
 """Model architectures, keyed by the `architectures` name in a Hugging Face config.json."""
+from pagedserve.engine.models.gemma import GemmaForCausalLM
 from pagedserve.engine.models.llama import LlamaForCausalLM
 from pagedserve.engine.models.moe import MixtralForCausalLM, Qwen2MoeForCausalLM
+from pagedserve.engine.models.phi3 import Phi3ForCausalLM
 
 MODELS = {
     "LlamaForCausalLM": LlamaForCausalLM,
@@ -10,6 +12,9 @@ MODELS = {
     "MixtralForCausalLM": MixtralForCausalLM,
     "Qwen2MoeForCausalLM": Qwen2MoeForCausalLM,
     "Qwen3MoeForCausalLM": Qwen2MoeForCausalLM,
+    "Gemma2ForCausalLM": GemmaForCausalLM,
+    "Gemma3ForCausalLM": GemmaForCausalLM,
+    "Phi3ForCausalLM": Phi3ForCausalLM,
 }
 
 

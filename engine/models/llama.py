@@ -130,10 +130,11 @@ class LlamaForCausalLM(nn.Module):
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
     }
     layer_cls: type[nn.Module] = LlamaDecoderLayer
+    norm_cls: type[RMSNorm] = RMSNorm
 
     def __init__(self, c: ModelConfig) -> None:
         super().__init__()
-        self.model = LlamaModel(c, self.layer_cls)
+        self.model = LlamaModel(c, self.layer_cls, self.norm_cls)
         self.lm_head = ParallelLMHead(c.vocab_size, c.hidden_size)
         if c.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -32,6 +32,19 @@ FAMILIES = {
     "qwen3-moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
                   {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                    "norm_topk_prob": True, "head_dim": 16}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
+               {"head_dim": 16, "sliding_window": WINDOW, "query_pre_attn_scalar": 24,
+                "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+                "tie_word_embeddings": True, "pad_token_id": 0}),
+    # layer 0 local (base 10k), layer 1 global (base 1M, linear scaling x4)
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+               {"head_dim": 16, "sliding_window": WINDOW, "sliding_window_pattern": 2,
+                "query_pre_attn_scalar": 16, "tie_word_embeddings": True, "pad_token_id": 0,
+                "rope_parameters": {
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                    "full_attention": {"rope_type": "linear", "factor": 4.0,
+                                       "rope_theta": 1000000.0}}}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"sliding_window": WINDOW}),
 }
 
 

@@ -1,6 +1,6 @@
 """Every family beyond Llama gives transformers' greedy tokens: mixed-length prompts (most
 longer than the 16-token sliding window), with ample KV, under preemption, with chunked
-prefill and with prefix caching; MoE models also at tensor_parallel_size=2."""
+prefill and with prefix caching; MoE models and Phi-3 also at tensor_parallel_size=2."""
 import json
 import os
 
@@ -11,6 +11,8 @@ from pagedserve.engine.config import EngineConfig
 from tests.engine.families import FAMILIES, WINDOW, build_family_model
 
 MOE = ["mixtral", "qwen2-moe", "qwen3-moe"]
+# MoE shards every expert's intermediate dimension; Phi-3 splits fused checkpoint tensors
+TENSOR_PARALLEL = MOE + ["phi3"]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,9 @@ def test_batch_with_ample_blocks(family, family_model, hf_greedy, mixed_prompts)
     assert_no_blocks_held(llm)
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+# the MoE runs are the slowest here, and paging does not touch their routing
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in MOE else f
+                                    for f in FAMILIES])
 def test_preemption_chunked_prefill_and_prefix_caching(family, family_model, hf_greedy,
                                                        mixed_prompts):
     """One engine that must do all three: a pool too small for the batch, a 16-token step
@@ -63,8 +67,8 @@ def test_preemption_chunked_prefill_and_prefix_caching(family, family_model, hf_
     assert_no_blocks_held(llm)
 
 
-@pytest.mark.parametrize("family", MOE)
-def test_moe_tensor_parallel_equals_one_rank(family, family_model, mixed_prompts):
+@pytest.mark.parametrize("family", TENSOR_PARALLEL)
+def test_tensor_parallel_equals_one_rank(family, family_model, mixed_prompts):
     path = family_model(family)
     prompts, max_tokens = mixed_prompts
     engine = dict(max_num_batched_tokens=32, max_num_seqs=4, block_size=8, max_model_len=128)
@@ -91,3 +95,23 @@ def _rewrite(path: str, tmp_path, **changes) -> str:
     with open(tmp_path / "config.json", "w") as f:
         json.dump(d, f)
     return str(tmp_path / "config.json")
+
+
+def test_transformers_4_config_forms(family_model, tmp_path):
+    """4.x files: Qwen3-MoE's num_experts, Gemma 3's rope_local_base_freq + rope_scaling +
+    sliding_window_pattern with no layer_types, Gemma 2 with no layer_types."""
+    from pagedserve.engine.config import ModelConfig
+    d4 = dict(num_experts=8, num_local_experts=None)
+    c = ModelConfig.from_json(_rewrite(family_model("qwen3-moe"), tmp_path, **d4))
+    assert (c.moe.num_experts, c.moe.top_k, c.moe.renormalize) == (8, 2, True)
+    gemma3 = dict(rope_parameters=None, rope_theta=1e6, rope_local_base_freq=1e4,
+                  rope_scaling={"rope_type": "linear", "factor": 8.0}, layer_types=None,
+                  sliding_window_pattern=6, num_hidden_layers=7)
+    c = ModelConfig.from_json(_rewrite(family_model("gemma3"), tmp_path, **gemma3))
+    assert c.layer_types == ["sliding_attention"] * 5 + ["full_attention", "sliding_attention"]
+    assert (c.rope_theta, c.rope_scaling["factor"]) == (1e6, 8.0)
+    assert (c.local_rope_theta, c.local_rope_scaling) == (1e4, None)
+    c = ModelConfig.from_json(_rewrite(family_model("gemma2"), tmp_path, layer_types=None,
+                                       num_hidden_layers=3))
+    assert c.layer_types == ["sliding_attention", "full_attention", "sliding_attention"]
+    assert (c.attn_logit_softcapping, c.final_logit_softcapping) == (50.0, 30.0)
