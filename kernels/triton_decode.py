@@ -50,7 +50,8 @@ def _decode_split(q_ptr, kc_ptr, vc_ptr, bt_ptr, lens_ptr, o_ptr, lse_ptr, scale
         v = tl.load(vc_ptr + (v_rows + hk * s_vh)[:, None] + d[None, :], mask=nd_mask, other=0.0)
         m, l, acc = attend_tile(q, k, v, tok_mask[None, :], m, l, acc, scale_log2, FP32_DOT,
                                 SOFT_CAP)
-    # an empty split (past this sequence's end, or before its window) leaves l == 0 and weighs nothing in the merge
+    # an empty split (past this sequence's end, or before its window) leaves l == 0 and
+    # weighs nothing in the merge
     l_safe = tl.where(l > 0, l, 1.0)
     out = acc / l_safe[:, None]
     o_ptrs = o_ptr + b * s_ob + heads[:, None] * s_oh + s * s_os + d[None, :]

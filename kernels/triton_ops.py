@@ -2,7 +2,7 @@
 from pagedserve.kernels.triton_activation import silu_and_mul
 from pagedserve.kernels.triton_cache import store_kv_cache
 from pagedserve.kernels.triton_decode import paged_attention_decode
-from pagedserve.kernels.reference import fused_moe  # until kernels/triton_moe.py lands
+from pagedserve.kernels.triton_moe import fused_moe
 from pagedserve.kernels.triton_norm import rms_norm
 from pagedserve.kernels.triton_prefill import paged_prefill_attention
 from pagedserve.kernels.triton_rotary import rotary_embedding

@@ -111,7 +111,8 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     out = torch.empty_like(q)
     grid = (num_tokens // block_q + num_seqs, kv_heads)
     _prefill[grid](q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out,
-                   scale * math.log2(math.e), num_seqs, sliding_window or 0, q.stride(0), q.stride(1),
+                   scale * math.log2(math.e), num_seqs, sliding_window or 0, q.stride(0),
+                   q.stride(1),
                    *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
                    out.stride(0), out.stride(1), GROUP=group, BLOCK_G=block_g, BLOCK_Q=block_q,
                    HEAD=head, BLOCK_D=pow2(head, 16), PAGE=page,
