@@ -53,11 +53,14 @@ def test_output_kinds_match_the_in_process_engine(stories_path):
         assert [d.keys() for d in got.logprobs] == [d.keys() for d in ref_out.logprobs]
         assert [list(d.values()) for d in got.logprobs] == [
             pytest.approx(list(d.values()), abs=1e-4) for d in ref_out.logprobs]
-    lengths = [len(o.outputs[0].token_ids) for o in cum]
-    assert lengths == sorted(lengths) and len(cum) > 1  # cumulative, step by step
+    # how many outputs arrive depends on how far the consumer lags (merged when it does), so
+    # the kinds are checked by content: each cumulative output extends the one before it
+    for before, after in zip(cum, cum[1:]):
+        assert after.outputs[0].token_ids[:len(before.outputs[0].token_ids)] == \
+            before.outputs[0].token_ids
     deltas, finals = kinds[RequestOutputKind.DELTA], kinds[RequestOutputKind.FINAL_ONLY]
     greedy = expected["greedy"].outputs[0]
-    assert len(deltas) > 1 and "".join(o.outputs[0].text for o in deltas) == greedy.text
+    assert "".join(o.outputs[0].text for o in deltas) == greedy.text
     assert sum((o.outputs[0].token_ids for o in deltas), []) == greedy.token_ids
     assert len(finals) == 1 and finals[0].finished and finals[0].outputs[0].text == greedy.text
 
