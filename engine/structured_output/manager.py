@@ -98,4 +98,5 @@ class StructuredOutputManager:
 
     def shutdown(self) -> None:
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            # no cancel_futures: it needs the queue module, gone when LLM.__del__ runs at exit
+            self._executor.shutdown(wait=False)
