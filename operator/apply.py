@@ -7,6 +7,8 @@ quantities by value) is what keeps a second pass from patching anything.
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from pagedserve.operator.kube import Kube
 from pagedserve.operator.quantity import same_quantity
 
@@ -21,6 +23,26 @@ class NotOurs(Exception):
 
 class OwnerGone(Exception):
     """The owner was deleted while a pass was running: create nothing for it."""
+
+
+class KindNotServed(Exception):
+    """The cluster does not serve a child's kind: the CRD of the project it belongs to is missing."""
+
+
+# who installs the CRDs of the kinds a cluster may lack
+PROVIDERS = {"InferencePool": "the Gateway API Inference Extension CRDs", "ScaledObject": "KEDA"}
+
+
+def _create(kube: Kube, desired: dict) -> dict:
+    """Create the child; a 404 means its kind is not served (the owner's namespace exists)."""
+    kind, meta = desired["kind"], desired["metadata"]
+    try:
+        return kube.create(kind, meta["namespace"], strip_none(desired))
+    except ApiException as exc:
+        if exc.status != 404 or kind not in PROVIDERS:
+            raise
+        raise KindNotServed(f"{kind} ({desired['apiVersion']}) is not served by this cluster: install "
+                            f"{PROVIDERS[kind]}, or remove the spec field that asks for it") from None
 
 
 def strip_none(obj: Any) -> Any:
@@ -98,7 +120,7 @@ def ensure(kube: Kube, desired: dict, owner: dict, owner_exists=lambda: True) ->
     if live is None:
         if not owner_exists():
             raise OwnerGone(f"{kind} {meta['name']}: the LLMDeployment is gone")
-        return Applied(kind, "created", kube.create(kind, meta["namespace"], strip_none(desired)))
+        return Applied(kind, "created", _create(kube, desired))
     if inherited(live, owner):
         return Applied(kind, "adopted", kube.patch(kind, meta["namespace"], meta["name"], patch_body(desired)))
     if not controlled_by(live, owner["metadata"]["uid"]):

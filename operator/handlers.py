@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from pagedserve.operator.config import OperatorConfig
 from pagedserve.operator.kube import Kube
-from pagedserve.operator.manifests import GROUP, KIND, MANAGED_BY, PLURAL, VERSION
+from pagedserve.operator.labels import GROUP, KIND, MANAGED_BY, PLURAL, VERSION
 from pagedserve.operator.reconcile import KeyedLocks, reconcile
 
 LLMD = (GROUP, VERSION, PLURAL)

@@ -19,6 +19,9 @@ KINDS = {
     "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
     "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
+    # custom resources of other projects: a cluster may not serve them (apply.KindNotServed)
+    "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
+    "InferencePool": ("inference.networking.k8s.io", "v1", "inferencepools"),
     "Secret": ("", "v1", "secrets"),
     "Event": ("", "v1", "events"),
 }

@@ -1,8 +1,9 @@
 """The desired children of an LLMDeployment, as pure functions of its body and the config.
 
 Every child is named after the resource (the cache PVC gets a suffix), carries the common
-labels and a controller owner reference (kopf.adopt), so deleting the LLMDeployment lets the
-garbage collector take them all.
+labels (labels.py) and a controller owner reference (kopf.adopt), so deleting the LLMDeployment
+lets the garbage collector take them all. Each kind has its own small builder (pool.py and
+scaling.py hold the ecosystem's kinds); build_children lists them in apply order.
 """
 import copy
 import datetime
@@ -11,28 +12,11 @@ import socket
 import kopf
 
 from pagedserve.operator.config import OperatorConfig
+from pagedserve.operator.labels import API_VERSION, KIND, child_name, meta, pod_labels, selector_labels
 from pagedserve.operator.pod import pod_template
+from pagedserve.operator.pool import inference_pool
+from pagedserve.operator.scaling import autoscalers
 from pagedserve.operator.spec import LLMDeploymentSpec
-
-GROUP, VERSION, KIND, PLURAL = "pagedserve.io", "v1alpha1", "LLMDeployment", "llmdeployments"
-API_VERSION = f"{GROUP}/{VERSION}"
-MANAGED_BY = "pagedserve"
-COMPONENT = "server"
-
-
-def selector_labels(name: str) -> dict:
-    """The Deployment's selector: it never changes (the API server would refuse that)."""
-    return {"app.kubernetes.io/name": "pagedserve", "app.kubernetes.io/instance": name,
-            "app.kubernetes.io/component": COMPONENT}
-
-
-def labels(name: str) -> dict:
-    return {**selector_labels(name), "app.kubernetes.io/managed-by": MANAGED_BY}
-
-
-def selector_string(name: str) -> str:
-    """status.selector, which the scale subresource hands to an HPA to find the pods."""
-    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items()))
 
 
 def endpoint(name: str, namespace: str, port: int) -> str:
@@ -47,16 +31,6 @@ def cache_claim_name(name: str, spec: LLMDeploymentSpec) -> str | None:
     return cache.existing_claim or child_name("PersistentVolumeClaim", name)
 
 
-def child_name(kind: str, name: str) -> str:
-    """The name of an LLMDeployment's child of that kind (the operator's own cache PVC's name)."""
-    return f"{name}-model-cache" if kind == "PersistentVolumeClaim" else name
-
-
-def _meta(owner: dict, name: str | None = None) -> dict:
-    return {"name": name or owner["metadata"]["name"], "namespace": owner["metadata"]["namespace"],
-            "labels": labels(owner["metadata"]["name"])}
-
-
 def deployment(owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig) -> dict:
     name = owner["metadata"]["name"]
     shared_rwo_cache = spec.model_cache is not None and spec.model_cache.access_mode != "ReadWriteMany"
@@ -65,21 +39,21 @@ def deployment(owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig) -> 
     strategy = ({"type": "Recreate", "rollingUpdate": None} if shared_rwo_cache else
                 {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(owner),
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(owner),
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector_labels(name)},
             "strategy": strategy,
             # a 70B first start (download, load) must not count as a stuck rollout
             "progressDeadlineSeconds": spec.startup_timeout_seconds + 600,
-            "template": pod_template(spec, config, labels(name), cache_claim_name(name, spec)),
+            "template": pod_template(spec, config, pod_labels(name), cache_claim_name(name, spec)),
         },
     }
 
 
 def service(owner: dict, spec: LLMDeploymentSpec) -> dict:
     return {
-        "apiVersion": "v1", "kind": "Service", "metadata": _meta(owner),
+        "apiVersion": "v1", "kind": "Service", "metadata": meta(owner),
         "spec": {
             "type": spec.service_type,
             "selector": selector_labels(owner["metadata"]["name"]),
@@ -88,27 +62,11 @@ def service(owner: dict, spec: LLMDeploymentSpec) -> dict:
     }
 
 
-def horizontal_pod_autoscaler(owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig) -> dict:
-    """Scales the LLMDeployment itself (its scale subresource), so spec.replicas stays the truth."""
-    scaling = spec.autoscaling
-    assert scaling is not None
-    return {
-        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _meta(owner),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": API_VERSION, "kind": KIND, "name": owner["metadata"]["name"]},
-            "minReplicas": scaling.min_replicas, "maxReplicas": scaling.max_replicas,
-            "metrics": [{"type": "Pods", "pods": {
-                "metric": {"name": config.hpa_metric},
-                "target": {"type": "AverageValue", "averageValue": str(scaling.target_requests_waiting)}}}],
-        },
-    }
-
-
 def pod_disruption_budget(owner: dict, spec: LLMDeploymentSpec) -> dict:
     budget = spec.pod_disruption_budget
     assert budget is not None
     return {
-        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(owner),
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta(owner),
         "spec": {"selector": {"matchLabels": selector_labels(owner["metadata"]["name"])},
                  "minAvailable": budget.get("minAvailable"), "maxUnavailable": budget.get("maxUnavailable")},
     }
@@ -119,25 +77,31 @@ def cache_claim(owner: dict, spec: LLMDeploymentSpec) -> dict:
     assert cache is not None and cache.size is not None
     return {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": _meta(owner, cache_claim_name(owner["metadata"]["name"], spec)),
+        "metadata": meta(owner, cache_claim_name(owner["metadata"]["name"], spec)),
         "spec": {"accessModes": [cache.access_mode], "resources": {"requests": {"storage": cache.size}},
                  # absent, not None: the API server fills in the default class, which is no drift
                  **({"storageClassName": cache.storage_class_name} if cache.storage_class_name else {})},
     }
 
 
-def desired_children(owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig) -> dict[str, dict | None]:
-    """kind -> the child as it should be, or None where the spec asks for none of that kind."""
-    children = {  # in apply order: the claim before the pods that mount it
+def build_children(owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig) -> dict[str, dict | None]:
+    """kind -> the child as it should be, or None where the spec asks for none of that kind;
+    pure, without owner references (`pagedserve operator render` prints these)."""
+    return {  # in apply order: the claim before the pods that mount it
         "PersistentVolumeClaim": (cache_claim(owner, spec)
                                   if spec.model_cache and not spec.model_cache.existing_claim else None),
         "Deployment": deployment(owner, spec, config),
         "Service": service(owner, spec),
-        "HorizontalPodAutoscaler": horizontal_pod_autoscaler(owner, spec, config) if spec.autoscaling else None,
+        **autoscalers(owner, spec, config),
         "PodDisruptionBudget": pod_disruption_budget(owner, spec) if spec.pod_disruption_budget else None,
+        "InferencePool": inference_pool(owner, spec) if spec.inference_pool else None,
     }
-    present = [child for child in children.values() if child is not None]
-    kopf.adopt(present, owner=copy.deepcopy(owner))
+
+
+def desired_children(owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig) -> dict[str, dict | None]:
+    """build_children, each controlled by the owner (kopf.adopt), as the operator applies them."""
+    children = build_children(owner, spec, config)
+    kopf.adopt([child for child in children.values() if child is not None], owner=copy.deepcopy(owner))
     return children
 
 

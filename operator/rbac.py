@@ -26,6 +26,8 @@ NAMESPACED: tuple[Rule, ...] = (
     Rule("autoscaling", "horizontalpodautoscalers", ("get", "create", "patch", "delete")),
     Rule("policy", "poddisruptionbudgets", ("get", "create", "patch", "delete")),
     Rule("", "persistentvolumeclaims", ("get", "create", "patch", "delete")),
+    Rule("keda.sh", "scaledobjects", ("get", "create", "patch", "delete")),
+    Rule("inference.networking.k8s.io", "inferencepools", ("get", "create", "patch", "delete")),
     # only checked to exist (by name) before pods that need them are made
     Rule("", "secrets", ("get",)),
     Rule("", "events", ("create",)),

@@ -5,21 +5,19 @@ same function; it reads the world, so running it again changes nothing.
 """
 import json
 import logging
-import re
 import threading
 from dataclasses import dataclass, field
 
 from kubernetes.client.exceptions import ApiException
 
 from pagedserve.operator import manifests
-from pagedserve.operator.apply import Applied, NotOurs, OwnerGone, ensure, remove
+from pagedserve.operator.apply import Applied, KindNotServed, NotOurs, OwnerGone, ensure, remove
 from pagedserve.operator.config import OperatorConfig
 from pagedserve.operator.kube import Kube
-from pagedserve.operator.spec import LLMDeploymentSpec, SpecError, parse_spec
+from pagedserve.operator.spec import LLMDeploymentSpec, SpecError, check_name, parse_spec
 from pagedserve.operator.status import build_status, event_for, same_status
 
 log = logging.getLogger(__name__)
-DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 # API answers worth a quick retry: conflicts, throttling, server trouble
 TRANSIENT = (409, 429, 500, 502, 503, 504)
 
@@ -81,9 +79,7 @@ def apply_children(kube: Kube, owner: dict, spec: LLMDeploymentSpec, config: Ope
 def _apply(kube: Kube, owner: dict, config: OperatorConfig) -> tuple[int, list[Applied]]:
     """(the Service port, what was done); SpecError or NotOurs when it cannot be done."""
     name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
-    if not DNS_LABEL.match(name):
-        raise SpecError(f"metadata.name {name!r} must be a DNS label (lowercase letters, digits, '-', "
-                        "at most 63, starting with a letter): the Service is named after it")
+    check_name(name)
     spec = parse_spec(owner.get("spec"))
     check_references(kube, namespace, spec)
     return spec.service_port, apply_children(kube, owner, spec, config)
@@ -102,6 +98,8 @@ def reconcile(kube: Kube, config: OperatorConfig, owner: dict) -> Outcome:
         problem, permanent = (exc.reason, str(exc)), exc.reason == "InvalidSpec"
     except NotOurs as exc:
         problem = ("NameConflict", str(exc))
+    except KindNotServed as exc:  # installing the CRD fixes it: retried, not permanent
+        problem = ("CRDNotInstalled", str(exc))
     except ApiException as exc:
         if exc.status in TRANSIENT:
             raise

@@ -5,9 +5,12 @@ again: a cluster may run without the schema, and some rules (a cache size that p
 limit that agrees with tensorParallelSize) are beyond what the schema can say. The defaults
 here equal the CRD's (a test holds them together).
 """
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from pagedserve.operator.ecosystem_spec import (AutoscalingSpec, InferencePoolSpec, parse_autoscaling,
+                                                parse_inference_pool)
 from pagedserve.operator.fields import SpecError, choice, get, integer, only
 from pagedserve.operator.quantity import parse_quantity
 
@@ -53,13 +56,6 @@ class CacheSpec:
 
 
 @dataclass(slots=True)
-class AutoscalingSpec:
-    min_replicas: int = 1
-    max_replicas: int = 1
-    target_requests_waiting: int = 5
-
-
-@dataclass(slots=True)
 class LLMDeploymentSpec:
     model: str
     served_model_name: str | None = None
@@ -80,6 +76,7 @@ class LLMDeploymentSpec:
     service_type: str = "ClusterIP"
     service_port: int = 8000
     autoscaling: AutoscalingSpec | None = None
+    inference_pool: InferencePoolSpec | None = None
     pod_disruption_budget: dict | None = None
     startup_timeout_seconds: int = 3600
     shutdown_timeout_seconds: int = 30
@@ -146,18 +143,6 @@ def _cache(obj: Mapping) -> CacheSpec:
                      existing_claim=claim, access_mode=choice(obj, "accessMode", w, ACCESS_MODES, "ReadWriteOnce"))
 
 
-def _autoscaling(obj: Mapping) -> AutoscalingSpec:
-    w = "spec.autoscaling"
-    only(obj, ("minReplicas", "maxReplicas", "targetRequestsWaiting"), w)
-    lo = integer(obj, "minReplicas", w, 1, minimum=1)
-    hi = integer(obj, "maxReplicas", w, None, minimum=1)
-    if hi is None:
-        raise SpecError(f"{w}.maxReplicas is required")
-    if hi < lo:
-        raise SpecError(f"{w}.maxReplicas ({hi}) must be >= minReplicas ({lo})")
-    return AutoscalingSpec(lo, hi, integer(obj, "targetRequestsWaiting", w, 5, minimum=1))
-
-
 def _resources(obj: Mapping, accelerator: str, tp: int) -> dict:
     only(obj, ("limits", "requests", "claims"), "spec.resources")
     for part in ("limits", "requests"):
@@ -199,8 +184,17 @@ def _pdb(obj: Mapping) -> dict:
 
 SPEC_FIELDS = ("model", "servedModelName", "replicas", "tensorParallelSize", "accelerator", "image", "engine",
                "modelCache", "hfTokenSecret", "apiKeySecret", "resources", "nodeSelector", "tolerations",
-               "affinity", "priorityClassName", "env", "service", "autoscaling", "podDisruptionBudget",
-               "startupTimeoutSeconds", "shutdownTimeoutSeconds")
+               "affinity", "priorityClassName", "env", "service", "autoscaling", "inferencePool",
+               "podDisruptionBudget", "startupTimeoutSeconds", "shutdownTimeoutSeconds")
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def check_name(name: object) -> str:
+    """metadata.name, which every child is named after; SpecError unless it is a DNS label."""
+    if not isinstance(name, str) or not DNS_LABEL.match(name):
+        raise SpecError(f"metadata.name {name!r} must be a DNS label (lowercase letters, digits, '-', "
+                        "at most 63, starting with a letter): the Service is named after it")
+    return name
 
 
 def parse_spec(spec: Mapping | None) -> LLMDeploymentSpec:
@@ -236,7 +230,8 @@ def parse_spec(spec: Mapping | None) -> LLMDeploymentSpec:
         priority_class_name=get(spec, "priorityClassName", w, str),
         env=_env(get(spec, "env", w, list, [])),
         service_type=choice(service, "type", "spec.service", SERVICE_TYPES, "ClusterIP"), service_port=port,
-        autoscaling=None if scaling is None else _autoscaling(get(spec, "autoscaling", w, dict)),
+        autoscaling=None if scaling is None else parse_autoscaling(get(spec, "autoscaling", w, dict)),
+        inference_pool=parse_inference_pool(get(spec, "inferencePool", w, dict, {})),
         pod_disruption_budget=None if pdb is None else _pdb(get(spec, "podDisruptionBudget", w, dict)),
         startup_timeout_seconds=integer(spec, "startupTimeoutSeconds", w, 3600, minimum=10),
         shutdown_timeout_seconds=integer(spec, "shutdownTimeoutSeconds", w, 30, minimum=0))

@@ -7,7 +7,8 @@ Two conditions: Reconciled (the children match the spec) and Ready (every replic
 """
 import datetime
 
-from pagedserve.operator.manifests import endpoint, selector_string
+from pagedserve.operator.labels import selector_string
+from pagedserve.operator.manifests import endpoint
 
 WARNING_PHASES = ("Failed", "Degraded")
 

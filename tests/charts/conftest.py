@@ -27,6 +27,11 @@ VALUE_SETS = {
         {"name": "llama3-70b", "namespace": "llm", "model": "meta-llama/Meta-Llama-3-70B-Instruct",
          "tensorParallelSize": 4, "modelCache": {"size": "200Gi"}},
     ]},
+    "gateway-keda": {"models": [
+        {"name": "chat", "model": "Qwen/Qwen2-7B-Instruct", "inferencePool": {"enabled": True},
+         "autoscaling": {"engine": "keda", "prometheusAddress": "http://prometheus.monitoring:9090",
+                         "maxReplicas": 3}},
+    ]},
     "custom": {"fullnameOverride": "llm-operator",
                "serviceAccount": {"create": False, "name": "existing-sa"},
                "engine": {"images": {"amd": "registry.example/pagedserve:dev-rocm"}},

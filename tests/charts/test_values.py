@@ -10,6 +10,10 @@ import pytest
     ({"models": [{"model": "Qwen/Qwen2-7B-Instruct", "tensorParallelSize": 0}]}, "at '/models/0/tensorParallelSize': minimum: got 0, want 1"),
     ({"models": [{"model": "x", "accelerator": "tpu"}]}, "at '/models/0/accelerator': value must be one of 'amd', 'nvidia', 'cpu'"),
     ({"models": [{"tensorParallelSize": 4}]}, "at '/models/0': missing property 'model'"),
+    ({"models": [{"model": "x", "autoscaling": {"engine": "kpa", "maxReplicas": 2}}]},
+     "at '/models/0/autoscaling/engine': value must be one of 'hpa', 'keda'"),
+    ({"models": [{"model": "x", "inferencePool": {"enabled": True, "endpointPickerRef": {"port": 9002}}}]},
+     "at '/models/0/inferencePool/endpointPickerRef/port': got number, want object"),
     ({"metrics": {"serviceMonitor": {"enabled": "yes"}}}, "at '/metrics/serviceMonitor/enabled': got string, want boolean"),
     ({"metrics": {"serviceMonitor": {"interval": "30 seconds"}}}, "at '/metrics/serviceMonitor/interval'"),
 ])
@@ -150,3 +154,14 @@ def test_service_monitor_scrapes_the_model_services(chart):
     values = chart.value_set("monitoring") | chart.value_set("namespaced")
     (sm,) = chart.find(chart.render(values), "ServiceMonitor")
     assert sm["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+
+
+def test_models_with_a_pool_and_keda_pass_the_crd_and_its_rules(chart):
+    from pathlib import Path
+
+    from tests.crds.validate import load, validate
+    crd = load(Path(__file__).resolve().parents[2] / "charts" / "pagedserve" / "crds" / "llmdeployments.yaml")
+    (llmd,) = chart.find(chart.render(chart.value_set("gateway-keda")), "LLMDeployment")
+    stored = validate(llmd, crd)
+    assert stored["spec"]["inferencePool"] == {"enabled": True}
+    assert stored["spec"]["autoscaling"]["engine"] == "keda"

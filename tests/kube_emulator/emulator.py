@@ -10,7 +10,8 @@
 - a watch from a resourceVersion replays only what changed since (the latest state of each
   object, deletions too), not every object again, and misses no event between its replay and
   the live stream; deletions bump resourceVersion;
-- PUT answers 405 (nothing here sends it);
+- PUT answers 405 (nothing here sends it); a resource neither bundled nor declared answers 404,
+  as an API server without that CRD does;
 - fail_next() makes chosen requests fail (409, 500, ...) to test retries; `faults` (a
   faults.Faults) injects conflicts, errors, lost answers, delays and dropped watches at random.
 
@@ -110,6 +111,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
         status = self._injected_failure(request)
         if status is not None:
             raise kmock.KubernetesError(status, "Injected", f"a failure the test asked for ({status})")
+        if request.resource is not None and request.resource.plural and request.resource not in self.resources:
+            # as an API server without that CRD: no such resource, whatever the verb
+            raise kmock.KubernetesError(404, "NotFound", "the server could not find the requested resource")
         if request.resource is not None and request.method == kmock.method.PUT:
             raise kmock.KubernetesError(405, "MethodNotAllowed", "the emulator serves no PUT; send a PATCH")
         writes = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)

@@ -2,7 +2,8 @@
 
 `cluster` is tests.kube_emulator.EmulatedCluster: kmock's Kubernetes emulator with its
 gaps filled (201 on create; uid, resourceVersion, creationTimestamp, generation stamped; lists
-with kind/apiVersion; the LLMDeployment resource declared from the chart's CRD), served from a
+with kind/apiVersion; the LLMDeployment resource declared from the chart's CRD, InferencePool and
+ScaledObject from the upstream CRDs in tests/crds), served from a
 thread so that tests, kubectl and the operator can all talk to it. It records every request:
 `cluster.api_calls()` gives the operator's calls as (apiGroup, resource, verb) to compare with
 RBAC rules. `operator` runs the real operator (kopf's KopfRunner, standalone, all namespaces)
@@ -15,6 +16,7 @@ import pathlib
 import pytest
 import yaml
 
+from tests.crds.validate import KEDA_CRD, POOL_CRDS
 from tests.kube_emulator import EmulatedCluster, running_operator
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -25,7 +27,8 @@ _names = itertools.count()
 
 @pytest.fixture(scope="module")
 def cluster():
-    with EmulatedCluster(crds=[CRD_PATH]) as emulated:
+    """A cluster with the GIE and KEDA CRDs installed beside ours."""
+    with EmulatedCluster(crds=[CRD_PATH, POOL_CRDS["v1.6.0"], KEDA_CRD]) as emulated:
         yield emulated
 
 

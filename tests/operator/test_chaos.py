@@ -26,7 +26,8 @@ WINDOW = 10.0 if FULL else 3.0  # seconds over which requests are counted
 RESYNC = 1.0
 FAULTS = dict(conflict=0.1, error=0.1, lost=0.05, slow=0.2, max_delay=0.2, watch_lifetime=2.0)
 WATCHED = 3  # watch streams the operator keeps: LLMDeployments, Deployments, Services
-CHILD_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PersistentVolumeClaim")
+CHILD_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PersistentVolumeClaim",
+               "ScaledObject", "InferencePool")
 IMAGE_ENV = {"PAGEDSERVE_IMAGE_CPU": "registry.test/pagedserve:cpu",
              "PAGEDSERVE_IMAGE_AMD": "registry.test/pagedserve:rocm",
              "PAGEDSERVE_IMAGE_NVIDIA": "registry.test/pagedserve:cuda"}
@@ -43,11 +44,12 @@ def config(cluster, monkeypatch) -> OperatorConfig:
 
 def spec(i: int) -> dict:
     """A mix of what users ask for: every accelerator, TP 1-8, and every optional child."""
-    return [dict(accelerator="cpu"),
+    return [dict(accelerator="cpu", inferencePool={"enabled": True}),
             dict(accelerator="amd", tensorParallelSize=4, autoscaling={"maxReplicas": 3},
                  podDisruptionBudget={"maxUnavailable": 1}),
             dict(accelerator="nvidia", tensorParallelSize=2, modelCache={"size": "10Gi"}, replicas=2),
-            dict(accelerator="amd", tensorParallelSize=8, engine={"maxModelLen": 4096})][i % 4]
+            dict(accelerator="amd", tensorParallelSize=8, engine={"maxModelLen": 4096},
+                 autoscaling={"engine": "keda", "prometheusAddress": "http://prometheus:9090", "maxReplicas": 2})][i % 4]
 
 
 def operator_requests(cluster, since: int, fragment: str = "") -> list:
@@ -74,11 +76,12 @@ def per_resource(requests: list) -> tuple[collections.Counter, int]:
 def resource_bound(window: float) -> float:
     """Most requests about one converged LLMDeployment in `window` seconds.
 
-    A resync pass reads the LLMDeployment and its five possible children (6 GETs), one pass
-    every RESYNC seconds; a handler retry left over from the faults (its delays double, so at
-    most one in a short window) costs up to 8 more.
+    A resync pass reads the LLMDeployment and each of its possible children (a GET per kind),
+    one pass every RESYNC seconds; a handler retry left over from the faults (its delays
+    double, so at most one in a short window) costs up to 8 more.
     """
-    return 6 * (window / RESYNC + 1) + 8
+    gets = 1 + len(CHILD_KINDS)
+    return gets * (window / RESYNC + 1) + 8
 
 
 def stream_bound(window: float, lifetime: float | None) -> float:
@@ -152,9 +155,11 @@ def test_converges_under_random_faults_without_duplicates_or_hot_loops(cluster, 
 
 def kinds(asked: dict) -> list[str]:
     """The children a spec asks for."""
-    optional = {"HorizontalPodAutoscaler": "autoscaling", "PodDisruptionBudget": "podDisruptionBudget",
-                "PersistentVolumeClaim": "modelCache"}
-    return ["Deployment", "Service"] + [kind for kind, field in optional.items() if asked.get(field)]
+    optional = {"PodDisruptionBudget": "podDisruptionBudget", "PersistentVolumeClaim": "modelCache",
+                "InferencePool": "inferencePool"}
+    engine = (asked.get("autoscaling") or {}).get("engine", "hpa") if asked.get("autoscaling") else None
+    scaler = {"hpa": ["HorizontalPodAutoscaler"], "keda": ["ScaledObject"], None: []}[engine]
+    return ["Deployment", "Service", *scaler] + [kind for kind, field in optional.items() if asked.get(field)]
 
 
 @pytest.mark.timeout(120)

@@ -11,6 +11,7 @@ WRITES = ("POST", "PATCH", "PUT", "DELETE")
 FULL = dict(accelerator="amd", tensorParallelSize=4, replicas=2,
             modelCache={"size": "100Gi"}, apiKeySecret={"name": "api", "key": "key"},
             autoscaling={"minReplicas": 2, "maxReplicas": 4}, podDisruptionBudget={"maxUnavailable": 1},
+            inferencePool={"enabled": True},
             resources={"requests": {"memory": "65536Mi"}}, nodeSelector={"gpu": "mi300x"})
 
 
@@ -39,12 +40,15 @@ def test_reconciling_twice_changes_nothing(cluster, kubeconfig, ns):
         first = reconcile(kube, config, cluster.kube.get("LLMDeployment", ns, "twice"))
         assert {a.kind: a.action for a in first.actions} == {
             "PersistentVolumeClaim": "created", "Deployment": "created", "Service": "created",
-            "HorizontalPodAutoscaler": "created", "PodDisruptionBudget": "created"}
+            "HorizontalPodAutoscaler": "created", "PodDisruptionBudget": "created", "InferencePool": "created",
+            "ScaledObject": "absent"}
         mark = len(cluster.requests())
         second = reconcile(kube, config, cluster.kube.get("LLMDeployment", ns, "twice"))
     finally:
         kube.close()
-    assert {a.action for a in second.actions} == {"unchanged"}
+    # every child unchanged; the one kind the spec does not ask for (KEDA's, beside the HPA) absent
+    assert {a.kind: a.action for a in second.actions} == {
+        kind: "absent" if kind == "ScaledObject" else "unchanged" for kind in (a.kind for a in first.actions)}
     assert writes_by_operator(cluster, mark) == []
     assert second.status == first.status
 

@@ -1,0 +1,1 @@
+"""Third-party CRDs as test data (NOTICE.md) and a validator that checks objects against them."""
