@@ -1,4 +1,5 @@
-"""`pagedserve operator`: run the LLMDeployment operator (kopf) against the current cluster."""
+"""`pagedserve operator`: run the LLMDeployment operator (kopf) against the current cluster;
+`pagedserve operator render -f FILE`: print the children it would create, with no cluster."""
 import argparse
 import dataclasses
 
@@ -30,6 +31,21 @@ def add_parser(subparsers) -> None:
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
                        help=f"(env PAGEDSERVE_{f.name.upper()})")
     p.set_defaults(run=run)
+    _add_render_parser(p.add_subparsers(dest="action", metavar="{render}"))
+
+
+def _add_render_parser(subparsers) -> None:
+    from pagedserve.operator import render
+    r = subparsers.add_parser(
+        "render", help="print the objects the operator would create for LLMDeployments, as YAML",
+        description="Render every child of the LLMDeployment(s) in FILE as a YAML stream, with the "
+                    "operator's own builders and settings (flags before `render`, or PAGEDSERVE_* env) "
+                    "and no cluster access. Owner references, which need the resource's uid, are left "
+                    "out. An invalid spec exits 1 with one line naming the field.")
+    r.add_argument("-f", "--filename", required=True, metavar="FILE", help="LLMDeployment YAML; - reads stdin")
+    r.add_argument("-n", "--namespace", dest="render_namespace", default="default", metavar="NS",
+                   help="namespace for resources whose metadata names none (default: default)")
+    r.set_defaults(run=render.run)
 
 
 def _configure_logging(level: str) -> None:
