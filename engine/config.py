@@ -116,6 +116,8 @@ class EngineConfig:
     # passed to the tokenizer's loading; config.json is read as plain JSON (no code runs), and
     # a model whose architecture needs remote code is refused by the model registry
     trust_remote_code: bool = False
+    # default sampling values: "auto" (the model's generation_config.json), "vllm", or a folder
+    generation_config: str = "auto"
     # vLLM's structured_outputs_config (a dict of its fields, or the config itself)
     structured_outputs_config: StructuredOutputsConfig | dict | None = None
     # derived from `model` at construction, not arguments

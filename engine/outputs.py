@@ -40,6 +40,9 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics
+    # with SamplingParams.prompt_logprobs: per prompt token {token id: logprob} (the token's
+    # and the top k), None for the first token, which nothing predicts (vLLM's shape)
+    prompt_logprobs: list[dict[int, float] | None] | None = None
 
     @property
     def num_cached_tokens(self) -> int:

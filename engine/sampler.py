@@ -3,6 +3,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pagedserve.engine.logits_processors import apply_token_controls, has_token_controls
 from pagedserve.engine.request import Request
 
 
@@ -44,6 +45,8 @@ class Sampler:
         logits = logits.float()
         raw = logits
         logits = self._apply_penalties(logits.clone(), reqs)
+        if has_token_controls(reqs):
+            apply_token_controls(logits, reqs)
         self._mask_early_stops(logits, reqs)
         greedy = logits.argmax(-1)
         if all(r.params.greedy for r in reqs):

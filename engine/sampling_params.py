@@ -41,12 +41,20 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # token id -> bias added to its logit (clamped to [-100, 100], as OpenAI does)
+    logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None  # only these may be sampled
+    bad_words: list[str] | None = None  # never generated (tokenized by the InputProcessor)
+    truncate_prompt_tokens: int | None = None  # keep only the prompt's last k tokens
     # output constrained to a JSON schema, regex, choice or grammar (vLLM's field)
     structured_outputs: StructuredOutputsParams | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     stop_strs: list[str] = field(init=False, repr=False)
+    # bad_words as token id sequences, set by the InputProcessor (it has the tokenizer)
+    bad_words_token_ids: list[list[int]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.n, int) and self.n >= 1, "n", self.n, "an integer >= 1")
@@ -76,6 +84,7 @@ class SamplingParams:
         _check(all(isinstance(t, int) and t >= 0 for t in ids), "stop_token_ids",
                self.stop_token_ids, "non-negative integers")
         self.stop_token_ids = list(ids)
+        self._check_token_controls()
         _check(self.structured_outputs is None
                or isinstance(self.structured_outputs, StructuredOutputsParams),
                "structured_outputs", self.structured_outputs, "None or StructuredOutputsParams")
@@ -83,6 +92,41 @@ class SamplingParams:
                self.output_kind, "a RequestOutputKind")
         if self.top_k == -1:
             self.top_k = 0
+
+    def _check_token_controls(self) -> None:
+        _check(self.prompt_logprobs is None or (isinstance(self.prompt_logprobs, int)
+                                                and self.prompt_logprobs >= 0),
+               "prompt_logprobs", self.prompt_logprobs, "None or an integer >= 0")
+        if self.logit_bias is not None:
+            _check(isinstance(self.logit_bias, dict) and all(
+                isinstance(k, int) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                for k, v in self.logit_bias.items()),
+                "logit_bias", self.logit_bias, "a dict of token id -> number")
+            self.logit_bias = {k: max(-100.0, min(100.0, float(v)))
+                               for k, v in self.logit_bias.items()}
+        ids = self.allowed_token_ids
+        _check(ids is None or (isinstance(ids, list) and ids and all(
+            isinstance(t, int) and t >= 0 for t in ids)),
+            "allowed_token_ids", ids, "None or a non-empty list of token ids")
+        words = self.bad_words
+        _check(words is None or (isinstance(words, list) and all(
+            isinstance(w, str) and w for w in words)), "bad_words", words, "non-empty strings")
+        k = self.truncate_prompt_tokens
+        _check(k is None or (isinstance(k, int) and k >= 1), "truncate_prompt_tokens", k,
+               "None or an integer >= 1")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Token ids the request names must exist (ValueError naming the field)."""
+        for name, ids in (("stop_token_ids", self.stop_token_ids),
+                          ("allowed_token_ids", self.allowed_token_ids or []),
+                          ("logit_bias", list(self.logit_bias or {}))):
+            bad = [t for t in ids if not 0 <= t < vocab_size]
+            if bad:
+                raise ValueError(f"{name} has token id {bad[0]}, outside the vocabulary "
+                                 f"[0, {vocab_size})")
+        for name, k in (("logprobs", self.logprobs), ("prompt_logprobs", self.prompt_logprobs)):
+            if k is not None and k > vocab_size:
+                raise ValueError(f"{name} ({k}) exceeds the vocabulary size ({vocab_size})")
 
     def with_output_kind(self, kind: RequestOutputKind) -> "SamplingParams":
         """A copy that differs only in output_kind (the caller's object stays as it was)."""

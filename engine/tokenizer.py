@@ -4,6 +4,7 @@ from typing import Union
 from transformers import AutoTokenizer
 
 from pagedserve.engine.config import EngineConfig
+from pagedserve.engine.generation_config import generation_eos_token_ids
 
 PromptType = Union[str, dict, list[int]]
 
@@ -16,9 +17,12 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def eos_token_ids(config: EngineConfig, tokenizer) -> frozenset[int]:
-    """EOS ids from the model config (may be a list, as in Llama 3) and the tokenizer."""
+    """EOS ids from the model config (may be a list, as in Llama 3), the generation config
+    (unless --generation-config vllm) and the tokenizer."""
     ids = config.model_config.eos_token_id
     ids = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+    # generation_config.json may list more (Llama 3 instruct ends turns with <|eot_id|>)
+    ids.update(generation_eos_token_ids(config.generation_config, config.model_path))
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return frozenset(ids)
@@ -48,11 +52,15 @@ def tokenize_prompt(tokenizer, prompt: PromptType, vocab_size: int) -> tuple[str
 
 
 def apply_chat_template(tokenizer, messages: list[dict], chat_template: str | None = None,
-                        add_generation_prompt: bool = True) -> str:
-    """Render messages with the given template or the tokenizer's; ValueError if neither."""
+                        add_generation_prompt: bool = True, continue_final_message: bool = False,
+                        **template_kwargs) -> str:
+    """Render messages with the given template or the tokenizer's; ValueError if neither.
+    template_kwargs (vLLM's chat_template_kwargs, documents) reach the template."""
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
         raise ValueError("this model has no chat template; pass one with --chat-template "
                          "(or chat_template=...) or use the completions API")
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+                                         add_generation_prompt=add_generation_prompt,
+                                         continue_final_message=continue_final_message,
+                                         **template_kwargs)

@@ -9,16 +9,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from pagedserve import __version__
 from pagedserve.engine.protocol import EngineClient
-from pagedserve.server.chat import create_chat_completion, render_messages
+from pagedserve.server.chat import create_chat_completion
 from pagedserve.server.completions import create_completion
-from pagedserve.server.errors import (check_unicode, error_response, install_error_handlers,
-                                      invalid)
+from pagedserve.server.errors import error_response, install_error_handlers, invalid
 from pagedserve.server.limits import BodyLimit
 from pagedserve.server.protocol import (ChatCompletionRequest, ChatCompletionResponse,
                                         CompletionRequest, CompletionResponse,
                                         DetokenizeRequest, DetokenizeResponse, ErrorResponse,
                                         ModelCard, ModelList, TokenizeRequest, TokenizeResponse)
 from pagedserve.server.state import ServerState, ServeSettings
+from pagedserve.server.tokenize import tokenize as tokenize_request
 
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 500, 503)}
 # text/event-stream: the schema of each event; `data` is a JSON chunk, or "[DONE]" at the end
@@ -128,6 +128,14 @@ def _openai_router(state: ServerState) -> APIRouter:
                                          max_model_len=config.max_model_len)
                                for name in state.settings.served_model_names])
 
+    @router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=_ERRORS)
+    async def model(model_id: str):
+        """One served model; 404 in OpenAI's shape for a name this server does not serve."""
+        engine = state.engine_or_raise()
+        state.check_model(model_id)
+        return ModelCard(id=model_id, root=state.settings.model,
+                         max_model_len=engine.config.max_model_len)
+
     @router.post("/v1/completions", response_model=CompletionResponse,
                  responses={**_ERRORS, 200: {"content": _SSE}})
     async def completions(body: CompletionRequest, request: Request):
@@ -148,17 +156,7 @@ def _tokenizer_router(state: ServerState) -> APIRouter:
 
     @router.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
     async def tokenize(body: TokenizeRequest):
-        engine = state.engine_or_raise()
-        state.check_model(body.model)
-        if (body.prompt is None) == (body.messages is None):
-            raise invalid("give exactly one of prompt and messages", "prompt")
-        if body.messages is not None:
-            ids = render_messages(state, body.messages, body.add_generation_prompt)
-        else:
-            ids = engine.tokenizer.encode(check_unicode(body.prompt, "prompt"),
-                                          add_special_tokens=body.add_special_tokens)
-        return TokenizeResponse(tokens=ids, count=len(ids),
-                                max_model_len=engine.config.max_model_len)
+        return tokenize_request(state, body)
 
     @router.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS)
     async def detokenize(body: DetokenizeRequest):

@@ -1,21 +1,33 @@
 """POST /v1/chat/completions: messages through the chat template, then generation."""
 import time
-import uuid
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from pagedserve.engine.outputs import CompletionOutput
+from pagedserve.engine.outputs import CompletionOutput, RequestOutput
 from pagedserve.engine.tokenizer import apply_chat_template
 from pagedserve.server.errors import check_unicode, invalid
-from pagedserve.server.limits import check_request
 from pagedserve.server.generation import (Chunks, Deltas, check_length, final_outputs,
-                                          generate, sampling_params, stream_error, top_logprobs,
-                                          until_disconnect)
+                                          generate, prepare, request_id, sampling_params,
+                                          stream_error, until_disconnect)
+from pagedserve.server.limits import check_request
+from pagedserve.server.logprobs import TokenStrings, chat_logprobs, prompt_logprobs
 from pagedserve.server.protocol import (ChatChoice, ChatCompletionRequest,
                                         ChatCompletionResponse, ChatLogprobs, ChatMessage,
-                                        ChatResponseMessage, TokenLogprob, TopLogprob, Usage)
+                                        ChatResponseMessage, Usage)
 from pagedserve.server.state import ServerState
+
+
+@dataclass(slots=True)
+class TemplateOptions:
+    """How the conversation is rendered (vLLM's request fields of the same names)."""
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    add_special_tokens: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+    documents: list[dict[str, Any]] | None = None
 
 
 def _content(i: int, message: ChatMessage) -> str:
@@ -30,72 +42,120 @@ def _content(i: int, message: ChatMessage) -> str:
     return "\n".join(texts)
 
 
+def _conversation(messages: list[ChatMessage]) -> list[dict]:
+    """Messages as the template sees them: any role, text content, and their other keys."""
+    convo = []
+    for i, m in enumerate(messages):
+        entry = {**(m.model_extra or {}), "role": m.role, "content": _content(i, m)}
+        if m.name is not None:
+            entry["name"] = m.name
+        convo.append(entry)
+    return convo
+
+
 def render_messages(state: ServerState, messages: list[ChatMessage],
-                    add_generation_prompt: bool) -> list[int]:
+                    options: TemplateOptions) -> list[int]:
     """Token ids of the conversation under the model's (or --chat-template's) template."""
+    if options.add_generation_prompt and options.continue_final_message:
+        raise invalid("continue_final_message and add_generation_prompt cannot both be true",
+                      "continue_final_message")
+    if options.continue_final_message and messages[-1].role != "assistant":
+        raise invalid("continue_final_message needs the last message to be the assistant's",
+                      "continue_final_message")
     tok = state.engine.tokenizer
-    convo = [{"role": m.role, "content": _content(i, m)} for i, m in enumerate(messages)]
+    kwargs = dict(options.chat_template_kwargs or {})
+    if options.documents is not None:
+        kwargs["documents"] = options.documents
+    convo = _conversation(messages)
     try:
-        text = apply_chat_template(tok, convo, state.settings.chat_template, add_generation_prompt)
+        text = apply_chat_template(tok, convo, state.settings.chat_template,
+                                   options.add_generation_prompt,
+                                   continue_final_message=options.continue_final_message,
+                                   **kwargs)
     except ValueError as e:
         raise invalid(str(e), "messages") from None
     except Exception as e:  # a template that fails on these messages (jinja raises many kinds)
         raise invalid(f"the chat template failed on these messages: {e}", "messages") from None
-    return tok.encode(text, add_special_tokens=False)
+    return tok.encode(text, add_special_tokens=options.add_special_tokens)
 
 
-def _entry(tok, token_id: int, logprob: float) -> dict:
-    text = tok.decode([token_id])
-    return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+def _options(body: ChatCompletionRequest) -> TemplateOptions:
+    return TemplateOptions(body.add_generation_prompt, body.continue_final_message,
+                           body.add_special_tokens, body.chat_template_kwargs, body.documents)
 
 
-def _logprobs(tok, out: CompletionOutput, start: int, k: int) -> ChatLogprobs:
-    return ChatLogprobs(content=[
-        TokenLogprob(**_entry(tok, tid, d[tid]),
-                     top_logprobs=[TopLogprob(**_entry(tok, i, v)) for i, v in top_logprobs(d, k)])
-        for tid, d in zip(out.token_ids[start:], out.logprobs[start:])])
+def _echo(body: ChatCompletionRequest) -> str:
+    """echo: the last message's text starts the answer when it is in the answer's role."""
+    last = body.messages[-1]
+    if not body.echo or (body.add_generation_prompt and last.role != "assistant"):
+        return ""
+    return _content(len(body.messages) - 1, last)
 
 
 async def create_chat_completion(state: ServerState, body: ChatCompletionRequest,
                                  request: Request):
-    state.engine_or_raise()
-    state.check_model(body.model)
-    check_request(state.settings.limits, body, 1, body.top_logprobs if body.logprobs else None,
-                  "top_logprobs")
-    ids = render_messages(state, body.messages, body.add_generation_prompt)
-    requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    max_tokens = check_length(state, len(ids), requested, "messages")
+    prepare(state, body)
     k = body.top_logprobs or 0
-    params = sampling_params(body, max_tokens, k if body.logprobs else None)
+    check_request(state.settings.limits, body, 1, k if body.logprobs else None, "top_logprobs")
+    if body.prompt_logprobs is not None:
+        check_request(state.settings.limits, body, 1, body.prompt_logprobs, "prompt_logprobs")
+    ids = render_messages(state, body.messages, _options(body))
+    requested = (body.max_completion_tokens if body.max_completion_tokens is not None
+                 else body.max_tokens)
+    max_tokens = check_length(state, len(ids), requested, "messages")
+    params = sampling_params(state, body, max_tokens, k if body.logprobs else None)
     state.admit()
-    rid = f"chatcmpl-{uuid.uuid4().hex}"
+    rid = request_id(request, body, "chatcmpl")
+    headers = {"X-Request-Id": rid.removeprefix("chatcmpl-")}
     gen = generate(state, ids, params, rid)
     if body.stream:
-        return StreamingResponse(_stream(state, body, len(ids), gen, rid, k),
-                                 media_type="text/event-stream")
+        return StreamingResponse(_stream(state, body, ids, gen, rid, k),
+                                 media_type="text/event-stream", headers=headers)
     final = (await until_disconnect(request, final_outputs([gen])))[0]
-    tok = state.engine.tokenizer
-    choices = [ChatChoice(index=o.index, message=ChatResponseMessage(content=o.text),
-                          logprobs=_logprobs(tok, o, 0, k) if body.logprobs else None,
-                          finish_reason=o.finish_reason, stop_reason=o.stop_reason)
-               for o in final.outputs]
+    response = _response(state, body, ids, final, rid, k)
+    return JSONResponse(response.model_dump(mode="json"), headers=headers)
+
+
+def _response(state: ServerState, body: ChatCompletionRequest, ids: list[int],
+              final: RequestOutput, rid: str, k: int) -> ChatCompletionResponse:
+    strings = TokenStrings(state.engine.tokenizer, body.return_tokens_as_token_ids)
+    echo, want_ids = _echo(body), body.return_token_ids
+    choices = [ChatChoice(
+        index=o.index, message=ChatResponseMessage(content=echo + o.text),
+        logprobs=(ChatLogprobs(content=chat_logprobs(strings, o.token_ids, o.logprobs, k))
+                  if body.logprobs else None),
+        finish_reason=o.finish_reason, stop_reason=o.stop_reason,
+        token_ids=list(o.token_ids) if want_ids else None) for o in final.outputs]
     completion = sum(len(o.token_ids) for o in final.outputs)
-    return ChatCompletionResponse(id=rid, model=state.model_name, choices=choices, usage=Usage(
-        prompt_tokens=len(ids), completion_tokens=completion, total_tokens=len(ids) + completion))
+    lps = (None if body.prompt_logprobs is None
+           else prompt_logprobs(strings, ids, final.prompt_logprobs, body.prompt_logprobs))
+    return ChatCompletionResponse(
+        id=rid, model=state.model_name, choices=choices, prompt_logprobs=lps,
+        prompt_token_ids=ids if want_ids else None,
+        usage=Usage(prompt_tokens=len(ids), completion_tokens=completion,
+                    total_tokens=len(ids) + completion))
 
 
 def _choice(index: int, delta: dict, lp: ChatLogprobs | None = None,
             finish_reason: str | None = None, stop_reason: str | int | None = None) -> dict:
     """A stream chunk's choice, as ChatStreamChoice would dump it."""
     return {"index": index, "delta": delta, "logprobs": None if lp is None else lp.model_dump(),
-            "finish_reason": finish_reason, "stop_reason": stop_reason}
+            "finish_reason": finish_reason, "stop_reason": stop_reason, "token_ids": None}
 
 
-async def _stream(state: ServerState, body: ChatCompletionRequest, num_prompt: int, gen,
+def _usage(num_prompt: int, done: int) -> Usage:
+    return Usage(prompt_tokens=num_prompt, completion_tokens=done, total_tokens=num_prompt + done)
+
+
+async def _stream(state: ServerState, body: ChatCompletionRequest, ids: list[int], gen,
                   rid: str, k: int):
-    tok = state.engine.tokenizer
+    strings = TokenStrings(state.engine.tokenizer, body.return_tokens_as_token_ids)
     chunk = Chunks(rid, "chat.completion.chunk", int(time.time()), state.model_name)
-    yield chunk([_choice(i, {"role": "assistant", "content": ""}) for i in range(body.n)])
+    echo = _echo(body)
+    for i in range(body.n):  # one role chunk per choice, as vLLM sends
+        extra = {"prompt_token_ids": ids} if body.return_token_ids and i == 0 else None
+        yield chunk([_choice(i, {"role": "assistant", "content": echo})],
+                    _usage(len(ids), 0) if body.continuous_usage else None, extra)
     deltas = Deltas()
     try:
         async for out in gen:
@@ -104,13 +164,17 @@ async def _stream(state: ServerState, body: ChatCompletionRequest, num_prompt: i
                 if step is None:
                     continue
                 text, start = step
-                lp = _logprobs(tok, o, start, k) if body.logprobs else None
-                yield chunk([_choice(o.index, {"role": None, "content": text}, lp,
-                                     o.finish_reason, o.stop_reason)])
+                lp = (ChatLogprobs(content=chat_logprobs(strings, o.token_ids[start:],
+                                                         o.logprobs[start:], k))
+                      if body.logprobs else None)
+                choice = _choice(o.index, {"role": None, "content": text}, lp,
+                                 o.finish_reason, o.stop_reason)
+                if body.return_token_ids:
+                    choice["token_ids"] = list(o.token_ids[start:])
+                yield chunk([choice], _usage(len(ids), deltas.tokens[o.index])
+                            if body.continuous_usage else None)
         if body.include_usage:
-            done = deltas.num_tokens
-            yield chunk([], Usage(prompt_tokens=num_prompt, completion_tokens=done,
-                                  total_tokens=num_prompt + done))
+            yield chunk([], _usage(len(ids), deltas.num_tokens))
     except Exception as e:
         yield stream_error(e)
     yield "data: [DONE]\n\n"

@@ -31,6 +31,10 @@ def add_parser(subparsers) -> None:
     g.add_argument("--chat-template", default=None,
                    help="Jinja chat template: a file or the template text (default: the "
                         "tokenizer's; without one, chat requests get 400)")
+    g.add_argument("--generation-config", default="auto", metavar="auto|vllm|FOLDER",
+                   help="default sampling values for fields a request leaves unset: auto = the "
+                        "model's generation_config.json, vllm = vLLM's defaults, or a folder's "
+                        "generation_config.json")
     g.add_argument("--max-queue-len", type=_non_negative(int), default=None,
                    help="when this many sequences already wait for a batch slot, new requests "
                         "get 503 with Retry-After (default: unbounded)")

@@ -1,30 +1,40 @@
 """What completions and chat share: prompt checks, running requests, client disconnects, SSE."""
 import asyncio
+import functools
 import json
+import uuid
 from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel
 
 from pagedserve.engine.async_engine import EngineDeadError
+from pagedserve.engine.generation_config import default_sampling_values
 from pagedserve.engine.outputs import RequestOutput
 from pagedserve.engine.sampling_params import SamplingParams
 from pagedserve.server.errors import APIError, error_info, from_value_error, invalid
 from pagedserve.server.protocol import SamplingFields
+from pagedserve.server.request_fields import check_fields
 from pagedserve.server.state import ServerState, logger
 
 _DONE = object()
+# fields the engine's ValueErrors may start with (SamplingParams.check_vocab and the prompt)
+_PARAM_FIELDS = {"stop_token_ids", "allowed_token_ids", "logit_bias", "logprobs",
+                 "prompt_logprobs", "prompt", "bad_words"}
 
 
 def check_length(state: ServerState, num_prompt: int, max_tokens: int | None, what: str) -> int:
-    """The completion's max_tokens; 400 with both numbers if prompt + output exceed the context."""
+    """The completion's max_tokens; 400 with both numbers if prompt + output exceed the context.
+    Unset, it is what the context leaves, capped by the generation config's max_new_tokens."""
     limit = state.engine.config.max_model_len
     if max_tokens is None:
         if num_prompt >= limit:
             raise invalid(f"This model's maximum context length is {limit} tokens, but the "
                           f"{what} has {num_prompt} tokens, leaving no room for the completion.",
                           what)
-        return limit - num_prompt
+        default = default_sampling(state).get("max_tokens")
+        return min(limit - num_prompt, default or limit)
     if max_tokens >= 1 and num_prompt + max_tokens > limit:
         raise invalid(f"This model's maximum context length is {limit} tokens. However, you "
                       f"requested {num_prompt + max_tokens} tokens ({num_prompt} in the {what}, "
@@ -33,11 +43,36 @@ def check_length(state: ServerState, num_prompt: int, max_tokens: int | None, wh
     return max_tokens
 
 
-def sampling_params(body: SamplingFields, max_tokens: int, logprobs: int | None) -> SamplingParams:
+@functools.lru_cache(maxsize=8)
+def _defaults(source: str, model_path: str) -> dict[str, Any]:
+    return default_sampling_values(source, model_path)
+
+
+def default_sampling(state: ServerState) -> dict[str, Any]:
+    """The model's generation-config defaults (--generation-config), read once."""
+    config = state.engine.config
+    return _defaults(config.generation_config, config.model_path)
+
+
+def sampling_params(state: ServerState, body: SamplingFields, max_tokens: int,
+                    logprobs: int | None) -> SamplingParams:
     try:
-        return body.sampling_params(max_tokens, logprobs)
+        return body.sampling_params(max_tokens, logprobs, default_sampling(state))
     except ValueError as e:
         raise from_value_error(e, set(type(body).model_fields)) from None
+
+
+def request_id(request: Request, body: SamplingFields, prefix: str) -> str:
+    """vLLM's rule: the X-Request-Id header, else the body's request_id, else a random id."""
+    base = request.headers.get("x-request-id") or body.request_id or uuid.uuid4().hex
+    return f"{prefix}-{base}"
+
+
+def prepare(state: ServerState, body: SamplingFields) -> None:
+    """What every generation request checks first: the engine, the model, refused fields."""
+    state.engine_or_raise()
+    state.check_model(body.model)
+    check_fields(body)
 
 
 async def generate(state: ServerState, prompt_ids: list[int], params: SamplingParams,
@@ -58,7 +93,7 @@ async def generate(state: ServerState, prompt_ids: list[int], params: SamplingPa
         if not first:
             raise
         finished = True  # rejected, not aborted
-        raise invalid(str(e)) from None
+        raise from_value_error(e, _PARAM_FIELDS) from None
     finally:
         if not finished:
             state.metrics.aborted()
@@ -139,9 +174,11 @@ class Chunks:
         self.head = (f'data: {{"id":{_encode(request_id)},"object":"{obj}","created":{created},'
                      f'"model":{_encode(model)},"choices":')
 
-    def __call__(self, choices: list[dict], usage: BaseModel | None = None) -> str:
+    def __call__(self, choices: list[dict], usage: BaseModel | None = None,
+                 extra: dict | None = None) -> str:
         tail = "null" if usage is None else usage.model_dump_json()
-        return f'{self.head}{_encode(choices)},"usage":{tail}}}\n\n'
+        more = "".join(f",{_encode(k)}:{_encode(v)}" for k, v in (extra or {}).items())
+        return f'{self.head}{_encode(choices)},"usage":{tail}{more}}}\n\n'
 
 
 def sse(chunk: BaseModel | dict | str) -> str:
@@ -159,10 +196,6 @@ def stream_error(e: Exception) -> str:
     logger.error("stream failed: %r", e)
     code = "engine_dead" if isinstance(e, EngineDeadError) else None
     return sse(error_info(500, str(e) or type(e).__name__, code=code))
-
-
-def top_logprobs(lps: dict[int, float], k: int) -> list[tuple[int, float]]:
-    return sorted(lps.items(), key=lambda kv: -kv[1])[:k]
 
 
 class Deltas:

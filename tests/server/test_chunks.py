@@ -22,7 +22,8 @@ CHAT_LP = ChatLogprobs(content=[TokenLogprob(token="→", logprob=-1.5, bytes=[2
 def test_completion_chunks_match_the_model(text, lp, finish, stop):
     chunk = Chunks("cmpl-1", "text_completion", 1700000000, "stories260K")
     fast = chunk([{"index": 2, "text": text, "logprobs": lp and lp.model_dump(),
-                   "finish_reason": finish, "stop_reason": stop}])
+                   "finish_reason": finish, "stop_reason": stop, "prompt_logprobs": None,
+                   "prompt_token_ids": None, "token_ids": None}])
     model = CompletionResponse(id="cmpl-1", created=1700000000, model="stories260K",
                                choices=[CompletionChoice(index=2, text=text, logprobs=lp,
                                                          finish_reason=finish, stop_reason=stop)])
@@ -37,7 +38,7 @@ def test_completion_chunks_match_the_model(text, lp, finish, stop):
 def test_chat_chunks_match_the_model(delta, lp):
     chunk = Chunks("chatcmpl-1", "chat.completion.chunk", 1700000000, "m")
     fast = chunk([{"index": 0, "delta": delta, "logprobs": lp and lp.model_dump(),
-                   "finish_reason": None, "stop_reason": None}])
+                   "finish_reason": None, "stop_reason": None, "token_ids": None}])
     model = ChatCompletionChunk(id="chatcmpl-1", created=1700000000, model="m", choices=[
         ChatStreamChoice(index=0, delta=DeltaMessage(**delta), logprobs=lp)])
     assert fast == sse(model)
