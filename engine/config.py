@@ -58,6 +58,16 @@ class ModelConfig:
     attention_bias: bool = False
     qk_norm: bool = False
 
+    @property
+    def max_positions(self) -> int:
+        """Positions the model can take: YaRN extends its original context by its factor, as
+        vLLM derives max_model_len (Qwen2.5 configs keep max_position_embeddings at 32k)."""
+        s = self.rope_scaling or {}
+        old, factor = s.get("original_max_position_embeddings"), s.get("factor")
+        if s.get("rope_type") == "yarn" and old and factor:
+            return max(self.max_position_embeddings, int(old * factor))
+        return self.max_position_embeddings
+
     def split_sizes(self) -> dict[str, int]:
         """The MLP sizes tensor parallelism splits, by their config.json names."""
         sizes = {"intermediate_size": self.intermediate_size}
@@ -181,7 +191,7 @@ class EngineConfig:
 
 
     def _settle_max_model_len(self) -> int:
-        limit = self.model_config.max_position_embeddings
+        limit = self.model_config.max_positions
         if self.max_model_len is None:
             return limit
         if self.max_model_len > limit:

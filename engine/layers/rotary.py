@@ -20,7 +20,48 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
     return torch.where(is_mid, mid, out)
 
 
-def rope_inv_freq(head_size: int, theta: float, scaling: dict | None) -> torch.Tensor:
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _yarn_correction_dim(rotations: float, dim: int, base: float, old_len: int) -> float:
+    return dim * math.log(old_len / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+
+def _yarn_inv_freq(head_size: int, theta: float, s: dict, max_position: int) -> torch.Tensor:
+    """YaRN (rope_type "yarn", Qwen2.5/Qwen3 long context): dimensions that rotate fewer than
+    beta_slow times over the original context are interpolated by `factor`, those rotating
+    more than beta_fast times kept, a linear ramp between."""
+    old_len = s.get("original_max_position_embeddings") or max_position
+    factor = s.get("factor") or max_position / old_len
+    base = theta ** (torch.arange(0, head_size, 2).float() / head_size)
+    low = _yarn_correction_dim(s.get("beta_fast") or 32, head_size, theta, old_len)
+    high = _yarn_correction_dim(s.get("beta_slow") or 1, head_size, theta, old_len)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_size - 1)
+    ramp = (torch.arange(head_size // 2, dtype=torch.float32) - low) / max(high - low, 1e-3)
+    keep = 1 - ramp.clamp(0, 1)  # 1: extrapolate (keep the frequency), 0: interpolate
+    return (1 / (factor * base)) * (1 - keep) + (1 / base) * keep
+
+
+def rope_attention_factor(scaling: dict | None, max_position: int) -> float:
+    """What cos/sin are scaled by: 1 except for YaRN, whose attention temperature is
+    `attention_factor` or derived from the scaling factor (and mscale/mscale_all_dim)."""
+    s = scaling or {}
+    if s.get("rope_type") != "yarn":
+        return 1.0
+    if s.get("attention_factor") is not None:
+        return float(s["attention_factor"])
+    old_len = s.get("original_max_position_embeddings") or max_position
+    factor = s.get("factor") or max_position / old_len
+    if s.get("mscale") and s.get("mscale_all_dim"):
+        return _yarn_mscale(factor, s["mscale"]) / _yarn_mscale(factor, s["mscale_all_dim"])
+    return _yarn_mscale(factor)
+
+
+def rope_inv_freq(head_size: int, theta: float, scaling: dict | None,
+                  max_position: int = 0) -> torch.Tensor:
     # fp32 throughout, as the checkpoints' reference implementation computes it
     inv_freq = 1.0 / theta ** (torch.arange(0, head_size, 2).float() / head_size)
     kind = (scaling or {}).get("rope_type", "default")
@@ -30,16 +71,19 @@ def rope_inv_freq(head_size: int, theta: float, scaling: dict | None) -> torch.T
         return inv_freq / scaling["factor"]
     if kind == "llama3":
         return _llama3_inv_freq(inv_freq, scaling)
-    raise ValueError(f"unsupported rope_type {kind!r}; supported: default, linear, llama3")
+    if kind == "yarn":
+        return _yarn_inv_freq(head_size, theta, scaling, max_position)
+    raise ValueError(f"unsupported rope_type {kind!r}; supported: default, linear, llama3, yarn")
 
 
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_size: int, max_position: int, theta: float,
                  scaling: dict | None = None) -> None:
         super().__init__()
-        inv_freq = rope_inv_freq(head_size, theta, scaling)
+        inv_freq = rope_inv_freq(head_size, theta, scaling, max_position)
         freqs = torch.outer(torch.arange(max_position, dtype=torch.float), inv_freq)
-        self.register_buffer("cos_sin_cache", torch.cat((freqs.cos(), freqs.sin()), -1),
+        scale = rope_attention_factor(scaling, max_position)
+        self.register_buffer("cos_sin_cache", torch.cat((freqs.cos(), freqs.sin()), -1) * scale,
                              persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:

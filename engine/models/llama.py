@@ -28,9 +28,9 @@ def layer_rope(c: ModelConfig, layer: int, ropes: dict) -> RotaryEmbedding:
     if c.partial_rotary_factor != 1.0:
         raise ValueError(f"partial_rotary_factor {c.partial_rotary_factor} is not supported")
     if is_sliding(c, layer):
-        return get_rope(ropes, c.head_dim, c.max_position_embeddings, c.local_rope_theta,
+        return get_rope(ropes, c.head_dim, c.max_positions, c.local_rope_theta,
                         c.local_rope_scaling)
-    return get_rope(ropes, c.head_dim, c.max_position_embeddings, c.rope_theta, c.rope_scaling)
+    return get_rope(ropes, c.head_dim, c.max_positions, c.rope_theta, c.rope_scaling)
 
 
 class LlamaAttention(nn.Module):

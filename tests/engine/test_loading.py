@@ -68,10 +68,10 @@ def greedy_one(llm: LLM, prompt: list[int], n: int) -> list[int]:
 
 
 def test_unsupported_rope_type_is_named(tiny_model, tmp_path):
-    dst = tmp_path / "yarn"
+    dst = tmp_path / "dynamic"
     shutil.copytree(tiny_model("llama"), dst)
     cfg = json.loads((dst / "config.json").read_text())
-    cfg["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}
+    cfg["rope_parameters"] = {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0}
     (dst / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="yarn"):
+    with pytest.raises(ValueError, match="'dynamic'.*supported: default, linear, llama3, yarn"):
         LLM(str(dst))
