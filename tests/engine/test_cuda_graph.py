@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from pagedserve.engine.config import EngineConfig
-from pagedserve.engine.cuda_graph import (MAX_CAPTURE_SIZE, StaticDecodeInputs, capture_sizes,
-                                          graphs_unavailable, padded_size)
+from pagedserve.engine.cuda_graph import (
+    MAX_CAPTURE_SIZE,
+    StaticDecodeInputs,
+    capture_sizes,
+    graphs_unavailable,
+    padded_size,
+)
 from pagedserve.engine.model_runner import ModelRunner
 from pagedserve.engine.step_input import StepInput
 
