@@ -31,6 +31,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    default=d.enable_prefix_caching, help="share KV blocks of common prompt prefixes")
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=d.tensor_parallel_size,
                    help="GPUs (ranks) one model is split across")
+    g.add_argument("--pipeline-parallel-size", "-pp", type=int,
+                   default=d.pipeline_parallel_size,
+                   help="pipeline stages the layers are split into, each a tensor-parallel group")
     g.add_argument("--distributed-executor-backend", default=None, choices=["uni", "mp"],
                    help="uni: one in-process rank; mp: one process per extra rank (default for tp > 1)")
     g.add_argument("--device", default=d.device, help="auto, cpu or cuda (ROCm GPUs are cuda)")

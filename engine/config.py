@@ -117,6 +117,8 @@ class EngineConfig:
     kv_cache_memory: int | str | None = None
     num_kv_blocks: int | None = None  # exact pool size; for tests and debugging
     tensor_parallel_size: int = 1
+    # contiguous stages of layers, each a tensor-parallel group (engine/pipeline.py)
+    pipeline_parallel_size: int = 1
     distributed_executor_backend: str | None = None
     device: str = "auto"
     kernel_backend: str | None = None
@@ -143,11 +145,12 @@ class EngineConfig:
         self.model_path = resolve_model_path(self.model)
         self.model_config = ModelConfig.from_json(os.path.join(self.model_path, "config.json"))
         self._check_tensor_parallel()
+        self._check_pipeline_parallel()
         self.max_model_len = self._settle_max_model_len()
 
     def _check_values(self) -> None:
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size",
-                     "num_kv_blocks", "tensor_parallel_size"):
+                     "num_kv_blocks", "tensor_parallel_size", "pipeline_parallel_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -164,7 +167,7 @@ class EngineConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
     def _check_backend(self) -> None:
-        tp, backend = self.tensor_parallel_size, self.distributed_executor_backend
+        tp, backend = self.world_size, self.distributed_executor_backend
         if backend is None:
             self.distributed_executor_backend = "uni" if tp == 1 else "mp"
         elif backend not in EXECUTOR_BACKENDS:
@@ -172,7 +175,8 @@ class EngineConfig:
                              f"'mp' (a process per extra rank) or 'uni' (one in-process rank)")
         elif backend == "uni" and tp > 1:
             raise ValueError(f"distributed_executor_backend 'uni' runs one rank; "
-                             f"tensor_parallel_size={tp} needs 'mp'")
+                             f"tensor_parallel_size={self.tensor_parallel_size} x "
+                             f"pipeline_parallel_size={self.pipeline_parallel_size} needs 'mp'")
 
     def _check_tensor_parallel(self) -> None:
         """What tensor parallelism splits must split evenly; checked before any rank starts."""
@@ -189,6 +193,17 @@ class EngineConfig:
                 raise ValueError(f"the model's {name} {size} is not divisible by "
                                  f"tensor_parallel_size={tp}")
 
+    def _check_pipeline_parallel(self) -> None:
+        """Every stage needs a layer; an uneven split is fine (vLLM's get_pp_indices)."""
+        pp, layers = self.pipeline_parallel_size, self.model_config.num_hidden_layers
+        if layers < pp:
+            raise ValueError(f"pipeline_parallel_size={pp} exceeds the model's {layers} "
+                             f"layers: every stage needs at least one")
+
+    @property
+    def world_size(self) -> int:
+        """Ranks of one engine: tensor_parallel_size x pipeline_parallel_size."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     def _settle_max_model_len(self) -> int:
         limit = self.model_config.max_positions

@@ -24,6 +24,8 @@ class TPGroup:
     """This process's place in its tensor-parallel group (size 1: no collectives at all)."""
     rank: int = 0
     size: int = 1
+    # the stage's own group under pipeline parallelism; None: the whole world
+    group: dist.ProcessGroup | None = None
 
 
 _group: ContextVar[TPGroup] = ContextVar("tp_group", default=TPGroup())
@@ -48,7 +50,7 @@ def tp_size() -> int:
 
 def all_reduce(x: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     if tp_size() > 1:
-        dist.all_reduce(x, op=op)
+        dist.all_reduce(x, op=op, group=_group.get().group)
     return x
 
 
@@ -58,7 +60,7 @@ def gather_to_first(x: torch.Tensor, dim: int = -1) -> torch.Tensor | None:
         return x
     x = x.contiguous()
     parts = [torch.empty_like(x) for _ in range(tp_size())] if tp_rank() == 0 else None
-    dist.gather(x, parts, dst=0)
+    dist.gather(x, parts, group=_group.get().group, group_dst=0)
     return torch.cat(parts, dim=dim) if parts is not None else None
 
 
@@ -80,13 +82,24 @@ def check_no_group() -> None:
                            "shut that engine down before starting another")
 
 
-def init_group(store: dist.Store, rank: int, size: int, device: torch.device) -> TPGroup:
-    """Join the process group: gloo on CPU, nccl on CUDA (RCCL on ROCm builds)."""
+def init_group(store: dist.Store, rank: int, size: int, device: torch.device,
+               tp_size: int | None = None) -> TPGroup:
+    """Join the process group of all `size` ranks (gloo on CPU, nccl on CUDA, RCCL on ROCm
+    builds); returns this rank's tensor-parallel group: the world, or under pipeline
+    parallelism its stage's `tp_size` ranks (every rank creates every stage's group)."""
     check_no_group()
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, store=store, rank=rank, world_size=size,
                             timeout=COLLECTIVE_TIMEOUT)
-    return TPGroup(rank, size)
+    tp_size = tp_size or size
+    if tp_size == size:
+        return TPGroup(rank, size)
+    mine = None
+    for start in range(0, size, tp_size):
+        group = dist.new_group(list(range(start, start + tp_size)), timeout=COLLECTIVE_TIMEOUT)
+        if start <= rank < start + tp_size:
+            mine = group
+    return TPGroup(rank % tp_size, tp_size, mine)
 
 
 def destroy_group() -> None:

@@ -14,13 +14,13 @@ import torch.multiprocessing as mp
 
 from pagedserve.engine.config import EngineConfig
 from pagedserve.engine.cpu_threads import limit_torch_threads, usable_cpus
-from pagedserve.engine.distributed import (TPGroup, abort_group, check_no_group, destroy_group,
-                                           init_group, make_store, rendezvous_address)
+from pagedserve.engine.distributed import (abort_group, check_no_group, destroy_group, make_store,
+                                           rendezvous_address)
 from pagedserve.engine.model_runner import ModelRunner, resolve_device
 from pagedserve.engine.multiproc import worker_start_method
 from pagedserve.engine.step_input import StepInput
 from pagedserve.engine.worker import (EXIT, INIT_KV, STEP, encode_command, init_kv_cache,
-                                      rank_device, run_worker)
+                                      join_group, make_runner, run_worker)
 
 FAILURE_GRACE_S = 3.0  # after a failed collective, how long to wait for a worker to be seen dead
 SHUTDOWN_GRACE_S = 5.0
@@ -62,10 +62,14 @@ class MPExecutor:
     """
 
     def __init__(self, config: EngineConfig) -> None:
-        self.size = size = config.tensor_parallel_size
+        self.size = size = config.world_size
+        self.tp_size = config.tensor_parallel_size
         if resolve_device(config.device).type == "cuda" and torch.cuda.device_count() < size:
-            raise ValueError(f"tensor_parallel_size={size} needs {size} GPUs, but "
-                             f"{torch.cuda.device_count()} are visible")
+            ranks = f"tensor_parallel_size={self.tp_size}" + (
+                "" if size == self.tp_size else
+                f" x pipeline_parallel_size={config.pipeline_parallel_size}")
+            raise ValueError(f"{ranks} needs {size} GPUs, but {torch.cuda.device_count()} are "
+                             f"visible")
         self.error: str | None = None
         self.procs: list[mp.Process] = []
         self.conns = []
@@ -104,9 +108,9 @@ class MPExecutor:
             self.conns.append(ours)
         if threads:
             torch.set_num_threads(threads)
-        self.runner = ModelRunner(config, rank_device(config, 0), TPGroup(0, self.size))
+        self.runner = make_runner(config, 0)
         self._wait_loaded()
-        init_group(self.store, 0, self.size, self.runner.device)
+        join_group(self.runner, self.store, 0)
 
     def _wait_loaded(self) -> None:
         """Block until every worker has loaded its shards, failing fast if one cannot."""
@@ -183,7 +187,10 @@ class MPExecutor:
         return TensorParallelError(self.error)
 
     def _describe(self, rank: int) -> str:
-        return f"tensor-parallel worker rank {rank} died ({self._reason(rank)})"
+        where = "" if self.size == self.tp_size else (
+            f" (pipeline stage {rank // self.tp_size}, tensor-parallel rank "
+            f"{rank % self.tp_size})")
+        return f"tensor-parallel worker rank {rank}{where} died ({self._reason(rank)})"
 
     def _watch(self) -> None:
         sentinels = {p.sentinel: rank for rank, p in enumerate(self.procs, 1)}
@@ -229,6 +236,6 @@ class MPExecutor:
 
 def make_executor(config: EngineConfig) -> UniExecutor | MPExecutor:
     """`uni` for one rank; `mp` for more (the backend name was checked by EngineConfig)."""
-    if config.distributed_executor_backend == "mp" and config.tensor_parallel_size > 1:
+    if config.distributed_executor_backend == "mp" and config.world_size > 1:
         return MPExecutor(config)
     return UniExecutor(config)

@@ -79,10 +79,13 @@ def load_weights(model: nn.Module, path: str) -> None:
     packed = getattr(model, "packed_modules", {})
     # a model may map names itself (stacked experts, fused checkpoint projections)
     custom = getattr(model, "load_weight", None)
+    holds = getattr(model, "holds_weight", None)  # a pipeline stage holds part of the model
     loaded = set()
     for file in files:
         with safe_open(file, framework="pt") as f:
             for name in f.keys():
+                if holds is not None and not holds(name):
+                    continue
                 if custom is not None:
                     target = custom(params, name, f.get_slice(name))
                 else:

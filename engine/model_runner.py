@@ -11,6 +11,8 @@ from pagedserve.engine.distributed import TPGroup, use_group
 from pagedserve.engine.layers.attention import Attention, AttentionMetadata
 from pagedserve.engine.loader import load_weights
 from pagedserve.engine.models import model_class
+from pagedserve.engine.pipeline import (PPGroup, recv_intermediate, recv_logits, send_intermediate,
+                                        send_logits, use_stage)
 from pagedserve.engine.step_input import StepInput
 from pagedserve.kernels.utils import cdiv
 
@@ -51,8 +53,8 @@ class ModelRunner:
     """Step inputs are flat: every scheduled token of every request, one forward for all."""
 
     def __init__(self, config: EngineConfig, device: torch.device,
-                 tp: TPGroup = TPGroup()) -> None:
-        self.config, self.device, self.tp = config, device, tp
+                 tp: TPGroup = TPGroup(), pp: PPGroup = PPGroup()) -> None:
+        self.config, self.device, self.tp, self.pp = config, device, tp, pp
         mc = config.model_config
         self.dtype = resolve_dtype(config.dtype, mc.torch_dtype, device)
         kernels.select_backend(device, config.kernel_backend)
@@ -60,7 +62,7 @@ class ModelRunner:
         default = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
-            with torch.device(device), use_group(tp):
+            with torch.device(device), use_group(tp), use_stage(pp):
                 self.model = model_class(mc.architectures)(mc)
         finally:
             torch.set_default_dtype(default)
@@ -79,6 +81,8 @@ class ModelRunner:
         if self.config.enforce_eager:
             return False
         why = graphs_unavailable(self.device, kernels.active_backend())
+        if why is None and self.pp.size > 1:
+            why = "decode graphs do not cover pipeline parallelism yet"
         if why and self.tp.rank == 0:
             logger.warning("enforce_eager=False: %s; decode runs eagerly", why)
         return why is None
@@ -99,7 +103,8 @@ class ModelRunner:
         if c.kv_cache_memory:
             return max(1, c.kv_cache_memory // per_block)
         if self.device.type == "cpu":  # the ranks share the host's memory
-            return max(1, min(useful, CPU_KV_CACHE_DEFAULT // self.tp.size // per_block))
+            world = self.tp.size * self.pp.size
+            return max(1, min(useful, CPU_KV_CACHE_DEFAULT // world // per_block))
         return max(1, self._profile_free_bytes() // per_block)
 
     def _profile_free_bytes(self) -> int:
@@ -147,12 +152,34 @@ class ModelRunner:
         (rank 0; other tensor-parallel ranks get None)."""
         dev = self.device
         meta = self._metadata(step.padded())
+        if self.pp.size > 1:
+            return self._execute_stage(step, meta)
         with use_group(self.tp):
             if self.graphs is not None and self.graphs.can_run(meta):
                 hidden = self.graphs.run(step.input_ids, step.positions, meta)
             else:
                 hidden = self.model(step.input_ids.to(dev), step.positions.to(dev), meta)
             return self.model.compute_logits(hidden[self._logit_rows(meta)])
+
+    def _execute_stage(self, step: StepInput, meta: AttentionMetadata) -> torch.Tensor | None:
+        """This pipeline stage's part of the step: one batch goes through the stages in turn
+        (no micro-batches yet); the logits end on rank 0."""
+        dev, pp, mc = self.device, self.pp, self.config.model_config
+        ids, positions = step.input_ids.to(dev), step.positions.to(dev)
+        with use_group(self.tp), use_stage(pp):
+            inter = None if pp.is_first else recv_intermediate(
+                len(ids), mc.hidden_size, self.dtype, dev)
+            out = self.model(ids, positions, meta, inter)
+            if not pp.is_last:
+                send_intermediate(*out)
+                logits = None
+            else:
+                logits = self.model.compute_logits(out[self._logit_rows(meta)])
+            if pp.is_last and self.tp.rank == 0:
+                send_logits(logits)
+            if pp.is_first and self.tp.rank == 0:
+                return recv_logits(len(step.num_new), mc.vocab_size, self.dtype, dev)
+        return None
 
     def _logit_rows(self, meta: AttentionMetadata) -> torch.Tensor:
         # each sequence's last new token: the position its next token is sampled from

@@ -19,6 +19,7 @@ from pagedserve.engine.config import EngineConfig
 from pagedserve.engine.distributed import (TPGroup, all_reduce, destroy_group, init_group,
                                            make_store, use_group)
 from pagedserve.engine.model_runner import ModelRunner, resolve_device
+from pagedserve.engine.pipeline import stage_of
 from pagedserve.engine.step_input import StepInput
 from pagedserve.engine.multiproc import close_inherited
 
@@ -39,7 +40,7 @@ def decode(msg: bytes) -> tuple[int, StepInput | None]:
 def rank_device(config: EngineConfig, rank: int) -> torch.device:
     """CPU for every rank, or GPU number `rank` of the visible ones."""
     device = resolve_device(config.device)
-    if device.type == "cuda" and config.tensor_parallel_size > 1:
+    if device.type == "cuda" and config.world_size > 1:
         device = torch.device("cuda", rank)
         torch.cuda.set_device(device)
     return device
@@ -47,12 +48,25 @@ def rank_device(config: EngineConfig, rank: int) -> torch.device:
 
 def init_kv_cache(runner: ModelRunner) -> int:
     """Every rank sizes its pool, then all take the smallest, so a block id names the same
-    slot on every rank. Run by all ranks together."""
+    slot on every rank (of every pipeline stage). Run by all ranks together."""
     n = torch.tensor([runner.decide_num_blocks()], dtype=torch.long, device=runner.device)
-    with use_group(runner.tp):
+    with use_group(TPGroup(0, runner.config.world_size)):  # the world group, every stage
         all_reduce(n, op=torch.distributed.ReduceOp.MIN)
     runner.allocate_kv_cache(int(n.item()))
     return runner.num_blocks
+
+
+def make_runner(config: EngineConfig, rank: int) -> ModelRunner:
+    """The ModelRunner of global rank `rank`: its stage's layers, its tensor-parallel shard."""
+    tp = config.tensor_parallel_size
+    stage = stage_of(rank, tp, config.pipeline_parallel_size)
+    return ModelRunner(config, rank_device(config, rank), TPGroup(stage.tp_rank, tp), stage)
+
+
+def join_group(runner: ModelRunner, store, rank: int) -> None:
+    """Join the world; the runner's collectives then run in its stage's group."""
+    runner.tp = init_group(store, rank, runner.config.world_size, runner.device,
+                           runner.config.tensor_parallel_size)
 
 
 def run_worker(rank: int, config: EngineConfig, host: str, port: int, conn: Connection,
@@ -65,12 +79,10 @@ def run_worker(rank: int, config: EngineConfig, host: str, port: int, conn: Conn
     if threads:
         torch.set_num_threads(threads)
     try:
-        size = config.tensor_parallel_size
-        device = rank_device(config, rank)
-        runner = ModelRunner(config, device, TPGroup(rank, size))
+        runner = make_runner(config, rank)
         conn.send(("loaded", None))
-        store = make_store(host, port, size, is_master=False)
-        init_group(store, rank, size, device)
+        store = make_store(host, port, config.world_size, is_master=False)
+        join_group(runner, store, rank)
         _serve(runner, conn)
     except EOFError:
         os._exit(0)  # the engine process is gone; nobody is left to serve

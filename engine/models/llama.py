@@ -4,6 +4,8 @@ The variants differ only in config flags, so one module serves them all; the oth
 (MoE, Gemma, Phi-3) reuse its attention, layer and model with their own MLP, norms or weight
 names. Sliding-window layers (config.layer_types) get the window and their own rope.
 """
+import re
+
 import torch
 from torch import nn
 
@@ -17,6 +19,9 @@ from pagedserve.engine.layers.linear import (MergedColumnParallelLinear, QKVPara
 from pagedserve.engine.layers.rotary import RotaryEmbedding, get_rope
 from pagedserve.engine.loader import load_tensor
 from pagedserve.engine.model_config import SLIDING
+from pagedserve.engine.pipeline import PPMissingLayer, get_pp_indices, pp_group
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 
 def is_sliding(c: ModelConfig, layer: int) -> bool:
@@ -104,22 +109,37 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
+    """The decoder stack; under pipeline parallelism only this stage's part of it (the
+    embedding on the first stage, the final norm on the last, layers [start, end))."""
+
     def __init__(self, c: ModelConfig, layer_cls: type[nn.Module] = LlamaDecoderLayer,
                  norm: type[RMSNorm] = RMSNorm) -> None:
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(c.vocab_size, c.hidden_size)
+        pp = pp_group()
+        self.start, self.end = get_pp_indices(c.num_hidden_layers, pp.rank, pp.size)
+        self.is_last = pp.is_last
+        self.embed_tokens = (VocabParallelEmbedding(c.vocab_size, c.hidden_size)
+                             if pp.is_first else PPMissingLayer())
         ropes: dict = {}  # layers with the same rope share one cos/sin cache
-        self.layers = nn.ModuleList(layer_cls(c, i, ropes) for i in range(c.num_hidden_layers))
-        self.norm = norm(c.hidden_size, c.rms_norm_eps)
+        self.layers = nn.ModuleList(layer_cls(c, i, ropes) if self.start <= i < self.end
+                                    else PPMissingLayer() for i in range(c.num_hidden_layers))
+        self.norm = norm(c.hidden_size, c.rms_norm_eps) if pp.is_last else PPMissingLayer()
         self.embed_scale = None
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
-        x, residual = self.embed_tokens(ids), None
-        if self.embed_scale is not None:  # Gemma, rounded to the model's dtype as it does
-            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
-        for layer in self.layers:
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                intermediate: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """Normed hidden states on the last stage; (hidden, residual) for the next stage on
+        the others. A stage after the first starts from the previous one's `intermediate`."""
+        if intermediate is None:
+            x, residual = self.embed_tokens(ids), None
+            if self.embed_scale is not None:  # Gemma, rounded to the model's dtype as it does
+                x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
+        else:
+            x, residual = intermediate
+        for layer in self.layers[self.start:self.end]:
             x, residual = layer(positions, x, residual, meta)
+        if not self.is_last:
+            return x, residual
         return self.norm(x, residual)[0]
 
 
@@ -135,17 +155,36 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, c: ModelConfig) -> None:
         super().__init__()
         self.model = LlamaModel(c, self.layer_cls, self.norm_cls)
-        self.lm_head = ParallelLMHead(c.vocab_size, c.hidden_size)
-        if c.tie_word_embeddings:
+        pp = pp_group()
+        self.tied = c.tie_word_embeddings
+        self.lm_head = (ParallelLMHead(c.vocab_size, c.hidden_size) if pp.is_last
+                        else PPMissingLayer())
+        if self.tied and pp.is_first and pp.is_last:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
-        return self.model(ids, positions, meta)
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                intermediate: tuple[torch.Tensor, torch.Tensor] | None = None):
+        return self.model(ids, positions, meta, intermediate)
+
+    def holds_weight(self, name: str) -> bool:
+        """Whether a checkpoint tensor belongs to this pipeline stage (each rank reads only
+        its own stage's weights)."""
+        m = _LAYER.match(name)
+        if m:
+            return self.model.start <= int(m.group(1)) < self.model.end
+        if name.startswith("model.embed_tokens."):
+            # a tied last stage fills its LM head from the embedding
+            return not isinstance(self.model.embed_tokens, PPMissingLayer) or (
+                self.tied and self.model.is_last)
+        if name.startswith(("model.norm.", "lm_head.")):
+            return self.model.is_last
+        return True
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         return self.lm_head(hidden)
 
     def load_weight(self, params: dict, name: str, tensor) -> str | None:
         """Load one checkpoint tensor; returns the parameter it filled (None: not ours)."""
+        if self.tied and name == "model.embed_tokens.weight" and name not in params:
+            name = "lm_head.weight"  # the last pipeline stage, without the embedding
         return load_tensor(params, self.packed_modules, name, tensor)
