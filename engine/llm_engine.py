@@ -34,6 +34,7 @@ class EngineStats:
     num_generation_tokens: int = 0  # tokens sampled
     num_seqs_added: int = 0  # so a frontend can tell which of its sequences are in transit
     num_steps: int = 0
+    num_gpu_blocks: int = 0  # the KV pool's size (vLLM's cache_config_info label)
 
 
 class LLMEngine:
@@ -204,7 +205,7 @@ class LLMEngine:
         return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting), bm.usage,
                            self.scheduler.num_preemptions, bm.prefix_queries, bm.prefix_hits,
                            t.num_prompt_tokens, t.num_generation_tokens, t.num_seqs_added,
-                           t.num_steps)
+                           t.num_steps, bm.num_blocks)
 
     def check_health(self) -> None:
         """Raise if the executor cannot run steps any more (e.g. a tensor-parallel worker died)."""

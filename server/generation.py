@@ -2,6 +2,7 @@
 import asyncio
 import functools
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -75,19 +76,39 @@ def prepare(state: ServerState, body: SamplingFields) -> None:
     check_fields(body)
 
 
+class _InterToken:
+    """Inter-token latency from a request's outputs: the time between outputs shared by the
+    tokens they brought (a non-streamed request has one output: its decode time per token)."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.metrics, self.last, self.tokens = state.metrics, None, 0
+
+    def observe(self, out: RequestOutput) -> None:
+        tokens = sum(len(o.token_ids) for o in out.outputs)
+        now = time.monotonic()
+        if self.last is None:
+            self.last = out.metrics.first_token_time or now
+            self.tokens = min(tokens, len(out.outputs))  # the first tokens have no latency
+        if tokens > self.tokens:
+            self.metrics.inter_token(now - self.last, tokens - self.tokens)
+            self.last, self.tokens = now, tokens
+
+
 async def generate(state: ServerState, prompt_ids: list[int], params: SamplingParams,
                    request_id: str) -> AsyncIterator[RequestOutput]:
     """engine.generate with metrics; leaving early (client gone) aborts and counts an abort."""
     first, finished = True, False
+    itl = _InterToken(state)
     try:
         async for out in state.engine.generate({"prompt_token_ids": prompt_ids}, params,
                                                request_id):
             if first:
                 state.metrics.first_output(out)
                 first = False
+            itl.observe(out)
             if out.finished:
                 finished = True
-                state.metrics.finished(out)
+                state.metrics.finished(out, params)
             yield out
     except ValueError as e:  # the engine's own check of the request, before its first step
         if not first:

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from pagedserve.engine.outputs import RequestOutput
+from pagedserve.engine.sampling_params import SamplingParams
 
 P = "pagedserve:"
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
@@ -20,7 +21,50 @@ _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
                  0.5, 0.75, 1.0, 2.5)
 _E2E_BUCKETS = (0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
                 50.0, 60.0, 120.0, 240.0)
+_TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000,
+                  100000)
+_N_BUCKETS = (1, 2, 5, 10, 20)
 RATE_WINDOW_S = 10
+VLLM = "vllm:"  # the names an Inference Extension endpoint picker reads by default
+
+
+class _RequestHistograms:
+    """vLLM's per-request histograms: sizes, sampling parameters and the phases' times."""
+
+    def __init__(self, r: CollectorRegistry, model: str) -> None:
+        def hist(name: str, doc: str, buckets) -> Histogram:
+            return Histogram(P + name, doc, ["model_name"], buckets=buckets,
+                             registry=r).labels(model)
+        self.prompt = hist("request_prompt_tokens", "Prompt tokens per request", _TOKEN_BUCKETS)
+        self.generation = hist("request_generation_tokens", "Generated tokens per request",
+                               _TOKEN_BUCKETS)
+        self.n = hist("request_params_n", "The n of each request", _N_BUCKETS)
+        self.max_tokens = hist("request_params_max_tokens", "The max_tokens of each request",
+                               _TOKEN_BUCKETS)
+        self.itl = hist("inter_token_latency_seconds", "Time between output tokens",
+                        _TPOT_BUCKETS)
+        self.queue = hist("request_queue_time_seconds", "Arrival to first scheduled",
+                          _E2E_BUCKETS)
+        self.inference = hist("request_inference_time_seconds", "First scheduled to finish",
+                              _E2E_BUCKETS)
+        self.prefill = hist("request_prefill_time_seconds", "First scheduled to first token",
+                            _E2E_BUCKETS)
+        self.decode = hist("request_decode_time_seconds", "First token to finish", _E2E_BUCKETS)
+
+    def observe(self, out: RequestOutput, params: SamplingParams | None, end: float) -> None:
+        m = out.metrics
+        self.prompt.observe(len(out.prompt_token_ids))
+        self.generation.observe(sum(len(o.token_ids) for o in out.outputs))
+        if params is not None:
+            self.n.observe(params.n)
+            self.max_tokens.observe(params.max_tokens or 0)
+        if m.first_scheduled_time is not None:
+            self.queue.observe(m.first_scheduled_time - m.arrival_time)
+            self.inference.observe(end - m.first_scheduled_time)
+            if m.first_token_time is not None:
+                self.prefill.observe(m.first_token_time - m.first_scheduled_time)
+        if m.first_token_time is not None:
+            self.decode.observe(end - m.first_token_time)
 
 
 class Metrics:
@@ -40,6 +84,7 @@ class Metrics:
                               label, buckets=_TPOT_BUCKETS, registry=r).labels(model_name)
         self.e2e = Histogram(P + "e2e_request_latency_seconds", "Arrival to finish", label,
                              buckets=_E2E_BUCKETS, registry=r).labels(model_name)
+        self.requests = _RequestHistograms(r, model_name)
         # (monotonic time, generation tokens so far), one sample a second, for the rate gauge
         self.samples: deque[tuple[float, int]] = deque(maxlen=RATE_WINDOW_S)
         r.register(_EngineCollector(self))
@@ -65,7 +110,7 @@ class Metrics:
         if m.first_token_time is not None:
             self.ttft.observe(m.first_token_time - m.arrival_time)
 
-    def finished(self, out: RequestOutput) -> None:
+    def finished(self, out: RequestOutput, params: SamplingParams | None = None) -> None:
         m = out.metrics
         end = m.finished_time or time.monotonic()
         self.e2e.observe(end - m.arrival_time)
@@ -73,9 +118,30 @@ class Metrics:
         if tokens > 1 and m.first_token_time is not None:
             self.tpot.observe((end - m.first_token_time) / (tokens - 1))
         self.success.labels(self.model_name, out.outputs[0].finish_reason or "abort").inc()
+        self.requests.observe(out, params, end)
+
+    def inter_token(self, seconds: float, num_tokens: int) -> None:
+        """`num_tokens` arrived `seconds` after the previous ones: each waited its share."""
+        for _ in range(num_tokens):
+            self.requests.itl.observe(seconds / num_tokens)
 
     def aborted(self) -> None:
         self.success.labels(self.model_name, "abort").inc()
+
+
+def _gauges(prefix: str, label: list[str], stats, block_size: int):
+    """Running/waiting/KV usage and cache_config_info, under `prefix` (ours or vLLM's)."""
+    for name, doc, value in (
+            ("num_requests_running", "Sequences in the running batch", stats.num_running),
+            ("num_requests_waiting", "Sequences waiting to be scheduled", stats.num_waiting),
+            ("kv_cache_usage_perc", "KV-cache blocks in use (0..1)", stats.kv_cache_usage)):
+        fam = GaugeMetricFamily(prefix + name, doc, labels=["model_name"])
+        fam.add_metric(label, value)
+        yield fam
+    info = GaugeMetricFamily(prefix + "cache_config_info", "The KV cache's configuration",
+                             labels=["block_size", "num_gpu_blocks"])
+    info.add_metric([str(block_size), str(stats.num_gpu_blocks)], 1)
+    yield info
 
 
 class _EngineCollector:
@@ -92,12 +158,8 @@ class _EngineCollector:
             fam = kind(P + name, doc, labels=["model_name"])
             fam.add_metric(label, value)
             return fam
-        yield family(GaugeMetricFamily, "num_requests_running", "Sequences in the running batch",
-                     stats.num_running)
-        yield family(GaugeMetricFamily, "num_requests_waiting", "Sequences waiting to be scheduled",
-                     stats.num_waiting)
-        yield family(GaugeMetricFamily, "kv_cache_usage_perc", "KV-cache blocks in use (0..1)",
-                     stats.kv_cache_usage)
+        for prefix in (P, VLLM):  # one snapshot: both families agree at every scrape
+            yield from _gauges(prefix, label, stats, engine.config.block_size)
         yield family(GaugeMetricFamily, "generation_tokens_per_second",
                      f"Generated tokens per second over the last {RATE_WINDOW_S} s",
                      self.metrics.tokens_per_second(stats.num_generation_tokens))
