@@ -1,4 +1,5 @@
 """POST /v1/chat/completions: messages through the chat template, then generation."""
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from pagedserve.server.errors import check_unicode, invalid
 from pagedserve.server.generation import (Chunks, Deltas, check_length, final_outputs,
                                           generate, prepare, request_id, sampling_params,
                                           stream_error, until_disconnect)
+from pagedserve.server.chat_output import ChatOutputParser, check_tool_choice, tool_mode
 from pagedserve.server.limits import check_request
 from pagedserve.server.logprobs import TokenStrings, chat_logprobs, prompt_logprobs
 from pagedserve.server.protocol import (ChatChoice, ChatCompletionRequest,
@@ -28,6 +30,7 @@ class TemplateOptions:
     add_special_tokens: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
     documents: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
 
 
 def _content(i: int, message: ChatMessage) -> str:
@@ -49,8 +52,25 @@ def _conversation(messages: list[ChatMessage]) -> list[dict]:
         entry = {**(m.model_extra or {}), "role": m.role, "content": _content(i, m)}
         if m.name is not None:
             entry["name"] = m.name
+        if entry.get("tool_calls"):
+            entry["tool_calls"] = _template_tool_calls(entry["tool_calls"])
         convo.append(entry)
     return convo
+
+
+def _template_tool_calls(calls: list) -> list:
+    """Earlier turns' calls as templates expect them: arguments as objects, not JSON text
+    (vLLM does the same), so the template writes them once, not as a quoted string."""
+    out = []
+    for call in calls:
+        function = dict(call.get("function") or {}) if isinstance(call, dict) else {}
+        if isinstance(function.get("arguments"), str):
+            try:
+                function["arguments"] = json.loads(function["arguments"])
+            except ValueError:
+                pass  # left as written; the template decides
+        out.append({**call, "function": function} if isinstance(call, dict) else call)
+    return out
 
 
 def render_messages(state: ServerState, messages: list[ChatMessage],
@@ -66,6 +86,8 @@ def render_messages(state: ServerState, messages: list[ChatMessage],
     kwargs = dict(options.chat_template_kwargs or {})
     if options.documents is not None:
         kwargs["documents"] = options.documents
+    if options.tools:
+        kwargs["tools"] = options.tools
     convo = _conversation(messages)
     try:
         text = apply_chat_template(tok, convo, state.settings.chat_template,
@@ -81,7 +103,24 @@ def render_messages(state: ServerState, messages: list[ChatMessage],
 
 def _options(body: ChatCompletionRequest) -> TemplateOptions:
     return TemplateOptions(body.add_generation_prompt, body.continue_final_message,
-                           body.add_special_tokens, body.chat_template_kwargs, body.documents)
+                           body.add_special_tokens, body.chat_template_kwargs, body.documents,
+                           body.tools)
+
+
+def _output_parser(state: ServerState, body: ChatCompletionRequest):
+    """A factory of per-choice output parsers, or None when the text goes out as it is."""
+    s, mode = state.settings, tool_mode(body.tools, body.tool_choice)
+    try:
+        check_tool_choice(mode, s.tool_call_parser, s.enable_auto_tool_choice)
+    except ValueError as e:
+        raise invalid(str(e), "tool_choice") from None
+    if mode == "none" and not s.reasoning_parser:
+        return None
+    from pagedserve.server.reasoning import get_reasoning_parser
+    tok = state.engine.tokenizer
+    reasoning = get_reasoning_parser(s.reasoning_parser) if s.reasoning_parser else None
+    return lambda: ChatOutputParser(mode, body.tool_choice, s.tool_call_parser,
+                                    reasoning(tok) if reasoning else None, tok)
 
 
 def _echo(body: ChatCompletionRequest) -> str:
@@ -99,33 +138,52 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
     check_request(state.settings.limits, body, 1, k if body.logprobs else None, "top_logprobs")
     if body.prompt_logprobs is not None:
         check_request(state.settings.limits, body, 1, body.prompt_logprobs, "prompt_logprobs")
+    parsers = _output_parser(state, body)
     ids = render_messages(state, body.messages, _options(body))
     requested = (body.max_completion_tokens if body.max_completion_tokens is not None
                  else body.max_tokens)
     max_tokens = check_length(state, len(ids), requested, "messages")
     params = sampling_params(state, body, max_tokens, k if body.logprobs else None)
+    if parsers is not None and parsers().tools is not None:
+        # markers such as Mistral's [TOOL_CALLS] are special tokens the parser must see
+        keep = parsers().tools.adjust_skip_special_tokens()
+        if keep is not None and body.tool_choice in (None, "auto"):
+            params.skip_special_tokens = keep
     state.admit()
     rid = request_id(request, body, "chatcmpl")
     headers = {"X-Request-Id": rid.removeprefix("chatcmpl-")}
     gen = generate(state, ids, params, rid)
     if body.stream:
-        return StreamingResponse(_stream(state, body, ids, gen, rid, k),
+        return StreamingResponse(_stream(state, body, ids, gen, rid, k, parsers),
                                  media_type="text/event-stream", headers=headers)
     final = (await until_disconnect(request, final_outputs([gen])))[0]
-    response = _response(state, body, ids, final, rid, k)
+    response = _response(state, body, ids, final, rid, k, parsers)
     return JSONResponse(response.model_dump(mode="json"), headers=headers)
 
 
+def _message(o: CompletionOutput, echo: str, parsers) -> tuple[ChatResponseMessage, str | None]:
+    """The choice's message (thinking and tool calls split out when parsers is set)."""
+    if parsers is None:
+        return ChatResponseMessage(content=echo + o.text), o.finish_reason
+    parsed, finish_reason = parsers().whole(o.text, o.finish_reason)
+    content = parsed["content"]
+    parsed["content"] = echo + content if content is not None else (echo or None)
+    return ChatResponseMessage(**parsed), finish_reason
+
+
 def _response(state: ServerState, body: ChatCompletionRequest, ids: list[int],
-              final: RequestOutput, rid: str, k: int) -> ChatCompletionResponse:
+              final: RequestOutput, rid: str, k: int, parsers=None) -> ChatCompletionResponse:
     strings = TokenStrings(state.engine.tokenizer, body.return_tokens_as_token_ids)
     echo, want_ids = _echo(body), body.return_token_ids
-    choices = [ChatChoice(
-        index=o.index, message=ChatResponseMessage(content=echo + o.text),
-        logprobs=(ChatLogprobs(content=chat_logprobs(strings, o.token_ids, o.logprobs, k))
-                  if body.logprobs else None),
-        finish_reason=o.finish_reason, stop_reason=o.stop_reason,
-        token_ids=list(o.token_ids) if want_ids else None) for o in final.outputs]
+    choices = []
+    for o in final.outputs:
+        message, finish_reason = _message(o, echo, parsers)
+        choices.append(ChatChoice(
+            index=o.index, message=message,
+            logprobs=(ChatLogprobs(content=chat_logprobs(strings, o.token_ids, o.logprobs, k))
+                      if body.logprobs else None),
+            finish_reason=finish_reason, stop_reason=o.stop_reason,
+            token_ids=list(o.token_ids) if want_ids else None))
     completion = sum(len(o.token_ids) for o in final.outputs)
     lps = (None if body.prompt_logprobs is None
            else prompt_logprobs(strings, ids, final.prompt_logprobs, body.prompt_logprobs))
@@ -147,8 +205,22 @@ def _usage(num_prompt: int, done: int) -> Usage:
     return Usage(prompt_tokens=num_prompt, completion_tokens=done, total_tokens=num_prompt + done)
 
 
+def _parsed_delta(parser: ChatOutputParser, o: CompletionOutput) -> tuple[dict, str | None]:
+    """The parsed delta of a choice's text so far (all that is left when it finished)."""
+    parts = [parser.delta(o.text)]
+    finish_reason = o.finish_reason
+    if o.finished:
+        last, finish_reason = parser.finish(o.text, o.finish_reason)
+        parts.append(last)
+    delta: dict = {"role": None}
+    for part in filter(None, parts):
+        for key, value in part.to_dict().items():
+            delta[key] = delta.get(key, [] if key == "tool_calls" else "") + value
+    return delta, finish_reason
+
+
 async def _stream(state: ServerState, body: ChatCompletionRequest, ids: list[int], gen,
-                  rid: str, k: int):
+                  rid: str, k: int, parsers=None):
     strings = TokenStrings(state.engine.tokenizer, body.return_tokens_as_token_ids)
     chunk = Chunks(rid, "chat.completion.chunk", int(time.time()), state.model_name)
     echo = _echo(body)
@@ -157,6 +229,7 @@ async def _stream(state: ServerState, body: ChatCompletionRequest, ids: list[int
         yield chunk([_choice(i, {"role": "assistant", "content": echo})],
                     _usage(len(ids), 0) if body.continuous_usage else None, extra)
     deltas = Deltas()
+    choice_parsers = {i: parsers() for i in range(body.n)} if parsers is not None else None
     try:
         async for out in gen:
             for o in out.outputs:
@@ -167,8 +240,12 @@ async def _stream(state: ServerState, body: ChatCompletionRequest, ids: list[int
                 lp = (ChatLogprobs(content=chat_logprobs(strings, o.token_ids[start:],
                                                          o.logprobs[start:], k))
                       if body.logprobs else None)
-                choice = _choice(o.index, {"role": None, "content": text}, lp,
-                                 o.finish_reason, o.stop_reason)
+                delta, finish_reason = {"role": None, "content": text}, o.finish_reason
+                if choice_parsers is not None:
+                    delta, finish_reason = _parsed_delta(choice_parsers[o.index], o)
+                    if len(delta) == 1 and not o.finished and lp is None:
+                        continue  # held back (a marker may be starting): nothing to send yet
+                choice = _choice(o.index, delta, lp, finish_reason, o.stop_reason)
                 if body.return_token_ids:
                     choice["token_ids"] = list(o.token_ids[start:])
                 yield chunk([choice], _usage(len(ids), deltas.tokens[o.index])

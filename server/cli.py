@@ -45,6 +45,7 @@ def add_parser(subparsers) -> None:
                    help="run the engine inside the server process instead of its own engine "
                         "core process (slower: HTTP and engine share one core; for debugging)")
     _add_limit_args(p)
+    _add_parsing_args(p)
     g.add_argument("--uvicorn-log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug", "trace"])
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -72,6 +73,37 @@ def _add_limit_args(p: argparse.ArgumentParser) -> None:
                    help="most entries in stop, and in stop_token_ids (default: %(default)s)")
     g.add_argument("--max-stop-length", type=_positive(int), default=d.max_stop_length,
                    help="longest stop string, in characters (default: %(default)s)")
+
+
+def _add_parsing_args(p: argparse.ArgumentParser) -> None:
+    from pagedserve.server.reasoning import REASONING_PARSERS
+    from pagedserve.server.tool_parsers import TOOL_PARSERS
+    g = p.add_argument_group("structured outputs, tool calling, reasoning")
+    g.add_argument("--structured-outputs-config.backend", dest="so_backend", default="auto",
+                   choices=["auto", "xgrammar"], help="grammar backend (default: auto = xgrammar)")
+    g.add_argument("--structured-outputs-config.disable_any_whitespace", dest="so_compact",
+                   type=_bool, default=False, metavar="true|false",
+                   help="constrained JSON without free whitespace (small models may otherwise "
+                        "emit newlines until max_tokens)")
+    g.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help='parse tool calls out of the text for tool_choice "auto" (needs '
+                        "--tool-call-parser)")
+    g.add_argument("--tool-call-parser", choices=sorted(TOOL_PARSERS), default=None,
+                   help="the model family's tool-call format")
+    g.add_argument("--reasoning-parser", choices=sorted(REASONING_PARSERS), default=None,
+                   help="split <think>...</think> into reasoning_content; constraints apply "
+                        "to the answer after it")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"must be true or false, got {text}")
+    return text.lower() in ("true", "1")
+
+
+def _structured_outputs_config(args: argparse.Namespace) -> dict:
+    return {"backend": args.so_backend, "disable_any_whitespace": args.so_compact,
+            "reasoning_parser": args.reasoning_parser or ""}
 
 
 def _positive(kind):
@@ -102,14 +134,19 @@ def settings_from_args(args: argparse.Namespace):
         sys.exit(f"pagedserve serve: error: MODEL {args.model_tag!r} and --model "
                  f"{args.model!r} disagree; give one")
     model = args.model_tag or args.model
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        sys.exit("pagedserve serve: error: --enable-auto-tool-choice needs --tool-call-parser")
     names = args.served_model_name or [model or BUNDLED_NAME]
     return ServeSettings(
         model=model or default_model(), served_model_names=names,
-        engine_kwargs=engine_kwargs_from_args(args),
+        engine_kwargs={**engine_kwargs_from_args(args),
+                       "structured_outputs_config": _structured_outputs_config(args)},
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         chat_template=_load_template(args.chat_template),
         max_queue_len=args.max_queue_len, shutdown_timeout=args.shutdown_timeout,
         engine_in_process=args.disable_frontend_multiprocessing,
+        enable_auto_tool_choice=args.enable_auto_tool_choice,
+        tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
         limits=Limits(args.max_request_body_bytes, args.max_n, args.max_logprobs,
                       args.max_stop_strings, args.max_stop_length))
 
@@ -129,4 +166,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     settings.engine_config = resolve_engine_config(settings.model, settings.engine_kwargs,
                                                    debug=args.log_level == "debug")
+    if settings.engine_config.node_rank > 0:  # headless: this node's workers, no HTTP
+        import logging
+        from pagedserve.engine.headless import run_headless
+        logging.basicConfig(level=args.log_level.upper())
+        return run_headless(settings.engine_config)
     return serve(settings, args.host, args.port, args.uvicorn_log_level, args.log_level)

@@ -11,9 +11,10 @@ min_p, repetition_penalty, max_tokens) are None when the request does not set th
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from pagedserve.engine.sampling_params import RequestOutputKind, SamplingParams
+from pagedserve.engine.structured_output import StructuredOutputsParams
 
 # vLLM's defaults for the fields a generation_config.json may change
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
@@ -69,7 +70,7 @@ class SamplingFields(RequestModel):
     # vLLM beam search and its length penalty (refused: no beam search here)
     use_beam_search: bool = False
     length_penalty: float = 1.0
-    # structured outputs (refused until the structured-outputs work lands)
+    # structured outputs (server/structured_outputs.py; guided_* are refused, as removed)
     response_format: dict[str, Any] | None = None
     structured_outputs: dict[str, Any] | None = None
     guided_json: str | dict[str, Any] | None = None
@@ -113,9 +114,19 @@ class SamplingFields(RequestModel):
             include_stop_str_in_output=self.include_stop_str_in_output,
             logit_bias=self.logit_bias_ids(), allowed_token_ids=self.allowed_token_ids,
             bad_words=self.bad_words, truncate_prompt_tokens=self.truncate_prompt_tokens,
+            structured_outputs=self.constraint(),
             # a non-streamed answer needs only the last output: the engine sends nothing per step
             output_kind=(RequestOutputKind.CUMULATIVE if self.stream
                          else RequestOutputKind.FINAL_ONLY))
+
+    def constraint(self) -> StructuredOutputsParams | None:
+        """The request's one output constraint (response_format, structured_outputs, or
+        tool_choice required / a named function); APIError 400 naming a bad field."""
+        # imported here: structured_outputs -> errors -> this module
+        from pagedserve.server.structured_outputs import GUIDED_FIELDS, request_constraint
+        return request_constraint({name: getattr(self, name, None) for name in (
+            "response_format", "structured_outputs", "tools", "tool_choice",
+            "parallel_tool_calls", *GUIDED_FIELDS)})
 
     @property
     def wanted_prompt_logprobs(self) -> int | None:
@@ -248,7 +259,10 @@ class ChatLogprobs(BaseModel):
 
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None = None
+    # with --reasoning-parser: the thinking, split from content (vLLM's field)
+    reasoning_content: str | None = None
+    tool_calls: list[dict[str, Any]] = []
 
 
 class ChatChoice(BaseModel):
@@ -274,6 +288,17 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_present_parts(self, handler):
+        # a chunk carries thinking or tool calls only when it has them (as the stream sends)
+        out = handler(self)
+        for key in ("reasoning_content", "tool_calls"):
+            if out.get(key) is None:
+                out.pop(key, None)
+        return out
 
 
 class ChatStreamChoice(BaseModel):

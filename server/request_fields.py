@@ -30,29 +30,20 @@ def _is(*allowed: Any) -> Callable[[Any], bool]:
     return lambda value: value is None or value in allowed
 
 
-_STRUCTURED = "structured outputs are not supported by this server yet"
-_TOOLS = "tool calling is not supported by this server yet"
+_TOOLS = "the legacy functions API is not supported; use tools"
 _ENGINE = "this engine has no counterpart for it"
 
 REFUSED: dict[str, Refusal] = {
-    # structured outputs (issue 19)
-    "response_format": Refusal(lambda v: v is None or v == {"type": "text"}, _STRUCTURED),
-    "structured_outputs": Refusal(_unset, _STRUCTURED),
-    "guided_json": Refusal(_unset, _STRUCTURED),
-    "guided_regex": Refusal(_unset, _STRUCTURED),
-    "guided_choice": Refusal(_unset, _STRUCTURED),
-    "guided_grammar": Refusal(_unset, _STRUCTURED),
-    "guided_decoding_backend": Refusal(_unset, _STRUCTURED),
-    "guided_whitespace_pattern": Refusal(_unset, _STRUCTURED),
-    "structural_tag": Refusal(_unset, _STRUCTURED),
-    # tools and reasoning (issue 19)
-    "tools": Refusal(lambda v: not v, _TOOLS),
-    "tool_choice": Refusal(_is("none"), _TOOLS),
+    # structured outputs and tools are implemented (server/structured_outputs.py, chat.py);
+    # guided_* are refused there, naming structured_outputs
+    "structural_tag": Refusal(_unset, "structural tags are not supported; use "
+                                      "structured_outputs"),
     "functions": Refusal(lambda v: not v, _TOOLS),
     "function_call": Refusal(_is("none"), _TOOLS),
     "reasoning_effort": Refusal(_unset, "reasoning controls are not supported by this server "
                                         "yet"),
     # sampling this engine does not do
+    "prompt_logprobs": Refusal(_unset, "the engine does not compute prompt logprobs yet"),
     "best_of": Refusal(_is(1), "best_of is not supported (as in vLLM V1); use n"),
     "use_beam_search": Refusal(_is(False), "beam search is not supported"),
     "length_penalty": Refusal(_is(1.0), "length_penalty applies to beam search, which is not "

@@ -27,6 +27,10 @@ class ServeSettings:
     shutdown_timeout: float = 30.0
     limits: Limits = field(default_factory=Limits)
     engine_in_process: bool = False  # True: no engine core process (for debugging)
+    # tool calling and reasoning (vLLM's flags of the same names)
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
     # settled before the server starts (server/startup.py); built from the above when absent
     engine_config: EngineConfig | None = None
 

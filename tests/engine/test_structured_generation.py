@@ -45,7 +45,8 @@ def test_json_regex_choice_mixed_with_free_text(llm):
 
 
 def test_n_samples_and_seeds(llm):
-    params = sp(n=3, temperature=1.0, seed=7, structured_outputs=StructuredOutputsParams(json=SCHEMA))
+    params = sp(n=3, temperature=1.0, seed=7,
+                structured_outputs=StructuredOutputsParams(json=SCHEMA))
     first = llm.generate(PROMPTS[0], params, use_tqdm=False)[0].outputs
     again = llm.generate(PROMPTS[0], params, use_tqdm=False)[0].outputs
     assert [c.text for c in first] == [c.text for c in again]  # seeded: reproducible
@@ -61,16 +62,17 @@ def test_max_tokens_first_gives_length(llm):
 
 
 def test_finished_grammar_stops_even_with_ignore_eos(llm):
-    out = llm.generate(PROMPTS[1], sp(temperature=0, ignore_eos=True,
-                                      structured_outputs=StructuredOutputsParams(choice=["yes", "no"])))
+    yes_no = StructuredOutputsParams(choice=["yes", "no"])
+    out = llm.generate(PROMPTS[1], sp(temperature=0, ignore_eos=True, structured_outputs=yes_no))
     assert out[0].outputs[0].text in ("yes", "no") and out[0].outputs[0].finish_reason == "stop"
 
 
 def test_logprobs_are_of_the_constrained_distribution(llm):
     """vLLM applies the bitmask before the sampler, so logprobs are of what could be sampled:
-    every top token that may be sampled continues the choice (the rest are -inf), and the stop token after it has probability 1."""
-    out = llm.generate(PROMPTS[0], sp(temperature=0, logprobs=3,
-                                      structured_outputs=StructuredOutputsParams(choice=["dragon"])))
+    every top token that may be sampled continues the choice (the rest are -inf), and the
+    stop token after it has probability 1."""
+    dragon = StructuredOutputsParams(choice=["dragon"])
+    out = llm.generate(PROMPTS[0], sp(temperature=0, logprobs=3, structured_outputs=dragon))
     c, tok = out[0].outputs[0], llm.get_tokenizer()
     assert c.text == "dragon" and c.token_ids[-1] == tok.eos_token_id
     done = ""

@@ -72,7 +72,8 @@ def test_exactly_one_constraint_named():
 
 
 def test_config_rejects_unknown_backend_and_fields():
-    assert StructuredOutputsConfig.from_value({"disable_any_whitespace": True}).disable_any_whitespace
+    compact = StructuredOutputsConfig.from_value({"disable_any_whitespace": True})
+    assert compact.disable_any_whitespace
     with pytest.raises(ValueError, match="backend"):
         StructuredOutputsConfig(backend="outlines")
     with pytest.raises(ValueError, match="'whitespace'"):

@@ -48,12 +48,14 @@ def run_stream(make, text: str, finish: str, seed: int) -> tuple[dict, str]:
                                                    "function": {"name": tc["function"].get("name"),
                                                                 "arguments": ""}})
             entry["function"]["arguments"] += tc["function"]["arguments"]
-    return {"content": msg["content"] or None, "reasoning_content": msg["reasoning_content"] or None,
+    return {"content": msg["content"] or None,
+            "reasoning_content": msg["reasoning_content"] or None,
             "tool_calls": [calls[k] for k in sorted(calls)]}, reason
 
 
 def same(whole: dict, streamed: dict) -> bool:
-    strip = lambda m: {**m, "tool_calls": [{**c, "id": None} for c in m["tool_calls"]]}
+    def strip(m: dict) -> dict:  # ids are random: compare the rest
+        return {**m, "tool_calls": [{**c, "id": None} for c in m["tool_calls"]]}
     w = {k: strip(whole)[k] for k in ("content", "tool_calls")}
     s = {k: strip(streamed)[k] for k in ("content", "tool_calls")}
     w["content"] = (w["content"] or "").strip() or None
@@ -117,8 +119,8 @@ def test_constraint_fields():
     assert constraint() is None and constraint(response_format={"type": "text"}) is None
     assert constraint(response_format={"type": "json_object"}).json_object
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    got = constraint(response_format={"type": "json_schema",
-                                      "json_schema": {"name": "x", "schema": schema, "strict": True}})
+    spec = {"name": "x", "schema": schema, "strict": True}
+    got = constraint(response_format={"type": "json_schema", "json_schema": spec})
     assert got.json == schema
     assert constraint(structured_outputs={"regex": "a+"}).regex == "a+"
     named = constraint(tools=TOOLS, tool_choice={"type": "function",
