@@ -99,6 +99,8 @@ class InputProcessor:
         vocab = self.config.model_config.vocab_size
         text, ids = tokenize_prompt(self.tokenizer, prompt, vocab)
         params.check_vocab(vocab)
+        if params.prompt_logprobs is not None:  # the model runner returns last-row logits only
+            raise ValueError("prompt_logprobs is not supported by this engine yet")
         if params.structured_outputs is not None:  # a bad schema is the client's error
             from pagedserve.engine.structured_output.xgrammar_backend import validate
             validate(params.structured_outputs, self.config.structured_outputs_config)

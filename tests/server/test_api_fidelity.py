@@ -137,7 +137,17 @@ def test_return_tokens_as_token_ids(client):
     assert all(t in d for t, d in zip(c.logprobs.tokens, c.logprobs.top_logprobs))
 
 
-@pytest.mark.parametrize("echo", [False, True])
+def test_prompt_logprobs_are_refused_until_the_engine_computes_them(server):
+    post = server.http.post
+    _error(post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2, "echo": True,
+                                         "logprobs": 1}), "echo")
+    _error(post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2,
+                                         "prompt_logprobs": 1}), "prompt_logprobs")
+    echo = post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 3, "echo": True})
+    assert echo.json()["choices"][0]["text"].startswith(PROMPT)
+
+
+@pytest.mark.parametrize("echo", [False])  # echo + logprobs: refused above, for now
 def test_streamed_text_offset_equals_the_whole_ones(client, echo):
     kw = dict(max_tokens=12, temperature=0, logprobs=1, echo=echo)
     whole = _complete(client, **kw).choices[0]
