@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from tqdm.auto import tqdm
 
 from pagedserve.engine.config import EngineConfig
+from pagedserve.engine.generation_config import default_sampling_values
 from pagedserve.engine.llm_engine import LLMEngine
 from pagedserve.engine.loader import default_model
 from pagedserve.engine.outputs import RequestOutput
@@ -36,6 +37,12 @@ class LLM:
     def get_tokenizer(self):
         return self.llm_engine.tokenizer
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """SamplingParams() with the model's generation-config defaults (vLLM's method)."""
+        config = self.llm_engine.config
+        return SamplingParams(**default_sampling_values(config.generation_config,
+                                                        config.model_path))
+
     def generate(self, prompts: PromptType | Sequence[PromptType],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:
@@ -43,7 +50,7 @@ class LLM:
         if isinstance(prompts, (str, dict)) or (
                 isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        params = sampling_params or SamplingParams()
+        params = sampling_params or self.get_default_sampling_params()
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
         if len(params) != len(prompts):
