@@ -34,6 +34,17 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pipeline-parallel-size", "-pp", type=int,
                    default=d.pipeline_parallel_size,
                    help="pipeline stages the layers are split into, each a tensor-parallel group")
+    g.add_argument("--nnodes", type=int, default=d.nnodes,
+                   help="machines the ranks spread over (world = nnodes x local ranks)")
+    g.add_argument("--node-rank", type=int, default=d.node_rank,
+                   help="this machine's index; 0 leads and serves, the others run headless "
+                        "(only their workers, no HTTP server)")
+    g.add_argument("--master-addr", default=None,
+                   help="the leader's address every rank connects to (default MASTER_ADDR or "
+                        "127.0.0.1)")
+    g.add_argument("--master-port", type=int, default=None,
+                   help="the leader's rendezvous port (default MASTER_PORT, or a free port on "
+                        "one node)")
     g.add_argument("--distributed-executor-backend", default=None, choices=["uni", "mp"],
                    help="uni: one in-process rank; mp: one process per extra rank (default for tp > 1)")
     g.add_argument("--device", default=d.device, help="auto, cpu or cuda (ROCm GPUs are cuda)")

@@ -119,6 +119,12 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     # contiguous stages of layers, each a tensor-parallel group (engine/pipeline.py)
     pipeline_parallel_size: int = 1
+    # the ranks spread over nnodes machines (vLLM's names): node_rank 0 leads (schedules,
+    # serves), the others run only workers; every rank meets at master_addr:master_port
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
     distributed_executor_backend: str | None = None
     device: str = "auto"
     kernel_backend: str | None = None
@@ -139,6 +145,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         self._check_values()
         self._check_backend()
+        self._check_nodes()
         self.structured_outputs_config = StructuredOutputsConfig.from_value(
             self.structured_outputs_config)
         from pagedserve.engine.loader import resolve_model_path
@@ -150,7 +157,8 @@ class EngineConfig:
 
     def _check_values(self) -> None:
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size",
-                     "num_kv_blocks", "tensor_parallel_size", "pipeline_parallel_size"):
+                     "num_kv_blocks", "tensor_parallel_size", "pipeline_parallel_size",
+                     "nnodes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -199,6 +207,25 @@ class EngineConfig:
         if layers < pp:
             raise ValueError(f"pipeline_parallel_size={pp} exceeds the model's {layers} "
                              f"layers: every stage needs at least one")
+
+    def _check_nodes(self) -> None:
+        n, r = self.nnodes, self.node_rank
+        if not isinstance(r, int) or not 0 <= r < n:
+            raise ValueError(f"node_rank must be in [0, nnodes={n}), got {r!r}")
+        if self.world_size % n:
+            raise ValueError(f"tensor_parallel_size x pipeline_parallel_size = "
+                             f"{self.world_size} ranks do not split over nnodes={n}")
+        port = self.master_port
+        if port is not None and (not isinstance(port, int) or not 0 <= port < 65536):
+            raise ValueError(f"master_port must be a TCP port, got {port!r}")
+        if n > 1 and not port:
+            raise ValueError(f"nnodes={n} needs master_port (and master_addr: the leader's "
+                             f"address), where every node's ranks meet")
+
+    @property
+    def local_world_size(self) -> int:
+        """Ranks on each node (node n holds global ranks n*L .. n*L + L - 1)."""
+        return self.world_size // self.nnodes
 
     @property
     def world_size(self) -> int:

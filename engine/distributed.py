@@ -64,10 +64,12 @@ def gather_to_first(x: torch.Tensor, dim: int = -1) -> torch.Tensor | None:
     return torch.cat(parts, dim=dim) if parts is not None else None
 
 
-def rendezvous_address() -> tuple[str, int]:
-    """MASTER_ADDR/MASTER_PORT when set; else localhost and port 0 (the store picks a free
-    port), so two engines on one node never collide."""
-    return os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "0"))
+def rendezvous_address(addr: str | None = None, port: int | None = None) -> tuple[str, int]:
+    """The given address (--master-addr/--master-port), else MASTER_ADDR/MASTER_PORT when set,
+    else localhost and port 0 (the store picks a free port), so two engines on one node never
+    collide."""
+    return (addr or os.environ.get("MASTER_ADDR", "127.0.0.1"),
+            port if port is not None else int(os.environ.get("MASTER_PORT", "0")))
 
 
 def make_store(host: str, port: int, world_size: int, is_master: bool) -> dist.TCPStore:

@@ -17,11 +17,13 @@ from pagedserve.engine.cpu_threads import limit_torch_threads, usable_cpus
 from pagedserve.engine.distributed import (abort_group, check_no_group, destroy_group, make_store,
                                            rendezvous_address)
 from pagedserve.engine.model_runner import ModelRunner, resolve_device
+from pagedserve.engine.multinode import ControlServer, RemoteRank
 from pagedserve.engine.multiproc import worker_start_method
 from pagedserve.engine.step_input import StepInput
 from pagedserve.engine.worker import (EXIT, INIT_KV, STEP, encode_command, init_kv_cache,
                                       join_group, make_runner, run_worker)
 
+NODE_JOIN_TIMEOUT_S = 300.0  # other nodes' pods may start (pull images) later than ours
 FAILURE_GRACE_S = 3.0  # after a failed collective, how long to wait for a worker to be seen dead
 SHUTDOWN_GRACE_S = 5.0
 
@@ -64,12 +66,14 @@ class MPExecutor:
     def __init__(self, config: EngineConfig) -> None:
         self.size = size = config.world_size
         self.tp_size = config.tensor_parallel_size
-        if resolve_device(config.device).type == "cuda" and torch.cuda.device_count() < size:
+        self.local_size = local = config.local_world_size
+        if resolve_device(config.device).type == "cuda" and torch.cuda.device_count() < local:
             ranks = f"tensor_parallel_size={self.tp_size}" + (
                 "" if size == self.tp_size else
                 f" x pipeline_parallel_size={config.pipeline_parallel_size}")
-            raise ValueError(f"{ranks} needs {size} GPUs, but {torch.cuda.device_count()} are "
-                             f"visible")
+            per_node = " per node" if config.nnodes > 1 else ""
+            raise ValueError(f"{ranks} needs {local} GPUs{per_node}, but "
+                             f"{torch.cuda.device_count()} are visible")
         self.error: str | None = None
         self.procs: list[mp.Process] = []
         self.conns = []
@@ -78,9 +82,10 @@ class MPExecutor:
         self._reasons: dict[int, str] = {}
         self._threads = torch.get_num_threads()
         check_no_group()
-        host, port = rendezvous_address()
+        host, port = rendezvous_address(config.master_addr, config.master_port)
         self.store = make_store(host, port, size, is_master=True)
         self.port = self.store.port
+        self.control = ControlServer(self.store, host) if config.nnodes > 1 else None
         try:
             self._start(config, host)
         except BaseException:
@@ -93,10 +98,10 @@ class MPExecutor:
         # on CPU the ranks share the cores: oversubscribing them costs more than TP gains
         threads = 0
         if resolve_device(config.device).type == "cpu":
-            threads = max(1, usable_cpus() // self.size)
+            threads = max(1, usable_cpus() // self.local_size)
         self.start_method = method = worker_start_method()
         ctx = mp.get_context(method)
-        for rank in range(1, self.size):
+        for rank in range(1, self.local_size):
             ours, theirs = ctx.Pipe()
             parents_ends = [c.fileno() for c in (*self.conns, ours)] if method == "fork" else []
             proc = ctx.Process(target=run_worker, name=f"pagedserve-tp-rank{rank}", daemon=True,
@@ -106,18 +111,29 @@ class MPExecutor:
             theirs.close()  # so a dead worker reads as EOF here
             self.procs.append(proc)
             self.conns.append(ours)
+        if self.control is not None:
+            self._join_remote()
         if threads:
             torch.set_num_threads(threads)
         self.runner = make_runner(config, 0)
         self._wait_loaded()
         join_group(self.runner, self.store, 0)
 
+    def _join_remote(self) -> None:
+        """The other nodes' workers (started headless there) connect to us, rank by rank."""
+        ranks = list(range(self.local_size, self.size))
+        remote = self.control.gather(ranks, self.local_size, NODE_JOIN_TIMEOUT_S)
+        for rank in ranks:
+            self.procs.append(remote[rank])
+            self.conns.append(remote[rank].conn)
+
     def _wait_loaded(self) -> None:
         """Block until every worker has loaded its shards, failing fast if one cannot."""
         pending = set(range(1, self.size))
         while pending:
-            wait([self.conns[r - 1] for r in pending] +
-                 [self.procs[r - 1].sentinel for r in pending])
+            # a remote rank's sentinel is its connection: each object once
+            wait(list({*(self.conns[r - 1] for r in pending),
+                       *(self.procs[r - 1].sentinel for r in pending)}))
             for rank in sorted(pending):
                 if self._reason(rank) == "loaded":
                     pending.discard(rank)
@@ -145,6 +161,8 @@ class MPExecutor:
             if rank in self._reasons:
                 return self._reasons[rank]
             proc = self.procs[rank - 1]
+            if isinstance(proc, RemoteRank):
+                return "still running" if proc.is_alive() else proc.describe()
             proc.join(timeout=1.0)  # its sentinel can fire a moment before it can be reaped
             code = proc.exitcode
             return ("still running" if code is None else
@@ -194,7 +212,10 @@ class MPExecutor:
 
     def _watch(self) -> None:
         sentinels = {p.sentinel: rank for rank, p in enumerate(self.procs, 1)}
-        ready = wait(list(sentinels))
+        try:
+            ready = wait(list(sentinels))
+        except (OSError, ValueError):  # a remote rank's connection closed by shutdown
+            return
         if self._closed or self.error is not None:
             return
         self.error = self._describe(sentinels[ready[0]])
@@ -229,6 +250,8 @@ class MPExecutor:
                 proc.join()
         for conn in self.conns:
             conn.close()
+        if self.control is not None:
+            self.control.close()
         destroy_group()
         self.store = self.runner = None
         torch.set_num_threads(self._threads)
@@ -236,6 +259,9 @@ class MPExecutor:
 
 def make_executor(config: EngineConfig) -> UniExecutor | MPExecutor:
     """`uni` for one rank; `mp` for more (the backend name was checked by EngineConfig)."""
+    if config.node_rank > 0:
+        raise ValueError(f"node_rank={config.node_rank} runs only workers, headless: start it "
+                         f"with `pagedserve serve MODEL --node-rank {config.node_rank} ...`")
     if config.distributed_executor_backend == "mp" and config.world_size > 1:
         return MPExecutor(config)
     return UniExecutor(config)

@@ -17,8 +17,9 @@ import torch
 
 from pagedserve.engine.config import EngineConfig
 from pagedserve.engine.distributed import (TPGroup, all_reduce, destroy_group, init_group,
-                                           make_store, use_group)
+                                           make_store, rendezvous_address, use_group)
 from pagedserve.engine.model_runner import ModelRunner, resolve_device
+from pagedserve.engine.multinode import connect_to_leader
 from pagedserve.engine.pipeline import stage_of
 from pagedserve.engine.step_input import StepInput
 from pagedserve.engine.multiproc import close_inherited
@@ -38,10 +39,10 @@ def decode(msg: bytes) -> tuple[int, StepInput | None]:
 
 
 def rank_device(config: EngineConfig, rank: int) -> torch.device:
-    """CPU for every rank, or GPU number `rank` of the visible ones."""
+    """CPU for every rank, or GPU number `rank` (on its node) of the visible ones."""
     device = resolve_device(config.device)
     if device.type == "cuda" and config.world_size > 1:
-        device = torch.device("cuda", rank)
+        device = torch.device("cuda", rank % config.local_world_size)
         torch.cuda.set_device(device)
     return device
 
@@ -73,16 +74,39 @@ def run_worker(rank: int, config: EngineConfig, host: str, port: int, conn: Conn
                threads: int, parents_ends: list[int]) -> None:
     """Entry point of a worker: load this rank's shards, join the group, serve steps."""
     close_inherited(parents_ends)
+    _prepare(threads)
+    _run(rank, config, conn,
+         lambda: make_store(host, port, config.world_size, is_master=False))
+
+
+def run_remote_worker(rank: int, config: EngineConfig, threads: int) -> None:
+    """Entry point of a worker on a node other than rank 0's (engine/headless.py): it finds
+    rank 0 through the rendezvous store and takes its commands over TCP."""
+    _prepare(threads)
+    try:
+        host, port = rendezvous_address(config.master_addr, config.master_port)
+        store = make_store(host, port, config.world_size, is_master=False)
+        conn = connect_to_leader(store, rank)
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    _run(rank, config, conn, lambda: store)
+
+
+def _prepare(threads: int) -> None:
     # Ctrl-C reaches the whole process group; rank 0 alone decides what happens then.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     if threads:
         torch.set_num_threads(threads)
+
+
+def _run(rank: int, config: EngineConfig, conn: Connection, store) -> None:
+    """Load, report, join the group and serve until told to exit; never returns."""
     try:
         runner = make_runner(config, rank)
         conn.send(("loaded", None))
-        store = make_store(host, port, config.world_size, is_master=False)
-        join_group(runner, store, rank)
+        join_group(runner, store(), rank)
         _serve(runner, conn)
     except EOFError:
         os._exit(0)  # the engine process is gone; nobody is left to serve
