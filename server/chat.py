@@ -107,7 +107,7 @@ def _options(body: ChatCompletionRequest) -> TemplateOptions:
                            body.tools)
 
 
-def _output_parser(state: ServerState, body: ChatCompletionRequest):
+def _output_parser(state: ServerState, body: ChatCompletionRequest, ids: list[int]):
     """A factory of per-choice output parsers, or None when the text goes out as it is."""
     s, mode = state.settings, tool_mode(body.tools, body.tool_choice)
     try:
@@ -120,7 +120,7 @@ def _output_parser(state: ServerState, body: ChatCompletionRequest):
     tok = state.engine.tokenizer
     reasoning = get_reasoning_parser(s.reasoning_parser) if s.reasoning_parser else None
     return lambda: ChatOutputParser(mode, body.tool_choice, s.tool_call_parser,
-                                    reasoning(tok) if reasoning else None, tok)
+                                    reasoning(tok) if reasoning else None, tok, ids)
 
 
 def _echo(body: ChatCompletionRequest) -> str:
@@ -138,8 +138,8 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
     check_request(state.settings.limits, body, 1, k if body.logprobs else None, "top_logprobs")
     if body.prompt_logprobs is not None:
         check_request(state.settings.limits, body, 1, body.prompt_logprobs, "prompt_logprobs")
-    parsers = _output_parser(state, body)
     ids = render_messages(state, body.messages, _options(body))
+    parsers = _output_parser(state, body, ids)
     requested = (body.max_completion_tokens if body.max_completion_tokens is not None
                  else body.max_tokens)
     max_tokens = check_length(state, len(ids), requested, "messages")

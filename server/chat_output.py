@@ -31,8 +31,14 @@ def check_tool_choice(mode: str, tool_call_parser: str | None,
 
 class ChatOutputParser:
     def __init__(self, mode: str, tool_choice=None, tool_parser: str | None = None,
-                 reasoning: ThinkReasoningParser | None = None, tokenizer=None) -> None:
+                 reasoning: ThinkReasoningParser | None = None, tokenizer=None,
+                 prompt_token_ids: list[int] | None = None) -> None:
         self.mode = mode
+        self.reports_reasoning = reasoning is not None
+        # a prompt whose template closed the thinking (thinking off): all output is answer,
+        # as vLLM decides from the prompt's tokens
+        if reasoning is not None and reasoning.is_reasoning_end(prompt_token_ids or []):
+            reasoning = None
         self.reasoning = reasoning
         self.tools: ToolParser | None = None
         self._sent = 0  # text streamed when neither parser is in play
@@ -71,7 +77,7 @@ class ChatOutputParser:
         calls, content = self._calls(content or "", finish_reason)
         message = {"role": "assistant", "content": content,
                    "tool_calls": [c.to_dict() for c in calls]}
-        if self.reasoning is not None:
+        if self.reports_reasoning:
             message["reasoning_content"] = reasoning
         return message, self._finish_reason(bool(calls), finish_reason)
 

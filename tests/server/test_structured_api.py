@@ -173,3 +173,49 @@ def test_auto_needs_the_flags(server):
         "model": "stories260K", "messages": MSGS, "tools": [WEATHER], "tool_choice": "none",
         "max_tokens": 5})
     assert r.status_code == 200 and not r.json()["choices"][0]["message"]["tool_calls"]
+
+
+THINK_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                  "assistant:<think>{% if not thinking %}</think>{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def thinking_srv(start_server, tmp_path_factory):
+    """A tiny random Qwen3 whose tokenizer has the think tokens, with --reasoning-parser."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import build_tiny_model
+    root = tmp_path_factory.mktemp("think")
+    model = build_tiny_model(str(root / "model"), "qwen3", vocab_size=520)
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.add_tokens(["<think>", "</think>"])
+    tok.save_pretrained(model)
+    (root / "t.jinja").write_text(THINK_TEMPLATE)
+    s = start_server([model, "--chat-template", str(root / "t.jinja"),
+                      "--reasoning-parser", "deepseek_r1"])
+    yield s
+    s.terminate()
+
+
+def test_reasoning_split_whole_and_streamed(thinking_srv):
+    client = openai.OpenAI(base_url=thinking_srv.url + "/v1", api_key="unused", max_retries=0)
+    kw = dict(model=thinking_srv_name(thinking_srv), messages=MSGS, max_tokens=12, temperature=0,
+              extra_body={"chat_template_kwargs": {"thinking": True}})
+    whole = client.chat.completions.create(**kw).choices[0].message
+    thinking = whole.model_extra["reasoning_content"]
+    assert thinking and "</think>" not in thinking
+    streamed, content = "", ""
+    for chunk in client.chat.completions.create(**kw, stream=True):
+        delta = chunk.choices[0].delta
+        streamed += (delta.model_extra or {}).get("reasoning_content") or ""
+        content += delta.content or ""
+    assert streamed == thinking and content == (whole.content or "")
+    # thinking closed by the template: the constraint applies to the answer from the start
+    answer = client.chat.completions.create(**{**kw, "extra_body": {
+        "chat_template_kwargs": {"thinking": False},
+        "structured_outputs": {"choice": ["yes", "no"]}}}).choices[0].message
+    assert answer.content in ("yes", "no") and answer.model_extra["reasoning_content"] is None
+
+
+def thinking_srv_name(srv) -> str:
+    return srv.http.get("/v1/models").json()["data"][0]["id"]
