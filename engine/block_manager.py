@@ -56,7 +56,8 @@ class BlockManager:
     def find_cached_prefix(self, req: Request) -> list[int]:
         """Block ids holding the longest cached prefix of req; the last token is always left
         to compute so the step has a position to sample from."""
-        if not self.enable_prefix_caching:
+        # prompt logprobs need the logits of every prompt position: computed, never cached
+        if not self.enable_prefix_caching or req.params.prompt_logprobs is not None:
             return []
         found, parent = [], None
         usable = (req.num_tokens - 1) // self.block_size

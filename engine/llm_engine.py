@@ -8,6 +8,7 @@ from pagedserve.engine.config import EngineConfig
 from pagedserve.engine.executor import make_executor
 from pagedserve.engine.outputs import RequestOutput
 from pagedserve.engine.processor import EngineCoreRequest, InputProcessor, ParentRequest
+from pagedserve.engine.prompt_logprobs import logit_counts, take_prompt_logprobs
 from pagedserve.engine.request import Request
 from pagedserve.engine.sampler import Sampler
 from pagedserve.engine.sampling_params import RequestOutputKind, SamplingParams
@@ -143,7 +144,11 @@ class LLMEngine:
                 self.structured_outputs.wait_for_compiles(
                     [r.structured_output for p in self.compiling for r in p.children], 0.01)
             return failed
-        logits = self.executor.execute(StepInput.from_scheduler_output(sched))
+        step = StepInput.from_scheduler_output(sched)
+        step.logit_counts = logit_counts(sched)
+        logits = self.executor.execute(step)
+        if step.logit_counts is not None:
+            logits = take_prompt_logprobs(sched, step.logit_counts, logits)
         rows = [i for i, (r, n) in enumerate(zip(sched.requests, sched.num_new_tokens))
                 if r.num_computed_tokens + n == r.num_tokens]  # prompt done: sample a token
         touched = {}

@@ -159,7 +159,7 @@ class ModelRunner:
                 hidden = self.graphs.run(step.input_ids, step.positions, meta)
             else:
                 hidden = self.model(step.input_ids.to(dev), step.positions.to(dev), meta)
-            return self.model.compute_logits(hidden[self._logit_rows(meta)])
+            return self.model.compute_logits(hidden[self._logit_rows(meta, step.logit_counts)])
 
     def _execute_stage(self, step: StepInput, meta: AttentionMetadata) -> torch.Tensor | None:
         """This pipeline stage's part of the step: one batch goes through the stages in turn
@@ -181,9 +181,15 @@ class ModelRunner:
                 return recv_logits(len(step.num_new), mc.vocab_size, self.dtype, dev)
         return None
 
-    def _logit_rows(self, meta: AttentionMetadata) -> torch.Tensor:
+    def _logit_rows(self, meta: AttentionMetadata,
+                    counts: list[int] | None = None) -> torch.Tensor:
         # each sequence's last new token: the position its next token is sampled from
-        return meta.query_start_loc[1:].long() - 1
+        last = meta.query_start_loc[1:].long() - 1
+        if counts is None:
+            return last
+        # and for prompt logprobs, the positions before it too (rows in batch order)
+        return torch.cat([torch.arange(int(e) - c + 1, int(e) + 1, device=last.device)
+                          for e, c in zip(last.tolist(), counts)])
 
     def _metadata(self, step: StepInput) -> AttentionMetadata:
         positions, num_new = step.positions, step.num_new

@@ -43,6 +43,7 @@ class ParentRequest:
     def output(self) -> RequestOutput:
         """The request's output now: everything so far, or what is new if DELTA."""
         delta = self.output_kind is RequestOutputKind.DELTA
+        prompt_lps = self._prompt_logprobs(delta)
         outs = [self._completion(i, req, delta) for i, req in enumerate(self.children)]
         first = [r.first_token_time for r in self.children if r.first_token_time]
         sched = [r.first_scheduled_time for r in self.children if r.first_scheduled_time]
@@ -53,7 +54,14 @@ class ParentRequest:
         if done:
             metrics.finished_time = time.monotonic()
         return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, outs, done,
-                             metrics)
+                             metrics, prompt_lps)
+
+    def _prompt_logprobs(self, delta: bool) -> list[dict[int, float] | None] | None:
+        """Once the prompt is prefilled; a DELTA stream carries them in its first output."""
+        lps = self.children[0].prompt_logprobs
+        if lps is None or len(lps) < len(self.prompt_token_ids):
+            return None
+        return None if delta and self.sent_tokens[0] else lps
 
     def _completion(self, i: int, req: Request, delta: bool) -> CompletionOutput:
         detok = self.detoks[i]
@@ -99,8 +107,11 @@ class InputProcessor:
         vocab = self.config.model_config.vocab_size
         text, ids = tokenize_prompt(self.tokenizer, prompt, vocab)
         params.check_vocab(vocab)
-        if params.prompt_logprobs is not None:  # the model runner returns last-row logits only
-            raise ValueError("prompt_logprobs is not supported by this engine yet")
+        if params.prompt_logprobs is not None and (
+                self.config.tensor_parallel_size > 1 or self.config.pipeline_parallel_size > 1):
+            # the extra logit rows are asked of rank 0 only (see StepInput.logit_counts)
+            raise ValueError("prompt_logprobs needs tensor_parallel_size and "
+                             "pipeline_parallel_size 1")
         if params.structured_outputs is not None:  # a bad schema is the client's error
             from pagedserve.engine.structured_output.xgrammar_backend import validate
             validate(params.structured_outputs, self.config.structured_outputs_config)

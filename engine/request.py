@@ -45,6 +45,9 @@ class Request:
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
         self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
+        # per prompt token {id: logprob}, None first (nothing predicts it); filled at prefill
+        self.prompt_logprobs: list[dict[int, float] | None] | None = (
+            [None] if params.prompt_logprobs is not None else None)
         self.cumulative_logprob = 0.0
         self.generator: torch.Generator | None = None
         # the request's grammar and matcher when it asks for structured outputs (the engine

@@ -29,6 +29,9 @@ class StepInput:
     block_tables: list[list[int]] | np.ndarray  # ragged lists, or padded (see `padded`)
     seq_lens: list[int]
     num_new: list[int]
+    # logits wanted per sequence: its last `count` new tokens' (None: 1 each). Rank 0 only:
+    # prompt logprobs run with one rank (the processor refuses them otherwise)
+    logit_counts: list[int] | None = None
 
     @classmethod
     def from_scheduler_output(cls, out: SchedulerOutput) -> "StepInput":
@@ -51,7 +54,7 @@ class StepInput:
         if isinstance(self.block_tables, np.ndarray):
             return self
         return StepInput(self.input_ids, self.positions, pad_block_tables(self.block_tables),
-                         self.seq_lens, self.num_new)
+                         self.seq_lens, self.num_new, self.logit_counts)
 
     def encode(self, command: int) -> bytes:
         """The step as one message for a worker rank, `command` first."""

@@ -94,9 +94,6 @@ def _join(a: CompletionLogprobs, b: CompletionLogprobs) -> CompletionLogprobs:
 
 async def create_completion(state: ServerState, body: CompletionRequest, request: Request):
     prepare(state, body)
-    if body.echo and body.logprobs is not None:  # the legacy API's prompt logprobs
-        raise invalid("echo with logprobs needs prompt logprobs, which the engine does not "
-                      "compute yet", "echo")
     prompts = _prompts(state, body)
     check_request(state.settings.limits, body, len(prompts), body.logprobs, "logprobs")
     if body.prompt_logprobs is not None:

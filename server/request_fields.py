@@ -43,8 +43,6 @@ REFUSED: dict[str, Refusal] = {
     "reasoning_effort": Refusal(_unset, "reasoning controls are not supported by this server "
                                         "yet"),
     # sampling this engine does not do
-    "prompt_logprobs": Refusal(_unset, "the engine does not compute prompt logprobs yet"),
-    "prompt_logprobs": Refusal(_unset, "the engine does not compute prompt logprobs yet"),
     "best_of": Refusal(_is(1), "best_of is not supported (as in vLLM V1); use n"),
     "use_beam_search": Refusal(_is(False), "beam search is not supported"),
     "length_penalty": Refusal(_is(1.0), "length_penalty applies to beam search, which is not "

@@ -7,7 +7,7 @@ import json
 import httpx
 import openai
 import pytest
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 PROMPT = "Once upon a time"
 
@@ -137,17 +137,45 @@ def test_return_tokens_as_token_ids(client):
     assert all(t in d for t, d in zip(c.logprobs.tokens, c.logprobs.top_logprobs))
 
 
-def test_prompt_logprobs_are_refused_until_the_engine_computes_them(server):
-    post = server.http.post
-    _error(post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2, "echo": True,
-                                         "logprobs": 1}), "echo")
-    _error(post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2,
-                                         "prompt_logprobs": 1}), "prompt_logprobs")
-    echo = post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 3, "echo": True})
-    assert echo.json()["choices"][0]["text"].startswith(PROMPT)
+@pytest.fixture(scope="module")
+def hf_prompt_logprobs(stories_path):
+    """transformers' log-likelihood of each prompt token given the ones before it."""
+    import torch
+    model = AutoModelForCausalLM.from_pretrained(stories_path).eval()
+
+    def run(ids: list[int]) -> list[float]:
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        return [lp[i - 1, ids[i]].item() for i in range(1, len(ids))]
+    return run
 
 
-@pytest.mark.parametrize("echo", [False])  # echo + logprobs: refused above, for now
+def test_echo_logprobs_are_the_prompts_log_likelihoods(client, server, hf_prompt_logprobs):
+    ids = server.http.post("/tokenize", json={"prompt": PROMPT}).json()["tokens"]
+    c = _complete(client, max_tokens=3, temperature=0, echo=True, logprobs=1).choices[0]
+    lp = c.logprobs
+    assert c.text.startswith(PROMPT) and lp.token_logprobs[0] is None
+    assert lp.token_logprobs[1:len(ids)] == pytest.approx(hf_prompt_logprobs(ids), abs=1e-4)
+    assert len(lp.tokens) == len(ids) + 3
+
+
+def test_prompt_logprobs_completions_and_chat(client, server, hf_prompt_logprobs):
+    ids = server.http.post("/tokenize", json={"prompt": PROMPT}).json()["tokens"]
+    c = _complete(client, max_tokens=2, prompt_logprobs=2).choices[0]
+    plp = c.prompt_logprobs
+    assert plp[0] is None and len(plp) == len(ids)
+    got = [entry[str(t)]["logprob"] for entry, t in zip(plp[1:], ids[1:])]
+    assert got == pytest.approx(hf_prompt_logprobs(ids), abs=1e-4)
+    assert all(2 <= len(entry) <= 3 for entry in plp[1:])
+    msgs = [{"role": "user", "content": "Hi"}]
+    chat = server.http.post("/v1/chat/completions", json={
+        "messages": msgs, "max_tokens": 2, "prompt_logprobs": 0, "return_token_ids": True}).json()
+    chat_ids = chat["prompt_token_ids"]
+    assert [e[str(t)]["logprob"] for e, t in zip(chat["prompt_logprobs"][1:], chat_ids[1:])] \
+        == pytest.approx(hf_prompt_logprobs(chat_ids), abs=1e-4)
+
+
+@pytest.mark.parametrize("echo", [False, True])
 def test_streamed_text_offset_equals_the_whole_ones(client, echo):
     kw = dict(max_tokens=12, temperature=0, logprobs=1, echo=echo)
     whole = _complete(client, **kw).choices[0]
