@@ -14,6 +14,7 @@ POOL_CRDS = {
     "v1.5.0": HERE / "gie-v1.5.0" / "inference.networking.k8s.io_inferencepools.yaml",
 }
 KEDA_CRD = HERE / "keda.sh_scaledobjects.yaml"
+LWS_CRD = HERE / "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
 SERVICE_MONITOR_CRD = HERE / "monitoring.coreos.com_servicemonitors.yaml"
 
 
