@@ -92,6 +92,9 @@ def _serve(sub) -> None:
                    help="requests per second, Poisson arrivals; inf sends all at once")
     p.add_argument("--max-concurrency", type=int, default=None, help="most requests in flight")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--structured-outputs", choices=["none", "json"], default="none",
+                   help="json: every request asks for a JSON schema (response_format), to "
+                        "compare with the same workload unconstrained")
     _workload_args(p, seed=True)
     _common(p)
     p.set_defaults(run=_run("serve"))

@@ -72,10 +72,19 @@ async def _one(client, url: str, payload: dict, req: BenchRequest) -> RequestRes
     return res
 
 
+# --structured-outputs json: an array of strings, so a constrained answer runs as long as
+# a free one would (the grammar never forces it to close)
+JSON_WORKLOAD_FORMAT = {"type": "json_schema", "json_schema": {"name": "story", "schema": {
+    "type": "object", "properties": {"lines": {"type": "array", "items": {"type": "string"}}},
+    "required": ["lines"]}}}
+
+
 async def run_load(base_url: str, model: str, requests: list[BenchRequest], request_rate: float,
                    max_concurrency: int | None, temperature: float = 1.0,
-                   api_key: str | None = None, seed: int = 0) -> tuple[list[RequestResult], float]:
-    """Send every request, return their results and the run's wall time."""
+                   api_key: str | None = None, seed: int = 0,
+                   extra: dict | None = None) -> tuple[list[RequestResult], float]:
+    """Send every request (extra: more body fields), return their results and the run's
+    wall time."""
     import httpx
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limit = max_concurrency or len(requests)
@@ -87,7 +96,7 @@ async def run_load(base_url: str, model: str, requests: list[BenchRequest], requ
         async def gated(req: BenchRequest) -> RequestResult:
             payload = {"model": model, "prompt": req.prompt_token_ids, "max_tokens": req.output_len,
                        "ignore_eos": True, "temperature": temperature, "stream": True,
-                       "stream_options": {"include_usage": True}}
+                       "stream_options": {"include_usage": True}, **(extra or {})}
             async with gate:
                 return await _one(client, url, payload, req)
 
@@ -109,6 +118,12 @@ def served_model(base_url: str, api_key: str | None) -> str:
     return resp.json()["data"][0]["id"]
 
 
+def _extra(args) -> dict | None:
+    if getattr(args, "structured_outputs", "none") == "json":
+        return {"response_format": JSON_WORKLOAD_FORMAT}
+    return None
+
+
 def main(args) -> int:
     from pagedserve.benchmarks import report
     from pagedserve.benchmarks.models import resolve_model
@@ -121,7 +136,7 @@ def main(args) -> int:
     model = args.model or served_model(args.base_url, args.api_key)
     results, duration = asyncio.run(run_load(args.base_url, model, requests, args.request_rate,
                                              args.max_concurrency, args.temperature,
-                                             args.api_key, args.seed))
+                                             args.api_key, args.seed, _extra(args)))
     s = summarize_results(results, duration)
     print(f"{args.base_url} model {model}: {s['completed']} completed, {s['failed']} failed "
           f"in {duration:.1f} s; rate {args.request_rate}, max concurrency "
