@@ -120,7 +120,8 @@ def _output_parser(state: ServerState, body: ChatCompletionRequest, ids: list[in
     tok = state.engine.tokenizer
     reasoning = get_reasoning_parser(s.reasoning_parser) if s.reasoning_parser else None
     return lambda: ChatOutputParser(mode, body.tool_choice, s.tool_call_parser,
-                                    reasoning(tok) if reasoning else None, tok, ids)
+                                    reasoning(tok) if reasoning else None, tok, ids,
+                                    body.parallel_tool_calls is not False)
 
 
 def _echo(body: ChatCompletionRequest) -> str:
@@ -144,10 +145,10 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
                  else body.max_tokens)
     max_tokens = check_length(state, len(ids), requested, "messages")
     params = sampling_params(state, body, max_tokens, k if body.logprobs else None)
-    if parsers is not None and parsers().tools is not None:
+    if parsers is not None and tool_mode(body.tools, body.tool_choice) == "auto":
         # markers such as Mistral's [TOOL_CALLS] are special tokens the parser must see
         keep = parsers().tools.adjust_skip_special_tokens()
-        if keep is not None and body.tool_choice in (None, "auto"):
+        if keep is not None:
             params.skip_special_tokens = keep
     state.admit()
     rid = request_id(request, body, "chatcmpl")

@@ -32,8 +32,10 @@ def check_tool_choice(mode: str, tool_call_parser: str | None,
 class ChatOutputParser:
     def __init__(self, mode: str, tool_choice=None, tool_parser: str | None = None,
                  reasoning: ThinkReasoningParser | None = None, tokenizer=None,
-                 prompt_token_ids: list[int] | None = None) -> None:
+                 prompt_token_ids: list[int] | None = None,
+                 parallel_tool_calls: bool = True) -> None:
         self.mode = mode
+        self.parallel_tool_calls = parallel_tool_calls
         self.reports_reasoning = reasoning is not None
         # a prompt whose template closed the thinking (thinking off): all output is answer,
         # as vLLM decides from the prompt's tokens
@@ -59,7 +61,10 @@ class ChatOutputParser:
     def _calls(self, content: str, finish_reason: str | None) -> tuple[list[ToolCall], str | None]:
         if self.mode == "auto":
             found = self.tools.extract_tool_calls(content)
-            return found.tool_calls, found.content or None
+            # parallel_tool_calls false: the first call only (required mode's schema already
+            # allows one)
+            calls = found.tool_calls if self.parallel_tool_calls else found.tool_calls[:1]
+            return calls, found.content or None
         if self.mode == "none" or finish_reason == "length":
             return [], content or None
         if self.mode == "required":
@@ -69,6 +74,10 @@ class ChatOutputParser:
                 return [], content or None
         call = named_function_call(self.name, content)
         return ([call], None) if call is not None else ([], content or None)
+
+    def _allowed(self, calls: list) -> list:
+        """Stream deltas of the calls a response would keep (the first, unless parallel)."""
+        return calls if self.parallel_tool_calls else [c for c in calls if c.index == 0]
 
     def whole(self, text: str, finish_reason: str | None) -> tuple[dict, str | None]:
         """(message, finish_reason) of a finished choice."""
@@ -99,7 +108,7 @@ class ChatOutputParser:
         if self.tools is not None:
             got = self.tools.extract_tool_calls_streaming(content)
             if got is not None:
-                out.content, out.tool_calls = got.content, got.tool_calls
+                out.content, out.tool_calls = got.content, self._allowed(got.tool_calls)
         elif self.reasoning is None:
             out.content, self._sent = text[self._sent:], len(text)
         return None if out.is_empty() else out
@@ -121,7 +130,7 @@ class ChatOutputParser:
                         self.tools.finish_streaming(content)):
                 if got is not None:
                     out.content = (out.content or "") + (got.content or "") or None
-                    out.tool_calls += got.tool_calls
+                    out.tool_calls += self._allowed(got.tool_calls)
         called = self.tools is not None and self.tools.num_streamed_calls > 0
         return (None if out.is_empty() else out), self._finish_reason(called, finish_reason)
 

@@ -148,3 +148,19 @@ def test_bad_constraint_fields_are_400s(body, param, needle):
     with pytest.raises(APIError) as e:
         request_constraint(body)
     assert e.value.status == 400 and e.value.param == param and needle in e.value.message
+
+
+def test_auto_without_parallel_calls_keeps_the_first():
+    text = ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>')
+    both, _ = ChatOutputParser("auto", "auto", "hermes").whole(text, "stop")
+    one, reason = ChatOutputParser("auto", "auto", "hermes",
+                                   parallel_tool_calls=False).whole(text, "stop")
+    assert len(both["tool_calls"]) == 2 and len(one["tool_calls"]) == 1
+    assert json.loads(one["tool_calls"][0]["function"]["arguments"]) == {"city": "Oslo"}
+    assert reason == "tool_calls"
+    streamed, _ = run_stream(lambda: ChatOutputParser("auto", "auto", "hermes",
+                                                      parallel_tool_calls=False),
+                             text, "stop", 0)
+    assert [c["function"]["arguments"] for c in streamed["tool_calls"]] == \
+        [one["tool_calls"][0]["function"]["arguments"]]
