@@ -30,7 +30,8 @@ class KindNotServed(Exception):
 
 
 # who installs the CRDs of the kinds a cluster may lack
-PROVIDERS = {"InferencePool": "the Gateway API Inference Extension CRDs", "ScaledObject": "KEDA"}
+PROVIDERS = {"InferencePool": "the Gateway API Inference Extension CRDs", "ScaledObject": "KEDA",
+             "LeaderWorkerSet": "LeaderWorkerSet (kubernetes-sigs/lws)"}
 
 
 def _create(kube: Kube, desired: dict) -> dict:

@@ -22,6 +22,7 @@ KINDS = {
     # custom resources of other projects: a cluster may not serve them (apply.KindNotServed)
     "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
     "InferencePool": ("inference.networking.k8s.io", "v1", "inferencepools"),
+    "LeaderWorkerSet": ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
     "Secret": ("", "v1", "secrets"),
     "Event": ("", "v1", "events"),
 }

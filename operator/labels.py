@@ -29,9 +29,10 @@ def pod_labels(name: str) -> dict:
     return {**labels(name), **{key: ENGINE_TYPE for key in ENGINE_TYPE_LABELS}}
 
 
-def selector_string(name: str) -> str:
-    """status.selector, which the scale subresource hands to an HPA to find the pods."""
-    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items()))
+def selector_string(name: str, extra: dict | None = None) -> str:
+    """status.selector, which the scale subresource hands to an HPA to find the pods (extra:
+    a multi-node spec's leader label, as only leaders export metrics)."""
+    return ",".join(f"{k}={v}" for k, v in sorted({**selector_labels(name), **(extra or {})}.items()))
 
 
 def child_name(kind: str, name: str) -> str:

@@ -8,7 +8,6 @@ environment as LWS_LEADER_ADDRESS (Kubernetes expands $(VAR) in args from the co
 The Service selects the leaders only (LWS labels them worker-index 0).
 """
 from pagedserve.operator.config import OperatorConfig
-from pagedserve.operator.fields import SpecError
 from pagedserve.operator.labels import meta, pod_labels, selector_labels
 from pagedserve.operator.pod import pod_template, server_args
 from pagedserve.operator.spec import LLMDeploymentSpec
@@ -18,21 +17,11 @@ WORKER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
 MASTER_PORT = 29500  # torch.distributed's customary rendezvous port, on the leader pod
 
 
-def group_size(spec: LLMDeploymentSpec, pipeline_parallel_size: int, gpus_per_node: int) -> int:
-    """Pods per group: the ranks (tp x pp) over the GPUs one node has; SpecError naming the
-    fields when they do not split into whole pods."""
-    world = spec.tensor_parallel_size * pipeline_parallel_size
-    if gpus_per_node < 1 or (world > gpus_per_node and world % gpus_per_node):
-        raise SpecError(f"tensorParallelSize x pipelineParallelSize = {world} ranks do not fill "
-                        f"whole nodes of gpusPerNode={gpus_per_node}")
-    return max(1, world // gpus_per_node)
-
-
-def node_args(spec: LLMDeploymentSpec, pp: int, nodes: int, rank: str) -> list[str]:
-    """The server's args plus the pipeline and node layout; rank is "0" or $(LWS_WORKER_INDEX)."""
-    return server_args(spec) + ["--pipeline-parallel-size", str(pp), "--nnodes", str(nodes),
-                   "--node-rank", rank, "--master-addr", "$(LWS_LEADER_ADDRESS)",
-                   "--master-port", str(MASTER_PORT)]
+def node_args(spec: LLMDeploymentSpec, rank: str) -> list[str]:
+    """The server's args (with the pipeline size) plus the node layout; rank is "0" or
+    $(LWS_WORKER_INDEX)."""
+    return server_args(spec) + ["--nnodes", str(spec.nodes), "--node-rank", rank,
+                                "--master-addr", "$(LWS_LEADER_ADDRESS)", "--master-port", str(MASTER_PORT)]
 
 
 def _template(spec: LLMDeploymentSpec, config: OperatorConfig, name: str, claim: str | None,
@@ -50,16 +39,12 @@ def _template(spec: LLMDeploymentSpec, config: OperatorConfig, name: str, claim:
 
 
 def leader_worker_set(owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig,
-                      pipeline_parallel_size: int, gpus_per_node: int,
                       claim: str | None = None) -> dict:
-    """The LeaderWorkerSet standing in for the Deployment of a multi-node LLMDeployment."""
-    name = owner["metadata"]["name"]
-    pp = pipeline_parallel_size
-    nodes = group_size(spec, pp, gpus_per_node)
-    gpus = spec.tensor_parallel_size * pp // nodes
-    leader = _template(spec, config, name, claim, node_args(spec, pp, nodes, "0"), gpus, True)
-    worker = _template(spec, config, name, claim,
-                       node_args(spec, pp, nodes, "$(LWS_WORKER_INDEX)"), gpus, False)
+    """The LeaderWorkerSet standing in for the Deployment of a multi-node LLMDeployment
+    (spec.multi_node: parse_spec has checked that the ranks fill whole nodes)."""
+    name, nodes, gpus = owner["metadata"]["name"], spec.nodes, spec.gpus_per_pod
+    leader = _template(spec, config, name, claim, node_args(spec, "0"), gpus, True)
+    worker = _template(spec, config, name, claim, node_args(spec, "$(LWS_WORKER_INDEX)"), gpus, False)
     return {
         "apiVersion": API_VERSION, "kind": "LeaderWorkerSet", "metadata": meta(owner),
         "spec": {

@@ -13,6 +13,7 @@ import kopf
 
 from pagedserve.operator.config import OperatorConfig
 from pagedserve.operator.labels import API_VERSION, KIND, child_name, meta, pod_labels, selector_labels
+from pagedserve.operator.lws import leader_selector, leader_worker_set
 from pagedserve.operator.pod import pod_template
 from pagedserve.operator.pool import inference_pool
 from pagedserve.operator.scaling import autoscalers
@@ -51,12 +52,17 @@ def deployment(owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig) -> 
     }
 
 
+def serving_selector(name: str, spec: LLMDeploymentSpec) -> dict:
+    """The pods that serve HTTP: all of them, or a multi-node spec's leaders only."""
+    return leader_selector(name) if spec.multi_node else selector_labels(name)
+
+
 def service(owner: dict, spec: LLMDeploymentSpec) -> dict:
     return {
         "apiVersion": "v1", "kind": "Service", "metadata": meta(owner),
         "spec": {
             "type": spec.service_type,
-            "selector": selector_labels(owner["metadata"]["name"]),
+            "selector": serving_selector(owner["metadata"]["name"], spec),
             "ports": [{"name": "http", "port": spec.service_port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
@@ -84,13 +90,22 @@ def cache_claim(owner: dict, spec: LLMDeploymentSpec) -> dict:
     }
 
 
+def workloads(owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig) -> dict[str, dict | None]:
+    """The pods' owner: a Deployment, or a LeaderWorkerSet when the ranks span nodes (the other
+    kind None, so switching removes the old one)."""
+    if not spec.multi_node:
+        return {"Deployment": deployment(owner, spec, config), "LeaderWorkerSet": None}
+    claim = cache_claim_name(owner["metadata"]["name"], spec)
+    return {"Deployment": None, "LeaderWorkerSet": leader_worker_set(owner, spec, config, claim)}
+
+
 def build_children(owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig) -> dict[str, dict | None]:
     """kind -> the child as it should be, or None where the spec asks for none of that kind;
     pure, without owner references (`pagedserve operator render` prints these)."""
     return {  # in apply order: the claim before the pods that mount it
         "PersistentVolumeClaim": (cache_claim(owner, spec)
                                   if spec.model_cache and not spec.model_cache.existing_claim else None),
-        "Deployment": deployment(owner, spec, config),
+        **workloads(owner, spec, config),
         "Service": service(owner, spec),
         **autoscalers(owner, spec, config),
         "PodDisruptionBudget": pod_disruption_budget(owner, spec) if spec.pod_disruption_budget else None,

@@ -18,10 +18,12 @@ PROBE_PERIOD = 10
 
 def server_args(spec: LLMDeploymentSpec) -> list[str]:
     """`pagedserve` arguments: serve MODEL, the parallel layout, the port, then engine flags."""
-    tp = spec.tensor_parallel_size
+    tp, pp = spec.tensor_parallel_size, spec.pipeline_parallel_size
     args = ["serve"] if spec.model == BUNDLED_MODEL else ["serve", spec.model]
-    args += ["--port", str(spec.service_port), "--tensor-parallel-size", str(tp),
-             "--distributed-executor-backend", "mp" if tp > 1 else "uni",
+    args += ["--port", str(spec.service_port), "--tensor-parallel-size", str(tp)]
+    if pp > 1:
+        args += ["--pipeline-parallel-size", str(pp)]
+    args += ["--distributed-executor-backend", "mp" if tp * pp > 1 else "uni",
              "--device", "cpu" if spec.accelerator == "cpu" else "cuda",
              "--shutdown-timeout", str(spec.shutdown_timeout_seconds)]
     if spec.served_model_name:
@@ -54,7 +56,7 @@ def server_env(spec: LLMDeploymentSpec) -> list[dict]:
 def _resources(spec: LLMDeploymentSpec) -> dict | None:
     resources = {k: dict(v) if isinstance(v, dict) else v for k, v in spec.resources.items()}
     if spec.gpu_resource:
-        resources.setdefault("limits", {})[spec.gpu_resource] = str(spec.tensor_parallel_size)
+        resources.setdefault("limits", {})[spec.gpu_resource] = str(spec.gpus_per_pod)
     return resources or None
 
 

@@ -2,6 +2,7 @@
 routes to through an Endpoint Picker (EPP), which reads their metrics to choose one."""
 
 from pagedserve.operator.labels import meta, selector_labels
+from pagedserve.operator.lws import leader_selector
 from pagedserve.operator.spec import LLMDeploymentSpec
 
 POOL_API_VERSION = "inference.networking.k8s.io/v1"
@@ -26,7 +27,8 @@ def inference_pool(owner: dict, spec: LLMDeploymentSpec) -> dict:
         "kind": "InferencePool",
         "metadata": meta(owner),
         "spec": {
-            "selector": {"matchLabels": selector_labels(name)},
+            # the pods that serve: a multi-node group's workers are headless
+            "selector": {"matchLabels": leader_selector(name) if spec.multi_node else selector_labels(name)},
             # the container listens on the Service's port (pod.container)
             "targetPorts": [{"number": spec.service_port}],
             "endpointPickerRef": {

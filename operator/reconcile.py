@@ -14,12 +14,18 @@ from pagedserve.operator import manifests
 from pagedserve.operator.apply import Applied, KindNotServed, NotOurs, OwnerGone, ensure, remove
 from pagedserve.operator.config import OperatorConfig
 from pagedserve.operator.kube import Kube
+from pagedserve.operator.lws import WORKER_INDEX_LABEL
 from pagedserve.operator.spec import LLMDeploymentSpec, SpecError, check_name, parse_spec
 from pagedserve.operator.status import build_status, event_for, same_status
 
 log = logging.getLogger(__name__)
 # API answers worth a quick retry: conflicts, throttling, server trouble
 TRANSIENT = (409, 429, 500, 502, 503, 504)
+LAYOUT_FIELDS = ("tensorParallelSize", "pipelineParallelSize", "gpusPerNode")
+
+
+def leader_selector_extra() -> dict:
+    return {WORKER_INDEX_LABEL: "0"}
 
 
 @dataclass(slots=True)
@@ -76,21 +82,32 @@ def apply_children(kube: Kube, owner: dict, spec: LLMDeploymentSpec, config: Ope
     return actions
 
 
-def _apply(kube: Kube, owner: dict, config: OperatorConfig) -> tuple[int, list[Applied]]:
-    """(the Service port, what was done); SpecError or NotOurs when it cannot be done."""
+def _apply(kube: Kube, owner: dict, config: OperatorConfig) -> tuple[LLMDeploymentSpec, list[Applied]]:
+    """(the spec, what was done); SpecError or NotOurs when it cannot be done."""
     name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
     check_name(name)
     spec = parse_spec(owner.get("spec"))
     check_references(kube, namespace, spec)
-    return spec.service_port, apply_children(kube, owner, spec, config)
+    return spec, apply_children(kube, owner, spec, config)
+
+
+def _workload(kube: Kube, owner: dict, actions: list[Applied], multi_node: bool) -> dict | None:
+    """The live owner of the pods (Deployment or LeaderWorkerSet), for the status."""
+    kind = "LeaderWorkerSet" if multi_node else "Deployment"
+    live = next((a.live for a in actions if a.kind == kind), None)
+    if live is None and not actions:  # not applied: still report the pods already serving
+        meta = owner["metadata"]
+        live = kube.get(kind, meta["namespace"], meta["name"])
+    return live
 
 
 def reconcile(kube: Kube, config: OperatorConfig, owner: dict) -> Outcome:
     """Apply the children and write the status; transient API errors propagate (retry soon)."""
     name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
-    port, problem, permanent, actions = _port_hint(owner), None, False, []
+    port, problem, permanent, actions, spec = _port_hint(owner), None, False, [], None
     try:
-        port, actions = _apply(kube, owner, config)
+        spec, actions = _apply(kube, owner, config)
+        port = spec.service_port
     except OwnerGone:
         log.info("%s/%s was deleted during a pass; nothing to do", namespace, name)
         return Outcome({}, None)
@@ -104,10 +121,9 @@ def reconcile(kube: Kube, config: OperatorConfig, owner: dict) -> Outcome:
         if exc.status in TRANSIENT:
             raise
         problem = ("ApiError", f"the API server refused a child ({exc.status} {exc.reason}): {_api_message(exc)}")
-    deployment = next((a.live for a in actions if a.kind == "Deployment"), None)
-    if problem:
-        deployment = kube.get("Deployment", namespace, name)  # still report the pods already serving
-    status = build_status(owner, deployment, port, problem)
+    multi_node = spec.multi_node if spec else _multi_node_hint(owner)
+    workload = _workload(kube, owner, [] if problem else actions, multi_node)
+    status = build_status(owner, workload, port, problem, leader_selector_extra() if multi_node else None)
     _publish(kube, owner, status)
     changed = [f"{a.kind} {a.action}" for a in actions if a.action not in ("unchanged", "absent")]
     if changed:
@@ -121,6 +137,16 @@ def _port_hint(owner: dict) -> int:
     service = spec.get("service") if isinstance(spec, dict) else None
     port = service.get("port") if isinstance(service, dict) else None
     return port if isinstance(port, int) and not isinstance(port, bool) else 8000
+
+
+def _multi_node_hint(owner: dict) -> bool:
+    """Whether the last good spec made a LeaderWorkerSet, for a spec that does not parse: the
+    spec's layout fields alone, if they still parse."""
+    try:
+        return parse_spec({"model": "x", **{k: v for k, v in (owner.get("spec") or {}).items()
+                                            if k in LAYOUT_FIELDS}}).multi_node
+    except (SpecError, AttributeError, TypeError):
+        return False
 
 
 def _api_message(exc: ApiException) -> str:

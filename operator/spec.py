@@ -23,7 +23,8 @@ ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod")
 RESERVED_ENV = ("HF_HOME", "HF_TOKEN", "PAGEDSERVE_API_KEY")
 # flags the operator renders from other fields; extraArgs may not repeat them
 OWNED_FLAGS = ("--port", "--host", "--tensor-parallel-size", "-tp", "--distributed-executor-backend",
-               "--device", "--api-key", "--model", "--shutdown-timeout")
+               "--device", "--api-key", "--model", "--shutdown-timeout", "--pipeline-parallel-size", "-pp",
+               "--nnodes", "--node-rank", "--master-addr", "--master-port", "--headless")
 
 
 @dataclass(slots=True)
@@ -61,6 +62,8 @@ class LLMDeploymentSpec:
     served_model_name: str | None = None
     replicas: int = 1
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    gpus_per_node: int | None = None  # None: every rank in one pod, whatever the node has
     accelerator: str = "amd"
     image: str | None = None
     engine: EngineSpec = field(default_factory=EngineSpec)
@@ -84,6 +87,24 @@ class LLMDeploymentSpec:
     @property
     def gpu_resource(self) -> str | None:
         return GPU_RESOURCE[self.accelerator]
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def nodes(self) -> int:
+        """Pods per replica: 1, or the nodes tp x pp ranks fill (a LeaderWorkerSet group)."""
+        per_node = self.gpus_per_node or self.world_size
+        return max(1, self.world_size // per_node)
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nodes > 1
+
+    @property
+    def gpus_per_pod(self) -> int:
+        return self.world_size // self.nodes
 
 
 def _secret(obj: Mapping, key: str) -> SecretRef | None:
@@ -143,7 +164,7 @@ def _cache(obj: Mapping) -> CacheSpec:
                      existing_claim=claim, access_mode=choice(obj, "accessMode", w, ACCESS_MODES, "ReadWriteOnce"))
 
 
-def _resources(obj: Mapping, accelerator: str, tp: int) -> dict:
+def _resources(obj: Mapping, accelerator: str, gpus: int) -> dict:
     only(obj, ("limits", "requests", "claims"), "spec.resources")
     for part in ("limits", "requests"):
         for name, value in (get(obj, part, "spec.resources", dict, {})).items():
@@ -154,9 +175,10 @@ def _resources(obj: Mapping, accelerator: str, tp: int) -> dict:
     gpu = GPU_RESOURCE[accelerator]
     for part in ("limits", "requests"):
         given = (obj.get(part) or {}).get(gpu) if gpu else None
-        if given is not None and parse_quantity(given) != tp:
-            raise SpecError(f"spec.resources.{part}[{gpu!r}] is {given} but tensorParallelSize is {tp}: "
-                            "each pod gets one GPU per rank, leave the GPU count to the operator")
+        if given is not None and parse_quantity(given) != gpus:
+            raise SpecError(f"spec.resources.{part}[{gpu!r}] is {given} but each pod runs {gpus} ranks "
+                            "(tensorParallelSize x pipelineParallelSize, over gpusPerNode): each pod gets "
+                            "one GPU per rank, leave the GPU count to the operator")
     return {k: dict(v) if isinstance(v, Mapping) else v for k, v in obj.items()}
 
 
@@ -182,11 +204,40 @@ def _pdb(obj: Mapping) -> dict:
     return given
 
 
-SPEC_FIELDS = ("model", "servedModelName", "replicas", "tensorParallelSize", "accelerator", "image", "engine",
+SPEC_FIELDS = ("model", "servedModelName", "replicas", "tensorParallelSize", "pipelineParallelSize",
+               "gpusPerNode", "accelerator", "image", "engine",
                "modelCache", "hfTokenSecret", "apiKeySecret", "resources", "nodeSelector", "tolerations",
                "affinity", "priorityClassName", "env", "service", "autoscaling", "inferencePool",
                "podDisruptionBudget", "startupTimeoutSeconds", "shutdownTimeoutSeconds")
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _layout(spec: Mapping) -> tuple[int, int, int | None]:
+    """(tp, pp, gpusPerNode); SpecError unless the ranks fill one pod or whole nodes."""
+    tp = integer(spec, "tensorParallelSize", "spec", 1, minimum=1)
+    pp = integer(spec, "pipelineParallelSize", "spec", 1, minimum=1)
+    per_node = integer(spec, "gpusPerNode", "spec", None, minimum=1)
+    world = tp * pp
+    if per_node is not None and world > per_node and world % per_node:
+        raise SpecError(f"spec.tensorParallelSize x spec.pipelineParallelSize = {tp} x {pp} = {world} "
+                        f"ranks do not fill whole nodes of spec.gpusPerNode={per_node}: make it a "
+                        "multiple of gpusPerNode (one pod per node, one GPU per rank)")
+    return tp, pp, per_node
+
+
+def _check_multi_node(spec: LLMDeploymentSpec) -> None:
+    """What a LeaderWorkerSet cannot do the way a Deployment does, refused by name."""
+    if not spec.multi_node:
+        return
+    cache = spec.model_cache
+    if cache is not None and cache.size is not None and cache.access_mode != "ReadWriteMany":
+        raise SpecError(f"spec.modelCache.accessMode {cache.access_mode} with a multi-node spec: the "
+                        "group's pods run on several nodes, which only a ReadWriteMany claim allows")
+    pdb = spec.pod_disruption_budget or {}
+    if "minAvailable" in pdb or isinstance(pdb.get("maxUnavailable"), str):
+        raise SpecError("spec.podDisruptionBudget with a multi-node spec (tensorParallelSize x "
+                        "pipelineParallelSize > gpusPerNode) takes only maxUnavailable as a count: "
+                        "it counts pods, and one pod down takes its whole group down")
 
 
 def check_name(name: object) -> str:
@@ -207,7 +258,7 @@ def parse_spec(spec: Mapping | None) -> LLMDeploymentSpec:
     if not model or not model.strip():
         raise SpecError("spec.model is required: a Hugging Face hub id or a path inside the pod")
     accelerator = choice(spec, "accelerator", w, tuple(GPU_RESOURCE), "amd")
-    tp = integer(spec, "tensorParallelSize", w, 1, minimum=1)
+    tp, pp, per_node = _layout(spec)
     service = get(spec, "service", w, dict, {})
     only(service, ("type", "port"), "spec.service")
     port = integer(service, "port", "spec.service", 8000, minimum=1)
@@ -217,13 +268,15 @@ def parse_spec(spec: Mapping | None) -> LLMDeploymentSpec:
     if node_selector and not all(isinstance(v, str) for v in node_selector.values()):
         raise SpecError(f"spec.nodeSelector values must be strings, got {dict(node_selector)!r}")
     cache, scaling, pdb = spec.get("modelCache"), spec.get("autoscaling"), spec.get("podDisruptionBudget")
-    return LLMDeploymentSpec(
+    parsed = LLMDeploymentSpec(
         model=model.strip(), served_model_name=get(spec, "servedModelName", w, str),
-        replicas=integer(spec, "replicas", w, 1, minimum=0), tensor_parallel_size=tp, accelerator=accelerator,
+        replicas=integer(spec, "replicas", w, 1, minimum=0), tensor_parallel_size=tp,
+        pipeline_parallel_size=pp, gpus_per_node=per_node, accelerator=accelerator,
         image=get(spec, "image", w, str), engine=_engine(get(spec, "engine", w, dict, {})),
         model_cache=None if cache is None else _cache(get(spec, "modelCache", w, dict)),
         hf_token_secret=_secret(spec, "hfTokenSecret"), api_key_secret=_secret(spec, "apiKeySecret"),
-        resources=_resources(get(spec, "resources", w, dict, {}), accelerator, tp),
+        resources=_resources(get(spec, "resources", w, dict, {}), accelerator,
+                             min(tp * pp, per_node or tp * pp)),
         node_selector=dict(node_selector) if node_selector else None,
         tolerations=list(get(spec, "tolerations", w, list, [])) or None,
         affinity=dict(get(spec, "affinity", w, dict, {})) or None,
@@ -235,3 +288,5 @@ def parse_spec(spec: Mapping | None) -> LLMDeploymentSpec:
         pod_disruption_budget=None if pdb is None else _pdb(get(spec, "podDisruptionBudget", w, dict)),
         startup_timeout_seconds=integer(spec, "startupTimeoutSeconds", w, 3600, minimum=10),
         shutdown_timeout_seconds=integer(spec, "shutdownTimeoutSeconds", w, 30, minimum=0))
+    _check_multi_node(parsed)
+    return parsed

@@ -1,5 +1,9 @@
 """The LLMDeployment's status from what its Deployment reports: pure functions.
 
+A multi-node LLMDeployment's LeaderWorkerSet reports the same fields (replicas, readyReplicas,
+updatedReplicas, observedGeneration) counting groups, so the same rollout() reads it and
+readyReplicas is the number of ready groups.
+
 phase: Pending (no pods yet) -> Progressing (pods starting: download, load) -> Ready (all
 replicas ready); Degraded (a finished rollout lost replicas), Failed (a bad spec, a missing
 Secret, an apply error, or a rollout past its deadline), Stopped (scaled to zero).
@@ -58,8 +62,10 @@ def _condition(kind: str, ok: bool, reason: str, message: str, generation: int |
 
 
 def build_status(owner: dict, deployment: dict | None, port: int,
-                 problem: tuple[str, str] | None = None) -> dict:
-    """The complete status; problem = (reason, message) when the children could not be applied."""
+                 problem: tuple[str, str] | None = None, selector_extra: dict | None = None) -> dict:
+    """The complete status; problem = (reason, message) when the children could not be applied;
+    deployment is the pods' owner (a Deployment or LeaderWorkerSet); selector_extra narrows
+    status.selector to the pods that serve."""
     meta = owner["metadata"]
     generation = meta.get("generation")
     old = (owner.get("status") or {}).get("conditions") or []
@@ -79,7 +85,7 @@ def build_status(owner: dict, deployment: dict | None, port: int,
         "replicas": st.get("replicas") or 0,
         "readyReplicas": ready,
         "ready": f"{ready}/{want}",
-        "selector": selector_string(meta["name"]),
+        "selector": selector_string(meta["name"], selector_extra),
         "endpoint": endpoint(meta["name"], meta["namespace"], port),
         "observedGeneration": generation,
         "conditions": [reconciled, _condition("Ready", phase == "Ready", reason, message, generation, old)],

@@ -20,9 +20,10 @@ def crd() -> dict:
 
 def render(tp: int = 8, pp: int = 2, gpus_per_node: int = 8, **spec) -> dict:
     owner = llmdeployment("big", "team-a", model="meta-llama/Llama-3.1-405B-Instruct",
-                          tensorParallelSize=tp, accelerator="amd", **spec)
+                          tensorParallelSize=tp, pipelineParallelSize=pp, gpusPerNode=gpus_per_node,
+                          accelerator="amd", **spec)
     owner["metadata"]["uid"] = "uid-big"
-    return strip_none(leader_worker_set(owner, parse_spec(owner["spec"]), CONFIG, pp, gpus_per_node))
+    return strip_none(leader_worker_set(owner, parse_spec(owner["spec"]), CONFIG))
 
 
 def flag(args: list[str], name: str) -> str:
@@ -59,7 +60,11 @@ def test_service_selects_leaders_and_status_counts_ready_groups():
     assert ready_groups({}) == 0
 
 
-@pytest.mark.parametrize("tp,pp,gpus", [(4, 3, 8), (8, 2, 0)])
-def test_sizes_that_do_not_fill_whole_nodes_are_refused(tp, pp, gpus):
-    with pytest.raises(SpecError, match=r"do not fill whole nodes of gpusPerNode"):
+@pytest.mark.parametrize("tp,pp,gpus,fragment", [
+    (4, 3, 8, r"4 x 3 = 12 ranks do not fill whole nodes of spec.gpusPerNode=8"),
+    (8, 2, 0, r"spec.gpusPerNode must be an integer >= 1"),
+    (8, 0, 8, r"spec.pipelineParallelSize must be an integer >= 1"),
+])
+def test_sizes_that_do_not_fill_whole_nodes_are_refused(tp, pp, gpus, fragment):
+    with pytest.raises(SpecError, match=fragment):
         render(tp=tp, pp=pp, gpus_per_node=gpus)

@@ -51,7 +51,8 @@ def test_examples_are_valid_llmdeployments(examples, crd_validator):
         spec = parse_spec(body["spec"])
         models[spec.model] = (spec.tensor_parallel_size, spec.accelerator)
     assert models == {"Qwen/Qwen2-7B-Instruct": (1, "amd"), "01-ai/Yi-34B-Chat": (4, "amd"),
-                      "meta-llama/Meta-Llama-3-70B-Instruct": (4, "amd"), "stories260K": (1, "cpu")}
+                      "meta-llama/Meta-Llama-3-70B-Instruct": (4, "amd"), "stories260K": (1, "cpu"),
+                      "meta-llama/Llama-3.1-405B-Instruct": (8, "amd")}
 
 
 def test_crd_schema_rejects_what_the_operator_rejects(crd_validator):
@@ -79,7 +80,7 @@ def test_crd_schema_rejects_what_the_operator_rejects(crd_validator):
     ({"model": "m", "env": [{"name": "HF_TOKEN", "value": "x"}]}, "InvalidSpec", "may not set HF_TOKEN"),
     ({"model": "m", "hfTokenSecret": {"name": "s"}}, "InvalidSpec", "needs both name and key"),
     ({"model": "m", "tensorParallelSize": 4, "resources": {"limits": {"amd.com/gpu": 2}}}, "InvalidSpec",
-     "is 2 but tensorParallelSize is 4"),
+     "is 2 but each pod runs 4 ranks"),
     ({"model": "m", "resources": {"limits": {"memory": "a lot"}}}, "InvalidSpec", "resources.limits['memory']"),
     ({"model": "m", "podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}, "InvalidSpec", "exactly one"),
     ({"model": "m", "service": {"port": 70000}}, "InvalidSpec", "port must be <= 65535"),
