@@ -65,8 +65,8 @@ def test_kubectl_get_shows_the_printer_columns(cluster, ns, examples):
     wait_for(lambda: ((cluster.kube.get("LLMDeployment", ns, "llama3-70b") or {}).get("status") or {}).get("phase"),
              what="a phase")
     header, row = kubectl(cluster, "get", "llmd", "-n", ns).splitlines()
-    assert header.split() == ["NAME", "MODEL", "TP", "READY", "PHASE", "ENDPOINT", "AGE"]
+    assert header.split() == ["NAME", "MODEL", "TP", "PP", "READY", "PHASE", "ENDPOINT", "AGE"]
     cells = row.split()
     # the Secrets it names do not exist yet: Failed, and it says why in its conditions
-    assert cells[:6] == ["llama3-70b", "meta-llama/Meta-Llama-3-70B-Instruct", "4", "0/1", "Failed",
+    assert cells[:7] == ["llama3-70b", "meta-llama/Meta-Llama-3-70B-Instruct", "4", "1", "0/1", "Failed",
                          f"http://llama3-70b.{ns}.svc.cluster.local:8000/v1"]
