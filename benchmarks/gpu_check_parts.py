@@ -20,6 +20,10 @@ ARCHS = {"llama": ("LlamaConfig", "LlamaForCausalLM", {}),
          "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16})}
 
 
+class Skip(Exception):
+    """A part that cannot run here; its message, the reason, goes into the report."""
+
+
 @dataclass(slots=True)
 class Shape:
     """Sizes of one run: `gpu()` for the real check, `cpu()` for the dry run."""
@@ -186,8 +190,13 @@ def part_parity(shape: Shape, out: str) -> dict:
     """Engine vs transformers greedy tokens on the same device: fp32 exact, bf16 N of M;
     with decode graphs (enforce_eager=False) too, in fp32."""
     prompts = _prompts(shape.parity_prompts)
-    runs = [("float32", True), ("bfloat16", True), ("float32", False)]
+    runs = [("float32", True), ("bfloat16", True)]
     result = {}
+    if shape.device == "cuda":
+        runs.append(("float32", False))
+    else:
+        result["graphs"] = {"skip_reason": "no decode graphs on CPU (the graphs part checks "
+                                           "the eager fallback)"}
     for arch in shape.parity_archs:
         path = build_tiny(os.path.join(out, "models", f"tiny-{arch}"), arch, shape)
         for dtype, eager in runs:
@@ -256,12 +265,13 @@ def part_kv_sizing(shape: Shape, out: str) -> dict:
     from pagedserve.engine.sampling_params import SamplingParams
     path = bench_model(shape, out)
     result = {}
-    for eager in (True, False):
+    for eager in (True, False) if shape.device == "cuda" else (True,):
+        free_before = _free_gib(shape.device)
         llm = LLM(path, device=shape.device, dtype=shape.bench_dtype,
                   gpu_memory_utilization=0.9, max_model_len=2 * shape.long_prompt,
                   max_num_seqs=64, enforce_eager=eager)
         try:
-            facts = _kv_facts(llm, shape.device)
+            facts = {"free_gib_before_load": free_before, **_kv_facts(llm, shape.device)}
             if eager:
                 prompt = [1] + [random.Random(1).randrange(3, 512)
                                 for _ in range(shape.long_prompt - 1)]
@@ -275,10 +285,18 @@ def part_kv_sizing(shape: Shape, out: str) -> dict:
             result["eager" if eager else "graphs"] = facts
         finally:
             llm.llm_engine.shutdown()
-            del llm
-            if shape.device == "cuda":
-                torch.cuda.empty_cache()
+            del llm  # the next engine sizes its cache from what this one gives back
     return result
+
+
+def _free_gib(device: str) -> float | None:
+    """Free device memory once this process's dead tensors are given back."""
+    if device != "cuda":
+        return None
+    import gc
+    gc.collect()
+    torch.cuda.empty_cache()
+    return torch.cuda.mem_get_info()[0] / 2**30
 
 
 def decode_rate(llm, batch: int, tokens: int) -> tuple[float, list]:
@@ -325,13 +343,24 @@ def part_graphs(shape: Shape, out: str) -> dict:
 
 
 def part_throughput(shape: Shape, out: str) -> dict:
-    """`pagedserve bench throughput --backend pagedserve,hf` on the bf16 bench model."""
+    """`pagedserve bench throughput --backend pagedserve,hf` on the bench model."""
+    return _bench_throughput(shape, out, "throughput", ["--backend", "pagedserve,hf"])
+
+
+def part_throughput_graphs(shape: Shape, out: str) -> dict:
+    """The same workload, pagedserve alone with decode graphs (--no-enforce-eager)."""
+    if shape.device != "cuda":
+        raise Skip("decode graphs need a GPU: on CPU this is the eager run again")
+    return _bench_throughput(shape, out, "throughput_graphs",
+                             ["--backend", "pagedserve", "--no-enforce-eager"])
+
+
+def _bench_throughput(shape: Shape, out: str, name: str, extra: list[str]) -> dict:
     from pagedserve.cli import main
     path = bench_model(shape, out)
-    report = os.path.join(out, "throughput.json")
-    argv = ["bench", "throughput", "--model", path, "--backend", "pagedserve,hf",
-            "--dtype", shape.bench_dtype, "--device", shape.device, *shape.bench_args,
-            "--output-json", report]
+    report = os.path.join(out, f"{name}.json")
+    argv = ["bench", "throughput", "--model", path, *extra, "--dtype", shape.bench_dtype,
+            "--device", shape.device, *shape.bench_args, "--output-json", report]
     if main(argv):  # in this process: one interpreter start less
         raise RuntimeError("pagedserve bench throughput failed")
     with open(report) as f:

@@ -151,7 +151,8 @@ class CUDAGraphRunner:
         self.model(ids, pos, meta)
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: the server's other threads may touch CUDA while this one captures
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             self.outputs[size] = self.model(ids, pos, meta)
         if self.pool is None:
             self.pool = graph.pool()
