@@ -8,15 +8,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from partial_json_parser import loads as partial_loads
-from partial_json_parser.core.options import Allow
 
 from pagedserve.server.deltas import (DeltaMessage, DeltaToolCall, ExtractedToolCalls,
                                       ToolCall, tool_call_id)
 
 # Only containers may be incomplete: a half string, number or literal is left out until it
 # is whole, so what was parsed so far never changes meaning later.
-PARTIAL = Allow.ARR | Allow.OBJ
 
 
 @dataclass(slots=True)
@@ -33,8 +30,12 @@ def load_partial(text: str) -> tuple[Any, bool]:
         return json.loads(text), True
     except ValueError:
         pass
+    # imported here: the CLI lists the parsers at parse time, and the operator image, which
+    # builds the same CLI, has no server extra
+    from partial_json_parser import loads as partial_loads
+    from partial_json_parser.core.options import Allow
     try:
-        return partial_loads(text, PARTIAL), False
+        return partial_loads(text, Allow.ARR | Allow.OBJ), False
     except Exception:  # partial_json_parser raises its own types for text that is not JSON
         return None, False
 

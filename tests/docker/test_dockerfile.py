@@ -119,6 +119,9 @@ def test_engine_install_never_reinstalls_torch():
     assert "install-engine.sh" in run
     script = (ROOT / "docker" / "install-engine.sh").read_text()
     assert "--no-deps" in script and "-c \"$pins\"" in script
+    assert '--no-deps -r "$dist/requirements-engine-nodeps.txt"' in script
+    wheel = " ".join(instruction(stages()["wheel"], "RUN"))
+    assert "--without-deps server > /dist/requirements-engine-nodeps.txt" in wheel
 
 
 def pyproject() -> dict:
@@ -131,25 +134,17 @@ def test_engine_requirements_are_core_plus_server_without_torch_or_triton():
     names = {requirement_name(r) for r in reqs}
     assert "torch" not in names and "triton" not in names
     expected = {requirement_name(r) for r in project["dependencies"] + project["optional-dependencies"]["server"]}
-    assert names == expected - {"torch"}
+    no_deps = {requirement_name(r) for r in image_requirements(pyproject(), ["server"], without_deps=True)}
+    assert no_deps == set(_requirements.WITHOUT_DEPS) & expected
+    their_deps = {requirement_name(d) for name in no_deps for d in _requirements.WITHOUT_DEPS[name]}
+    assert names == (expected - {"torch"} - no_deps) | their_deps
 
 
-def test_operator_requirements_are_exactly_the_operator_extra():
-    reqs = image_requirements(pyproject(), ["operator"], core=False)
-    assert reqs == pyproject()["project"]["optional-dependencies"]["operator"]
-
-
-def test_unknown_extra_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown extra 'gpu'"):
-        image_requirements(pyproject(), ["gpu"])
-
-
-def operator_closure() -> set[str]:
-    """Distributions the operator image ends up with: the operator extra and their deps."""
+def closure(names: list[str], seen: set[str]) -> set[str]:
+    """Distributions pip would add for `names`, read from the installed metadata."""
     from importlib.metadata import PackageNotFoundError, distribution
     from packaging.requirements import Requirement
-    todo = [requirement_name(r) for r in image_requirements(pyproject(), ["operator"], core=False)]
-    seen = {"pagedserve", "pip", "setuptools", "wheel"}
+    todo = list(names)
     while todo:
         name = todo.pop()
         if name in seen:
@@ -164,6 +159,47 @@ def operator_closure() -> set[str]:
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(requirement_name(req.name))
     return seen
+
+
+def _direct_requirements(name: str) -> set[str]:
+    from importlib.metadata import PackageNotFoundError, distribution
+    from packaging.requirements import Requirement
+    try:
+        requires = [Requirement(r) for r in distribution(name).requires or []]
+    except PackageNotFoundError:
+        return set()
+    return {requirement_name(r.name) for r in requires
+            if r.marker is None or r.marker.evaluate({"extra": ""})}
+
+
+def test_engine_image_requirements_never_pull_triton_or_torch():
+    """On a ROCm base Triton is pytorch-triton-rocm: any requirement that resolves to the
+    name `triton` (xgrammar names it) would install PyPI's CUDA build beside it."""
+    resolved = [requirement_name(r) for r in image_requirements(pyproject(), ["server"])]
+    pulled = closure(resolved, {"pagedserve", "pip", "setuptools", "wheel"})
+    assert "xgrammar" not in pulled  # installed with --no-deps instead
+    assert not pulled & {"torch", "triton"}, sorted(pulled & {"torch", "triton"})
+    for line in image_requirements(pyproject(), ["server"], without_deps=True):
+        name = requirement_name(line)
+        needs = _direct_requirements(name) - {"torch", "triton"}
+        listed = {requirement_name(d) for d in _requirements.WITHOUT_DEPS[name]}
+        assert needs <= listed, f"{name} also needs {sorted(needs - listed)}"
+
+
+def test_operator_requirements_are_exactly_the_operator_extra():
+    reqs = image_requirements(pyproject(), ["operator"], core=False)
+    assert reqs == pyproject()["project"]["optional-dependencies"]["operator"]
+
+
+def test_unknown_extra_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown extra 'gpu'"):
+        image_requirements(pyproject(), ["gpu"])
+
+
+def operator_closure() -> set[str]:
+    """Distributions the operator image ends up with: the operator extra and their deps."""
+    todo = [requirement_name(r) for r in image_requirements(pyproject(), ["operator"], core=False)]
+    return closure(todo, {"pagedserve", "pip", "setuptools", "wheel"})
 
 
 def test_operator_cli_starts_with_only_the_operator_image_dependencies():
