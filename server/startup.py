@@ -31,6 +31,16 @@ def resolve_engine_config(model: str, engine_kwargs: dict, debug: bool) -> Engin
 def _check_architecture(config: EngineConfig) -> None:
     from pagedserve.engine.models import model_class
     model_class(config.model_config.architectures)
+    if config.structured_outputs_config.reasoning_parser:
+        _check_reasoning_tokens(config)
+
+
+def _check_reasoning_tokens(config: EngineConfig) -> None:
+    """--reasoning-parser needs its think tokens in the tokenizer (vLLM refuses to start)."""
+    from pagedserve.engine.structured_output.reasoning import ReasoningEnd
+    from pagedserve.engine.tokenizer import load_tokenizer
+    tokenizer = load_tokenizer(config.tokenizer or config.model_path, config.trust_remote_code)
+    ReasoningEnd.for_parser(config.structured_outputs_config.reasoning_parser, tokenizer)
 
 
 def as_flags(message: str) -> str:

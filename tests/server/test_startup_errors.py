@@ -47,6 +47,11 @@ def test_unknown_architecture_is_one_line(tmp_path):
     assert "FooForCausalLM" in line and "LlamaForCausalLM" in line  # names what is supported
 
 
+def test_reasoning_parser_without_think_tokens_is_one_line():
+    line = one_line_error(serve("--reasoning-parser", "qwen3"))  # stories260K has none
+    assert "think" in line
+
+
 def test_unknown_dtype_is_refused_by_the_parser():
     out = serve("--dtype", "float8")
     assert out.returncode == 2 and "--dtype" in out.stderr and "Traceback" not in out.stderr
