@@ -81,6 +81,9 @@ def check_fields(body: BaseModel) -> None:
     stream_options = getattr(body, "stream_options", None)
     if stream_options is not None and not getattr(body, "stream", False):
         raise invalid("stream_options is only allowed when stream is true", "stream_options")
+    if getattr(body, "prompt_logprobs", None) is not None and getattr(body, "stream", False):
+        raise invalid("prompt_logprobs are not available when stream is true (as in vLLM)",
+                      "prompt_logprobs")
     extra = sorted(body.model_extra or {})
     if extra:
         logger.warning("The following fields were present in the request but ignored: %s",

@@ -167,6 +167,9 @@ def test_prompt_logprobs_completions_and_chat(client, server, hf_prompt_logprobs
     got = [entry[str(t)]["logprob"] for entry, t in zip(plp[1:], ids[1:])]
     assert got == pytest.approx(hf_prompt_logprobs(ids), abs=1e-4)
     assert all(2 <= len(entry) <= 3 for entry in plp[1:])
+    _error(server.http.post("/v1/completions", json={
+        "prompt": PROMPT, "max_tokens": 2, "prompt_logprobs": 1, "stream": True}),
+        "prompt_logprobs")  # as vLLM refuses them in streams
     msgs = [{"role": "user", "content": "Hi"}]
     chat = server.http.post("/v1/chat/completions", json={
         "messages": msgs, "max_tokens": 2, "prompt_logprobs": 0, "return_token_ids": True}).json()
