@@ -13,10 +13,22 @@ from pagedserve.engine.outputs import RequestOutput
 from pagedserve.engine.sampling_params import RequestOutputKind, SamplingParams
 from pagedserve.engine.tokenizer import PromptType, apply_chat_template
 
-# vLLM arguments that tune things this engine does not have; accepted so vLLM code runs.
-_IGNORED_VLLM_ARGS = {"swap_space", "disable_log_stats", "cpu_offload_gb",
-                      "disable_custom_all_reduce", "max_seq_len_to_capture", "revision",
-                      "tokenizer_mode", "quantization", "enable_chunked_prefill"}
+# vLLM arguments for machinery this engine does not have: accepted (with a warning) where no
+# value can change what is generated, or only at the value that matches what this engine does.
+_TUNING_VLLM_ARGS = {"swap_space", "disable_log_stats", "disable_custom_all_reduce",
+                     "max_seq_len_to_capture"}
+_FIXED_VLLM_ARGS = {"cpu_offload_gb": 0, "revision": None, "tokenizer_mode": "auto",
+                    "quantization": None, "enable_chunked_prefill": True}
+
+
+def _check_vllm_arg(name: str, value) -> None:
+    """Warn for a tuning knob; refuse a value that would change the model or its outputs."""
+    if name in _TUNING_VLLM_ARGS:
+        warnings.warn(f"pagedserve has no use for the vLLM argument {name}={value!r}; "
+                      f"it changes nothing here", stacklevel=3)
+    elif value != _FIXED_VLLM_ARGS[name]:
+        raise ValueError(f"{name}={value!r} is not supported; pagedserve runs as "
+                         f"{name}={_FIXED_VLLM_ARGS[name]!r}")
 
 
 class LLM:
@@ -28,8 +40,8 @@ class LLM:
 
     def __init__(self, model: str | None = None, **kwargs) -> None:
         for name in list(kwargs):
-            if name in _IGNORED_VLLM_ARGS:
-                warnings.warn(f"pagedserve ignores the vLLM argument {name}={kwargs.pop(name)!r}")
+            if name in _TUNING_VLLM_ARGS or name in _FIXED_VLLM_ARGS:
+                _check_vllm_arg(name, kwargs.pop(name))
             elif name not in EngineConfig.field_names():
                 raise TypeError(f"LLM() got an unexpected keyword argument {name!r}")
         self.llm_engine = LLMEngine(EngineConfig(model=model or default_model(), **kwargs))

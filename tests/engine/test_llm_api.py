@@ -42,3 +42,12 @@ def test_vllm_only_arguments_are_accepted_with_a_warning(stories_path):
     import pytest
     with pytest.warns(UserWarning, match="swap_space"):
         LLM(stories_path, swap_space=4)
+
+
+def test_vllm_arguments_that_would_change_the_output_are_refused(stories_path):
+    import pytest
+    for name, value in [("quantization", "awq"), ("revision", "v2"), ("cpu_offload_gb", 4),
+                        ("tokenizer_mode", "mistral")]:
+        with pytest.raises(ValueError, match=f"{name}={value!r} is not supported"):
+            LLM(stories_path, **{name: value})
+    LLM(stories_path, quantization=None, enable_chunked_prefill=True)  # what this engine does
