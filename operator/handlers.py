@@ -2,7 +2,7 @@
 
 - create/update/resume of an LLMDeployment: reconcile now; a bad spec is a PermanentError
   (only a spec change, which is an update, can fix it), a missing Secret a slow TemporaryError;
-- an event on a Deployment or Service we control: reconcile its owner (restores a deleted or
+- an event on a Deployment, LeaderWorkerSet or Service we control: reconcile its owner (restores a deleted or
   edited child at once, and follows the pods' readiness into the status);
 - every resync_interval: reconcile everything (repairs the HPA, PDB and PVC too, refreshes).
 
@@ -101,6 +101,8 @@ def reconcile_llmdeployment(body: kopf.Body, memo: kopf.Memo, retry: int, **_) -
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OURS)
+# a multi-node spec's pods; kopf serves this watch only while the LWS CRD is installed
+@kopf.on.event("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=OURS)
 @kopf.on.event("v1", "services", labels=OURS)
 def child_changed(body: kopf.Body, event: dict, memo: kopf.Memo, logger: logging.Logger, **_) -> None:
     if event.get("type") is None:  # the initial listing: resume handlers cover those

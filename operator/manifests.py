@@ -13,7 +13,7 @@ import kopf
 
 from pagedserve.operator.config import OperatorConfig
 from pagedserve.operator.labels import API_VERSION, KIND, child_name, meta, pod_labels, selector_labels
-from pagedserve.operator.lws import leader_selector, leader_worker_set
+from pagedserve.operator.lws import leader_worker_set, serving_selector
 from pagedserve.operator.pod import pod_template
 from pagedserve.operator.pool import inference_pool
 from pagedserve.operator.scaling import autoscalers
@@ -52,17 +52,12 @@ def deployment(owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig) -> 
     }
 
 
-def serving_selector(name: str, spec: LLMDeploymentSpec) -> dict:
-    """The pods that serve HTTP: all of them, or a multi-node spec's leaders only."""
-    return leader_selector(name) if spec.multi_node else selector_labels(name)
-
-
 def service(owner: dict, spec: LLMDeploymentSpec) -> dict:
     return {
         "apiVersion": "v1", "kind": "Service", "metadata": meta(owner),
         "spec": {
             "type": spec.service_type,
-            "selector": serving_selector(owner["metadata"]["name"], spec),
+            "selector": serving_selector(owner["metadata"]["name"], spec.multi_node),
             "ports": [{"name": "http", "port": spec.service_port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
@@ -73,6 +68,7 @@ def pod_disruption_budget(owner: dict, spec: LLMDeploymentSpec) -> dict:
     assert budget is not None
     return {
         "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta(owner),
+        # every pod, a LeaderWorkerSet's workers too: evicting any pod of a group stops the group
         "spec": {"selector": {"matchLabels": selector_labels(owner["metadata"]["name"])},
                  "minAvailable": budget.get("minAvailable"), "maxUnavailable": budget.get("maxUnavailable")},
     }

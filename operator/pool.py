@@ -1,8 +1,8 @@
 """The Gateway API Inference Extension's InferencePool for an LLMDeployment: the pods a Gateway
 routes to through an Endpoint Picker (EPP), which reads their metrics to choose one."""
 
-from pagedserve.operator.labels import meta, selector_labels
-from pagedserve.operator.lws import leader_selector
+from pagedserve.operator.labels import meta
+from pagedserve.operator.lws import serving_selector
 from pagedserve.operator.spec import LLMDeploymentSpec
 
 POOL_API_VERSION = "inference.networking.k8s.io/v1"
@@ -28,7 +28,7 @@ def inference_pool(owner: dict, spec: LLMDeploymentSpec) -> dict:
         "metadata": meta(owner),
         "spec": {
             # the pods that serve: a multi-node group's workers are headless
-            "selector": {"matchLabels": leader_selector(name) if spec.multi_node else selector_labels(name)},
+            "selector": {"matchLabels": serving_selector(name, spec.multi_node)},
             # the container listens on the Service's port (pod.container)
             "targetPorts": [{"number": spec.service_port}],
             "endpointPickerRef": {

@@ -41,14 +41,15 @@ def test_reconciling_twice_changes_nothing(cluster, kubeconfig, ns):
         assert {a.kind: a.action for a in first.actions} == {
             "PersistentVolumeClaim": "created", "Deployment": "created", "Service": "created",
             "HorizontalPodAutoscaler": "created", "PodDisruptionBudget": "created", "InferencePool": "created",
-            "ScaledObject": "absent"}
+            "ScaledObject": "absent", "LeaderWorkerSet": "absent"}
         mark = len(cluster.requests())
         second = reconcile(kube, config, cluster.kube.get("LLMDeployment", ns, "twice"))
     finally:
         kube.close()
     # every child unchanged; the one kind the spec does not ask for (KEDA's, beside the HPA) absent
     assert {a.kind: a.action for a in second.actions} == {
-        kind: "absent" if kind == "ScaledObject" else "unchanged" for kind in (a.kind for a in first.actions)}
+        kind: "absent" if kind in ("ScaledObject", "LeaderWorkerSet") else "unchanged"
+        for kind in (a.kind for a in first.actions)}
     assert writes_by_operator(cluster, mark) == []
     assert second.status == first.status
 

@@ -11,13 +11,14 @@ import yaml
 from pagedserve.operator.config import OperatorConfig
 from pagedserve.operator.labels import child_name
 from pagedserve.operator.render import RenderError, render_objects
-from tests.crds.validate import KEDA_CRD, POOL_CRDS, load, validate
+from tests.crds.validate import KEDA_CRD, LWS_CRD, POOL_CRDS, load, validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GATEWAY_EXAMPLE = ROOT / "examples" / "gateway" / "llmdeployment.yaml"
 CRD_FOR = {
     "InferencePool": [load(path) for path in POOL_CRDS.values()],
     "ScaledObject": [load(KEDA_CRD)],
+    "LeaderWorkerSet": [load(LWS_CRD)],
 }
 
 
@@ -67,10 +68,10 @@ def test_render_reads_every_document_of_a_stream_from_stdin():
     assert out.returncode == 0, out.stderr
     docs = list(yaml.safe_load_all(out.stdout))
     owners = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "examples").glob("*.yaml"))]
-    deployments = [
+    deployments = [  # the pods' owner: a Deployment, or a multi-node example's LeaderWorkerSet
         (d["metadata"]["namespace"], d["metadata"]["name"])
         for d in docs
-        if d["kind"] == "Deployment"
+        if d["kind"] in ("Deployment", "LeaderWorkerSet")
     ]
     assert deployments == [
         (o["metadata"].get("namespace", "models"), o["metadata"]["name"]) for o in owners

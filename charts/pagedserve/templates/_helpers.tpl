@@ -102,7 +102,7 @@ namespaced:
     verbs: [get, create, patch, delete]
   - apiGroups: [leaderworkerset.x-k8s.io]
     resources: [leaderworkersets]
-    verbs: [get, create, patch, delete]
+    verbs: [get, list, watch, create, patch, delete]
   - apiGroups: [""]
     resources: [secrets]
     verbs: [get]
