@@ -79,10 +79,13 @@ def _cases(heads: list[int], dtypes: list[torch.dtype], groups: list[int]):
         kc, slots = torch.zeros(4, 16, 8, 128, dtype=dtype), torch.zeros(2, dtype=torch.long)
         cs, pos = torch.zeros(16, 128), torch.zeros(2, dtype=torch.long)
         tag = str(dtype)[6:]
-        yield f"store_kv_cache {tag}", lambda: triton_ops.store_kv_cache(kv, kv, kc, kc, slots)
-        yield f"rms_norm+residual {tag}", lambda: triton_ops.rms_norm(x, x[0], 1e-5, x)
-        yield f"rotary {tag}", lambda: triton_ops.rotary_embedding(pos, qh, kv, cs)
-        yield f"silu_and_mul {tag}", lambda: triton_ops.silu_and_mul(x)
+        # the tensors are bound now: a caller may run a case after the loop moved on
+        yield f"store_kv_cache {tag}", lambda kv=kv, kc=kc, slots=slots: \
+            triton_ops.store_kv_cache(kv, kv, kc, kc, slots)
+        yield f"rms_norm+residual {tag}", lambda x=x: triton_ops.rms_norm(x, x[0], 1e-5, x)
+        yield f"rotary {tag}", lambda pos=pos, qh=qh, kv=kv, cs=cs: \
+            triton_ops.rotary_embedding(pos, qh, kv, cs)
+        yield f"silu_and_mul {tag}", lambda x=x: triton_ops.silu_and_mul(x)
 
 
 def _usage(kernel, target: GPUTarget) -> str:

@@ -9,8 +9,8 @@ import os
 
 import torch
 
-from pagedserve.kernels import cpu, reference
 from pagedserve.benchmarks.kernel_gpu import paged_cache, timer
+from pagedserve.kernels import cpu, reference
 
 # name, (sequences, context, new tokens per sequence, kv heads, group, head size)
 SHAPES = [

@@ -70,7 +70,7 @@ def bench_decode(cases, shape, dtype, device, time_ms, copy_bw, impls) -> None:
         k, v, table, lens = paged_cache(batch, ctx, page, kv_heads, head, dtype, device)
         q = torch.randn(batch, q_heads, head, dtype=dtype, device=device)
         args = (q, k, v, table, lens, head ** -0.5)
-        times = [time_ms(lambda f=f: f(*args)) for f in impls]
+        times = [time_ms(lambda f=f, args=args: f(*args)) for f in impls]
         nbytes = 2 * batch * ctx * kv_heads * head * k.element_size() + 2 * q.nbytes
         bw = nbytes / (times[0] * 1e-3)
         print(f"{batch:>6} {ctx:>8} {times[0]:>10.3f} {times[1]:>9.3f} "
@@ -90,7 +90,7 @@ def bench_prefill(cases, shape, dtype, device, time_ms, impls) -> None:
         q = torch.randn(seqs * new, q_heads, head, dtype=dtype, device=device)
         qsl = torch.arange(0, seqs * new + 1, new, dtype=torch.int32, device=device)
         args = (q, k, v, table, qsl, lens, head ** -0.5)
-        times = [time_ms(lambda f=f: f(*args)) for f in impls]
+        times = [time_ms(lambda f=f, args=args: f(*args)) for f in impls]
         print(f"{seqs:>5} {prefix:>7} {new:>6} {times[0]:>10.3f} {times[1]:>9.3f} "
               f"{times[1] / times[0]:>7.2f}x {max_error(impls, args):>8.2g}")
 
@@ -117,7 +117,8 @@ def bench_pointwise(tokens: int, hidden: int, inter: int, shape, dtype, device, 
     print(f"\npointwise kernels: {tokens} tokens, hidden {hidden}, intermediate {inter} {dtype}")
     print(f"{'kernel':>18} {'triton ms':>10} {'torch ms':>9} {'speedup':>8}")
     for name, case in cases.items():
-        t_tri, t_ref = time_ms(lambda: case(triton_ops)), time_ms(lambda: case(reference))
+        t_tri = time_ms(lambda case=case: case(triton_ops))
+        t_ref = time_ms(lambda case=case: case(reference))
         print(f"{name:>18} {t_tri:>10.3f} {t_ref:>9.3f} {t_ref / t_tri:>7.2f}x")
 
 

@@ -27,6 +27,7 @@ def _pagedserve_runner(model: str, engine_kwargs: dict):
 def _hf_runner(model: str, engine_kwargs: dict):
     import torch
     from transformers import AutoModelForCausalLM
+
     from pagedserve.engine.loader import resolve_model_path
     device, dtype = hf_device_dtype(engine_kwargs)
     hf = AutoModelForCausalLM.from_pretrained(resolve_model_path(model),

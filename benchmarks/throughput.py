@@ -54,6 +54,7 @@ def run_hf(model: str, requests: list[BenchRequest], max_batch_size: int,
     """Seconds for transformers `generate` over left-padded batches (model load excluded)."""
     import torch
     from transformers import AutoModelForCausalLM
+
     from pagedserve.engine.loader import resolve_model_path
     path = resolve_model_path(model)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()

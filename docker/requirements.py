@@ -11,8 +11,9 @@ never replaced. torch and triton are always left out; the image supplies them.
 import argparse
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 # The image provides these itself; a plain requirement would pull a CUDA build over ROCm.
 PROVIDED_BY_IMAGE = {"torch", "triton"}

@@ -1,6 +1,5 @@
 """Command-line flags for EngineConfig, with vLLM's names (shared by serve, generate, bench)."""
 import argparse
-
 from types import SimpleNamespace
 
 from pagedserve.engine.config import DTYPES, EngineConfig

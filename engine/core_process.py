@@ -41,7 +41,7 @@ def run_engine_core(config: EngineConfig, conn: Connection) -> None:
         engine = LLMEngine(config)
     except BaseException as e:
         send_error(conn, e)
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     try:
         code = run_core(engine, conn)
     finally:

@@ -28,7 +28,7 @@ class TPGroup:
     group: dist.ProcessGroup | None = None
 
 
-_group: ContextVar[TPGroup] = ContextVar("tp_group", default=TPGroup())
+_group: ContextVar[TPGroup] = ContextVar("tp_group", default=TPGroup())  # noqa: B039 (never mutated)
 
 
 @contextmanager

@@ -14,14 +14,27 @@ import torch.multiprocessing as mp
 
 from pagedserve.engine.config import EngineConfig
 from pagedserve.engine.cpu_threads import limit_torch_threads, usable_cpus
-from pagedserve.engine.distributed import (abort_group, check_no_group, destroy_group, make_store,
-                                           rendezvous_address)
+from pagedserve.engine.distributed import (
+    abort_group,
+    check_no_group,
+    destroy_group,
+    make_store,
+    rendezvous_address,
+)
 from pagedserve.engine.model_runner import ModelRunner, resolve_device
 from pagedserve.engine.multinode import ControlServer, RemoteRank
 from pagedserve.engine.multiproc import worker_start_method
 from pagedserve.engine.step_input import StepInput
-from pagedserve.engine.worker import (EXIT, INIT_KV, STEP, encode_command, init_kv_cache,
-                                      join_group, make_runner, run_worker)
+from pagedserve.engine.worker import (
+    EXIT,
+    INIT_KV,
+    STEP,
+    encode_command,
+    init_kv_cache,
+    join_group,
+    make_runner,
+    run_worker,
+)
 
 NODE_JOIN_TIMEOUT_S = 300.0  # other nodes' pods may start (pull images) later than ours
 FAILURE_GRACE_S = 3.0  # after a failed collective, how long to wait for a worker to be seen dead

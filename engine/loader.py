@@ -7,7 +7,6 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-
 BUNDLED_MODEL_NAME = "stories260K"
 _HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
 _HOW_TO = ("download it first (`huggingface-cli download {m}`), or pass a local folder with "

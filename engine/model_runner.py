@@ -11,8 +11,14 @@ from pagedserve.engine.distributed import TPGroup, use_group
 from pagedserve.engine.layers.attention import Attention, AttentionMetadata
 from pagedserve.engine.loader import load_weights
 from pagedserve.engine.models import model_class
-from pagedserve.engine.pipeline import (PPGroup, recv_intermediate, recv_logits, send_intermediate,
-                                        send_logits, use_stage)
+from pagedserve.engine.pipeline import (
+    PPGroup,
+    recv_intermediate,
+    recv_logits,
+    send_intermediate,
+    send_logits,
+    use_stage,
+)
 from pagedserve.engine.step_input import StepInput
 from pagedserve.kernels.utils import cdiv
 

@@ -11,7 +11,7 @@ import queue
 import secrets
 import threading
 import time
-from multiprocessing.connection import Connection, Client, Listener, wait
+from multiprocessing.connection import Client, Connection, Listener, wait
 
 import torch.distributed as dist
 

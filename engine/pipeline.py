@@ -44,7 +44,7 @@ class PPMissingLayer(nn.Module):
         raise RuntimeError("a module of another pipeline stage was called")
 
 
-_stage: ContextVar[PPGroup] = ContextVar("pp_group", default=PPGroup())
+_stage: ContextVar[PPGroup] = ContextVar("pp_group", default=PPGroup())  # noqa: B039 (never mutated)
 
 
 @contextmanager

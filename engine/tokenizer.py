@@ -1,12 +1,11 @@
 """Tokenizer loading, prompt normalisation and chat templates."""
-from typing import Union
 
 from transformers import AutoTokenizer
 
 from pagedserve.engine.config import EngineConfig
 from pagedserve.engine.generation_config import generation_eos_token_ids
 
-PromptType = Union[str, dict, list[int]]
+PromptType = str | dict | list[int]
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):

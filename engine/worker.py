@@ -16,13 +16,20 @@ import numpy as np
 import torch
 
 from pagedserve.engine.config import EngineConfig
-from pagedserve.engine.distributed import (TPGroup, all_reduce, destroy_group, init_group,
-                                           make_store, rendezvous_address, use_group)
+from pagedserve.engine.distributed import (
+    TPGroup,
+    all_reduce,
+    destroy_group,
+    init_group,
+    make_store,
+    rendezvous_address,
+    use_group,
+)
 from pagedserve.engine.model_runner import ModelRunner, resolve_device
 from pagedserve.engine.multinode import connect_to_leader
+from pagedserve.engine.multiproc import close_inherited
 from pagedserve.engine.pipeline import stage_of
 from pagedserve.engine.step_input import StepInput
-from pagedserve.engine.multiproc import close_inherited
 
 EXIT, STEP, INIT_KV = 0, 1, 2
 

@@ -6,9 +6,15 @@ implementation runs is decided once, by `select_backend` in `backend.py`, which 
 names below. Until then they are the torch reference. Triton is imported only when chosen.
 """
 from pagedserve.kernels.backend import active_backend, select_backend
-from pagedserve.kernels.reference import (fused_moe, paged_attention_decode,
-                                          paged_prefill_attention, rms_norm, rotary_embedding,
-                                          silu_and_mul, store_kv_cache)
+from pagedserve.kernels.reference import (
+                                          fused_moe,
+                                          paged_attention_decode,
+                                          paged_prefill_attention,
+                                          rms_norm,
+                                          rotary_embedding,
+                                          silu_and_mul,
+                                          store_kv_cache,
+)
 
 __all__ = ["select_backend", "active_backend", "store_kv_cache", "paged_attention_decode",
            "paged_prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul",

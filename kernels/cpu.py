@@ -19,8 +19,13 @@ from pathlib import Path
 import torch
 
 from pagedserve.kernels import reference
-from pagedserve.kernels.reference import (fused_moe, rms_norm, rotary_embedding, silu_and_mul,
-                                          store_kv_cache)
+from pagedserve.kernels.reference import (
+    fused_moe,
+    rms_norm,
+    rotary_embedding,
+    silu_and_mul,
+    store_kv_cache,
+)
 
 __all__ = ["store_kv_cache", "paged_attention_decode", "paged_prefill_attention", "rms_norm",
            "rotary_embedding", "silu_and_mul", "fused_moe", "load", "available"]

@@ -11,8 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedserve.kernels.triton_utils import (INTERPRETED, attend_tile, page_offsets, pow2,
-                                             sm_count)
+from pagedserve.kernels.triton_utils import INTERPRETED, attend_tile, page_offsets, pow2, sm_count
 from pagedserve.kernels.utils import cdiv
 
 MAX_SPLITS = 64

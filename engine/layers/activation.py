@@ -1,7 +1,7 @@
 """Gated MLP activations: act(x[..., :d]) * x[..., d:] for x [..., 2d]."""
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from pagedserve import kernels
 

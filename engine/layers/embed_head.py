@@ -1,7 +1,7 @@
 """Vocab-parallel embedding and LM head: each rank holds a contiguous slice of the vocab."""
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from pagedserve.engine.distributed import all_reduce, gather_to_first, tp_rank, tp_size
 from pagedserve.kernels.utils import cdiv

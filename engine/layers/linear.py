@@ -1,8 +1,8 @@
 """Megatron-style linear layers. Each parameter carries a weight_loader that reads only this
 rank's shard from a safetensors slice, so no rank ever materialises the full weight."""
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from pagedserve.engine.distributed import all_reduce, tp_rank, tp_size
 

@@ -14,8 +14,11 @@ from pagedserve.engine.layers.activation import get_act_and_mul
 from pagedserve.engine.layers.attention import Attention, AttentionMetadata
 from pagedserve.engine.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
 from pagedserve.engine.layers.layernorm import RMSNorm
-from pagedserve.engine.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear,
-                                             RowParallelLinear)
+from pagedserve.engine.layers.linear import (
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
 from pagedserve.engine.layers.rotary import RotaryEmbedding, get_rope
 from pagedserve.engine.loader import load_tensor
 from pagedserve.engine.model_config import SLIDING

@@ -12,11 +12,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile.rocm"
@@ -143,6 +143,7 @@ def test_engine_requirements_are_core_plus_server_without_torch_or_triton():
 def closure(names: list[str], seen: set[str]) -> set[str]:
     """Distributions pip would add for `names`, read from the installed metadata."""
     from importlib.metadata import PackageNotFoundError, distribution
+
     from packaging.requirements import Requirement
     todo = list(names)
     while todo:
@@ -163,6 +164,7 @@ def closure(names: list[str], seen: set[str]) -> set[str]:
 
 def _direct_requirements(name: str) -> set[str]:
     from importlib.metadata import PackageNotFoundError, distribution
+
     from packaging.requirements import Requirement
     try:
         requires = [Requirement(r) for r in distribution(name).requires or []]
@@ -254,7 +256,7 @@ def docker_context(dest: Path) -> Path:
 
     for folder, dirs, files in os.walk(ROOT):
         rel_dir = os.path.relpath(folder, ROOT)
-        rel = lambda name: name if rel_dir == "." else f"{rel_dir}/{name}"  # noqa: E731
+        rel = lambda name, base=rel_dir: name if base == "." else f"{base}/{name}"
         dirs[:] = [d for d in dirs if not ignored(rel(d))]
         for name in dirs + files:
             src, out = Path(folder) / name, dest / rel(name)
