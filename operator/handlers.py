@@ -2,8 +2,8 @@
 
 - create/update/resume of an LLMDeployment: reconcile now; a bad spec is a PermanentError
   (only a spec change, which is an update, can fix it), a missing Secret a slow TemporaryError;
-- an event on a Deployment, LeaderWorkerSet or Service we control: reconcile its owner (restores a deleted or
-  edited child at once, and follows the pods' readiness into the status);
+- an event on a Deployment, LeaderWorkerSet or Service we control: reconcile its owner (restores
+  a deleted or edited child at once, and follows the pods' readiness into the status);
 - every resync_interval: reconcile everything (repairs the HPA, PDB and PVC too, refreshes).
 
 No finalizers: the children carry owner references, so deleting an LLMDeployment is instant

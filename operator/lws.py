@@ -69,7 +69,9 @@ def leader_selector(name: str) -> dict:
 def serving_selector(name: str, multi_node: bool) -> dict:
     """The pods that serve HTTP: a multi-node spec's leaders, or every pod; then the leader key
     is None, so a merge patch removes it from a selector a multi-node spec left behind."""
-    return leader_selector(name) if multi_node else {**selector_labels(name), WORKER_INDEX_LABEL: None}
+    if multi_node:
+        return leader_selector(name)
+    return {**selector_labels(name), WORKER_INDEX_LABEL: None}
 
 
 def ready_groups(lws: dict | None) -> int:

@@ -29,7 +29,8 @@ NAMESPACED: tuple[Rule, ...] = (
     Rule("keda.sh", "scaledobjects", ("get", "create", "patch", "delete")),
     Rule("inference.networking.k8s.io", "inferencepools", ("get", "create", "patch", "delete")),
     # a multi-node spec's pods, watched like the Deployment; deleted when the spec fits one node
-    Rule("leaderworkerset.x-k8s.io", "leaderworkersets", ("get", "list", "watch", "create", "patch", "delete")),
+    Rule("leaderworkerset.x-k8s.io", "leaderworkersets",
+         ("get", "list", "watch", "create", "patch", "delete")),
     # only checked to exist (by name) before pods that need them are made
     Rule("", "secrets", ("get",)),
     Rule("", "events", ("create",)),
