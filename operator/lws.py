@@ -20,8 +20,9 @@ MASTER_PORT = 29500  # torch.distributed's customary rendezvous port, on the lea
 def node_args(spec: LLMDeploymentSpec, rank: str) -> list[str]:
     """The server's args (with the pipeline size) plus the node layout; rank is "0" or
     $(LWS_WORKER_INDEX)."""
-    return server_args(spec) + ["--nnodes", str(spec.nodes), "--node-rank", rank,
-                                "--master-addr", "$(LWS_LEADER_ADDRESS)", "--master-port", str(MASTER_PORT)]
+    return server_args(spec) + [
+        "--nnodes", str(spec.nodes), "--node-rank", rank,
+        "--master-addr", "$(LWS_LEADER_ADDRESS)", "--master-port", str(MASTER_PORT)]
 
 
 def _template(spec: LLMDeploymentSpec, config: OperatorConfig, name: str, claim: str | None,
@@ -44,7 +45,8 @@ def leader_worker_set(owner: dict, spec: LLMDeploymentSpec, config: OperatorConf
     (spec.multi_node: parse_spec has checked that the ranks fill whole nodes)."""
     name, nodes, gpus = owner["metadata"]["name"], spec.nodes, spec.gpus_per_pod
     leader = _template(spec, config, name, claim, node_args(spec, "0"), gpus, True)
-    worker = _template(spec, config, name, claim, node_args(spec, "$(LWS_WORKER_INDEX)"), gpus, False)
+    worker_args = node_args(spec, "$(LWS_WORKER_INDEX)")
+    worker = _template(spec, config, name, claim, worker_args, gpus, False)
     return {
         "apiVersion": API_VERSION, "kind": "LeaderWorkerSet", "metadata": meta(owner),
         "spec": {

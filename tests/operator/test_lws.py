@@ -5,7 +5,12 @@ import pytest
 
 from pagedserve.operator.apply import strip_none
 from pagedserve.operator.config import OperatorConfig
-from pagedserve.operator.lws import WORKER_INDEX_LABEL, leader_selector, leader_worker_set, ready_groups
+from pagedserve.operator.lws import (
+    WORKER_INDEX_LABEL,
+    leader_selector,
+    leader_worker_set,
+    ready_groups,
+)
 from pagedserve.operator.spec import SpecError, parse_spec
 from tests.crds.validate import LWS_CRD, load, validate
 from tests.kube_emulator import llmdeployment
@@ -55,7 +60,8 @@ def test_service_selects_leaders_and_status_counts_ready_groups():
     assert selector[WORKER_INDEX_LABEL] == "0"
     leader_labels = render()["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["metadata"]["labels"]
     # LWS adds the worker-index label to each pod; the rest must be the template's own
-    assert {k: v for k, v in selector.items() if k != WORKER_INDEX_LABEL}.items() <= leader_labels.items()
+    own = {k: v for k, v in selector.items() if k != WORKER_INDEX_LABEL}
+    assert own.items() <= leader_labels.items()
     assert ready_groups({"status": {"readyReplicas": 2, "replicas": 3}}) == 2
     assert ready_groups({}) == 0
 

@@ -118,7 +118,8 @@ def test_single_node_pipeline_is_a_deployment_with_the_flag():
 def test_status_counts_ready_groups_from_the_leader_worker_set():
     owner = llmdeployment("big", "team-a", **{**BIG, "replicas": 3})
     lws = {"metadata": {"generation": 2}, "spec": {"replicas": 3},
-           "status": {"replicas": 3, "readyReplicas": 2, "updatedReplicas": 3, "observedGeneration": 2}}
+           "status": {"replicas": 3, "readyReplicas": 2, "updatedReplicas": 3,
+                      "observedGeneration": 2}}
     status = build_status(owner, lws, 8000)
     assert (status["readyReplicas"], status["ready"], status["phase"]) == (2, "2/3", "Progressing")
     lws["status"]["readyReplicas"] = 3
@@ -130,10 +131,14 @@ BAD = [  # (spec, what the operator says, refused by the CRD too)
      "4 x 3 = 12 ranks do not fill whole nodes of spec.gpusPerNode=8", True),
     ({**BIG, "pipelineParallelSize": 0}, "spec.pipelineParallelSize must be an integer >= 1", True),
     ({**BIG, "gpusPerNode": 0}, "spec.gpusPerNode must be an integer >= 1", True),
-    ({**BIG, "modelCache": {"size": "1Ti"}}, "spec.modelCache.accessMode ReadWriteOnce with a multi-node", True),
-    ({**BIG, "podDisruptionBudget": {"minAvailable": 1}}, "spec.podDisruptionBudget with a multi-node", True),
-    ({**BIG, "podDisruptionBudget": {"maxUnavailable": "50%"}}, "takes only maxUnavailable as a count", False),
-    ({**BIG, "resources": {"limits": {"amd.com/gpu": 16}}}, "is 16 but each pod runs 8 ranks", False),
+    ({**BIG, "modelCache": {"size": "1Ti"}},
+     "spec.modelCache.accessMode ReadWriteOnce with a multi-node", True),
+    ({**BIG, "podDisruptionBudget": {"minAvailable": 1}},
+     "spec.podDisruptionBudget with a multi-node", True),
+    ({**BIG, "podDisruptionBudget": {"maxUnavailable": "50%"}},
+     "takes only maxUnavailable as a count", False),
+    ({**BIG, "resources": {"limits": {"amd.com/gpu": 16}}},
+     "is 16 but each pod runs 8 ranks", False),
     ({**BIG, "engine": {"extraArgs": ["--nnodes=3"]}}, "extraArgs may not set --nnodes", False),
 ]
 
@@ -156,7 +161,8 @@ def test_render_prints_the_multi_node_example(crds):
                                "KUBECONFIG": "/nonexistent/kubeconfig"})
     assert done.returncode == 0, done.stderr
     objects = {o["kind"]: o for o in yaml.safe_load_all(done.stdout) if o}
-    assert set(objects) == {"PersistentVolumeClaim", "LeaderWorkerSet", "Service", "PodDisruptionBudget"}
+    assert set(objects) == {"PersistentVolumeClaim", "LeaderWorkerSet", "Service",
+                            "PodDisruptionBudget"}
     lws = validate(objects["LeaderWorkerSet"], crds["lws"])
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
     leader, _ = pods(lws)

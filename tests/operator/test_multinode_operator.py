@@ -46,7 +46,8 @@ def test_leader_worker_set_follows_the_spec(cluster, ns):
     wait_for(lambda: group(kube, ns)["size"] == 2, what="the group size restored")
     # kubectl scale llmd scales groups
     assert "scaled" in kubectl(cluster, "scale", "llmd/big", "-n", ns, "--replicas", "3")
-    wait_for(lambda: kube.get("LeaderWorkerSet", ns, "big")["spec"]["replicas"] == 3, what="3 groups")
+    wait_for(lambda: kube.get("LeaderWorkerSet", ns, "big")["spec"]["replicas"] == 3,
+             what="3 groups")
     # what the LWS controller would report: two of three groups ready
     generation = kube.get("LeaderWorkerSet", ns, "big")["metadata"]["generation"]
     kube.patch("LeaderWorkerSet", ns, "big", {"status": {
@@ -61,8 +62,9 @@ def test_leader_worker_set_follows_the_spec(cluster, ns):
     wait_for(lambda: kube.get("LeaderWorkerSet", ns, "big") is None, what="the LWS deleted")
     assert WORKER_INDEX_LABEL not in kube.get("Service", ns, "big")["spec"]["selector"]
     calls = cluster.api_calls(OPERATOR_AGENTS, since=mark)
-    assert all(rbac.allows(*call) for call in calls), sorted(c for c in calls if not rbac.allows(*c))
-    # RBAC grants exactly the verbs the operator uses on them (kopf's list and watch since its start)
+    assert all(rbac.allows(*call) for call in calls), sorted(
+        c for c in calls if not rbac.allows(*c))
+    # RBAC grants exactly the verbs the operator uses on them (kopf's list/watch since its start)
     used = {c.verb for c in cluster.api_calls(OPERATOR_AGENTS) if c.resource == "leaderworkersets"}
     (rule,) = [r for r in rbac.NAMESPACED if r.resource == "leaderworkersets"]
     assert used == set(rule.verbs), used
@@ -81,4 +83,5 @@ def test_bad_layout_gets_a_condition_and_an_event(cluster, ns):
                       if e["involvedObject"]["name"] == "odd" and e["type"] == "Warning"]
     wait_for(events, what="a Warning Event")
     assert "gpusPerNode" in events()[0]["message"]
-    assert kube.get("LeaderWorkerSet", ns, "odd") is None and kube.get("Deployment", ns, "odd") is None
+    assert kube.get("LeaderWorkerSet", ns, "odd") is None
+    assert kube.get("Deployment", ns, "odd") is None
