@@ -16,7 +16,7 @@ from pagedserve.operator.lws import WORKER_INDEX_LABEL
 from pagedserve.operator.manifests import desired_children
 from pagedserve.operator.spec import SpecError, parse_spec
 from pagedserve.operator.status import build_status
-from tests.crds.validate import LWS_CRD, POOL_CRDS, Invalid, load, validate
+from tests.crds.validate import KEDA_CRD, LWS_CRD, POOL_CRDS, Invalid, load, validate
 from tests.kube_emulator import llmdeployment
 from tests.operator.conftest import CRD_PATH, EXAMPLES
 
@@ -30,12 +30,15 @@ SHAPES = {
                                      "podDisruptionBudget": {"maxUnavailable": 1}},
     "tp across nodes, shared cache": {**BIG, "pipelineParallelSize": 1, "gpusPerNode": 4,
                                       "modelCache": {"size": "1Ti", "accessMode": "ReadWriteMany"}},
+    # KEDA scales the LLMDeployment (groups) on the leaders' waiting requests
+    "keda": {**BIG, "autoscaling": {"engine": "keda", "maxReplicas": 2,
+                                    "prometheusAddress": "http://prometheus.monitoring:9090"}},
 }
 
 
 @pytest.fixture(scope="module")
 def crds() -> dict:
-    return {"lws": load(LWS_CRD), "llmd": load(CRD_PATH)} | {
+    return {"lws": load(LWS_CRD), "llmd": load(CRD_PATH), "keda": load(KEDA_CRD)} | {
         "pool " + gen: load(path) for gen, path in POOL_CRDS.items()}
 
 
@@ -62,6 +65,9 @@ def test_multi_node_children_are_valid_and_replace_the_deployment(shape, crds):
     for kind, child in children.items():
         if kind == "LeaderWorkerSet":
             validate(child, crds["lws"])
+        elif kind == "ScaledObject":
+            validate(child, crds["keda"])
+            assert child["spec"]["scaleTargetRef"]["kind"] == "LLMDeployment"
         elif kind == "InferencePool":
             for generation in POOL_CRDS:
                 validate(child, crds["pool " + generation])
