@@ -1,4 +1,5 @@
 """LLMEngine: requests in, RequestOutputs out, one scheduler step at a time."""
+import bisect
 import logging
 import time
 from dataclasses import dataclass
@@ -36,6 +37,14 @@ class EngineStats:
     num_seqs_added: int = 0  # so a frontend can tell which of its sequences are in transit
     num_steps: int = 0
     num_gpu_blocks: int = 0  # the KV pool's size (vLLM's cache_config_info label)
+    # tokens each step ran, as a histogram over ITERATION_TOKEN_BUCKETS (+Inf last): steps
+    # per bucket, not cumulative, and the tokens' sum (vLLM's iteration_tokens_total)
+    iteration_tokens: tuple[int, ...] = ()
+    iteration_tokens_sum: int = 0
+
+
+# vLLM's buckets for iteration_tokens_total
+ITERATION_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
 class LLMEngine:
@@ -66,6 +75,7 @@ class LLMEngine:
         self.parents: dict[str, ParentRequest] = {}
         self.compiling: list[ParentRequest] = []  # waiting for their grammars, not scheduled
         self.totals = EngineStats()  # its counters; the gauges are read in stats()
+        self.iteration_tokens = [0] * (len(ITERATION_TOKEN_BUCKETS) + 1)
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "LLMEngine":
@@ -144,6 +154,7 @@ class LLMEngine:
                 self.structured_outputs.wait_for_compiles(
                     [r.structured_output for p in self.compiling for r in p.children], 0.01)
             return failed
+        self._count_iteration(sum(sched.num_new_tokens))
         step = StepInput.from_scheduler_output(sched)
         step.logit_counts = logit_counts(sched)
         logits = self.executor.execute(step)
@@ -164,6 +175,11 @@ class LLMEngine:
                 touched[req.parent_id] = self.parents[req.parent_id]
         self.scheduler.finish_step(sched)
         return failed + self._collect(touched)
+
+    def _count_iteration(self, num_tokens: int) -> None:
+        bucket = bisect.bisect_left(ITERATION_TOKEN_BUCKETS, num_tokens)
+        self.iteration_tokens[bucket] += 1
+        self.totals.iteration_tokens_sum += num_tokens
 
     def _append_token(self, req: Request, token: int, logprobs: dict[int, float] | None) -> None:
         req.token_ids.append(token)
@@ -210,7 +226,8 @@ class LLMEngine:
         return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting), bm.usage,
                            self.scheduler.num_preemptions, bm.prefix_queries, bm.prefix_hits,
                            t.num_prompt_tokens, t.num_generation_tokens, t.num_seqs_added,
-                           t.num_steps, bm.num_blocks)
+                           t.num_steps, bm.num_blocks, tuple(self.iteration_tokens),
+                           t.iteration_tokens_sum)
 
     def check_health(self) -> None:
         """Raise if the executor cannot run steps any more (e.g. a tensor-parallel worker died)."""
