@@ -35,7 +35,8 @@ def _offline(p: argparse.ArgumentParser, backends: str) -> None:
 
 
 def add_parser(subparsers) -> None:
-    bench = subparsers.add_parser("bench", help="benchmark throughput and latency (vs transformers)",
+    bench = subparsers.add_parser("bench",
+                                  help="benchmark throughput and latency (vs transformers)",
                                   description="Benchmarks; transformers is the baseline, "
                                               "measured in the same run.")
     sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
@@ -50,7 +51,8 @@ def _throughput(sub) -> None:
     _workload_args(p)
     p.add_argument("--hf-max-batch-size", type=int, default=64,
                    help="hf backend: most requests per padded generate() call")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature (0 = greedy)")
     p.add_argument("--repeats", type=int, default=1,
                    help="run the backends in turn this many times; the median is reported")
     p.set_defaults(run=_run("throughput"))

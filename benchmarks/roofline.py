@@ -14,7 +14,8 @@ def decode_flops(config: dict, context_len: int) -> float:
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or h // heads
     kv = config.get("num_key_value_heads") or heads
-    per_layer = h * heads * head_dim * 2 + h * kv * head_dim * 2 + 3 * h * config["intermediate_size"]
+    per_layer = (h * heads * head_dim * 2 + h * kv * head_dim * 2
+                 + 3 * h * config["intermediate_size"])
     weights = layers * per_layer + h * config["vocab_size"]
     attention = layers * 2 * 2 * context_len * heads * head_dim
     return 2.0 * weights + attention
@@ -74,10 +75,12 @@ def main(args) -> int:
                                  args.context_len, args.decode_steps)
     peak = max(peak_before, matmul_peak())
     row = {"model": model, "batch_size": args.batch_size, "context_len": args.context_len,
-           "decode_steps": args.decode_steps, "decode_tokens_per_s": args.batch_size * args.decode_steps / elapsed,
+           "decode_steps": args.decode_steps,
+           "decode_tokens_per_s": args.batch_size * args.decode_steps / elapsed,
            "decode_gflops": flops / elapsed / 1e9, "matmul_peak_gflops": peak / 1e9,
            "fraction_of_peak": flops / elapsed / peak}
-    print(f"load {report.machine()['load_avg_1_5_15']}, torch threads {report.machine().get('torch_threads')}")
+    print(f"load {report.machine()['load_avg_1_5_15']}, "
+          f"torch threads {report.machine().get('torch_threads')}")
     report.print_table([row], [("model", "model", "s"), ("batch_size", "batch", "d"),
                                ("decode_tokens_per_s", "decode tok/s", ".1f"),
                                ("decode_gflops", "decode GFLOP/s", ".2f"),

@@ -141,9 +141,10 @@ def main(args) -> int:
     print(f"{args.base_url} model {model}: {s['completed']} completed, {s['failed']} failed "
           f"in {duration:.1f} s; rate {args.request_rate}, max concurrency "
           f"{args.max_concurrency}; load {report.machine()['load_avg_1_5_15']}")
-    print(f"request throughput {s['requests_per_s']:.2f} req/s, output {s['output_tokens_per_s']:.1f} "
-          f"tok/s, total {s['total_tokens_per_s']:.1f} tok/s")
-    report.print_table([{"metric": m.upper(), **s[f"{m}_ms"]} for m in ("ttft", "tpot", "itl", "e2e")],
+    print(f"request throughput {s['requests_per_s']:.2f} req/s, "
+          f"output {s['output_tokens_per_s']:.1f} tok/s, total {s['total_tokens_per_s']:.1f} tok/s")
+    report.print_table([{"metric": m.upper(), **s[f"{m}_ms"]}
+                        for m in ("ttft", "tpot", "itl", "e2e")],
                        [("metric", "ms", "s"), ("mean", "mean", ".2f"),
                         ("median", "median", ".2f"), ("p99", "p99", ".2f")])
     for e in s["errors"]:

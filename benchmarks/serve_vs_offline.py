@@ -88,7 +88,8 @@ async def _one(client: httpx.AsyncClient, body: dict) -> int:
     return tokens
 
 
-async def _serve_run(url: str, prompts: list[str], max_tokens: int, stream: bool) -> tuple[int, float]:
+async def _serve_run(url: str, prompts: list[str], max_tokens: int,
+                     stream: bool) -> tuple[int, float]:
     body = {"max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": stream,
             "stream_options": {"include_usage": True}}
     limits = httpx.Limits(max_connections=len(prompts) + 4)

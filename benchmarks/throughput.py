@@ -152,7 +152,8 @@ def main(args) -> int:
         row["vs_hf"] = row["output_tokens_per_s"] / hf["output_tokens_per_s"] if hf else None
     p_tok, o_tok = rows[0]["prompt_tokens"], rows[0]["output_tokens"]
     print(f"model {model}: {len(requests)} requests, {p_tok} prompt + {o_tok} output tokens, "
-          f"torch threads {report.machine().get('torch_threads')}, load {report.machine()['load_avg_1_5_15']}")
+          f"torch threads {report.machine().get('torch_threads')}, "
+          f"load {report.machine()['load_avg_1_5_15']}")
     report.print_table(rows, COLUMNS)
     report.write_json(args.output_json, "throughput", args, {"summary": rows, "runs": runs})
     return 0

@@ -64,7 +64,8 @@ def sharegpt_requests(path: str, num: int, tokenizer, seed: int = 0,
     for prompt, reply in pairs:
         ids = tokenizer.encode(prompt)
         n_out = rng.randint(*output_len) if output_len else len(tokenizer.encode(reply))
-        if len(ids) < 4 or n_out < 4 or len(ids) > max_prompt_len or len(ids) + n_out > max_total_len:
+        if (len(ids) < 4 or n_out < 4 or len(ids) > max_prompt_len
+                or len(ids) + n_out > max_total_len):
             continue
         out.append(BenchRequest(ids, n_out, prompt))
         if len(out) == num:

@@ -45,7 +45,8 @@ def image_requirements(pyproject: dict, extras: list[str], core: bool = True,
         lines += known[extra]
     kept = [line for line in lines if requirement_name(line) not in PROVIDED_BY_IMAGE]
     if any(requirement_name(line) == "pagedserve" for line in kept):
-        raise ValueError("nested extras (pagedserve[...]) are not supported here; list extras directly")
+        raise ValueError("nested extras (pagedserve[...]) are not supported here; "
+                         "list extras directly")
     if without_deps:
         return [line for line in kept if requirement_name(line) in WITHOUT_DEPS]
     resolved = [line for line in kept if requirement_name(line) not in WITHOUT_DEPS]
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave out the core dependencies (the operator image needs none)")
     parser.add_argument("--without-deps", action="store_true",
                         help="only the requirements to install with pip's --no-deps")
-    parser.add_argument("--pyproject", type=Path, default=Path(__file__).parent.parent / "pyproject.toml")
+    parser.add_argument("--pyproject", type=Path,
+                        default=Path(__file__).parent.parent / "pyproject.toml")
     args = parser.parse_args(argv)
     pyproject = tomllib.loads(args.pyproject.read_text())
     print("\n".join(image_requirements(pyproject, args.extras, args.core, args.without_deps)))

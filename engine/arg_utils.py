@@ -8,11 +8,13 @@ from pagedserve.engine.config import DTYPES, EngineConfig
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     d = SimpleNamespace(**EngineConfig.defaults())
     g = parser.add_argument_group("engine")
-    g.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: the model's)")
+    g.add_argument("--tokenizer", default=None,
+                   help="tokenizer folder or hub id (default: the model's)")
     g.add_argument("--trust-remote-code", action="store_true", default=d.trust_remote_code,
                    help="let the tokenizer run code that comes with the model")
     g.add_argument("--dtype", default=d.dtype, choices=DTYPES,
-                   help="weight and activation dtype; auto = float32 on CPU, the model's half type on GPU")
+                   help="weight and activation dtype; auto = float32 on CPU, the model's half "
+                        "type on GPU")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for unseeded sampling")
     g.add_argument("--max-model-len", type=int, default=None,
                    help="context length (prompt + output); default: the model's")
@@ -24,10 +26,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu-memory-utilization", type=float, default=d.gpu_memory_utilization,
                    help="fraction of GPU memory for weights, activations and KV cache")
     g.add_argument("--kv-cache-memory", default=None,
-                   help="KV cache size in bytes or like '2GiB' (overrides the GPU fraction; CPU default 4GiB)")
-    g.add_argument("--num-kv-blocks", type=int, default=None, help="exact KV block count (debugging)")
+                   help="KV cache size in bytes or like '2GiB' (overrides the GPU fraction; "
+                        "CPU default 4GiB)")
+    g.add_argument("--num-kv-blocks", type=int, default=None,
+                   help="exact KV block count (debugging)")
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
-                   default=d.enable_prefix_caching, help="share KV blocks of common prompt prefixes")
+                   default=d.enable_prefix_caching,
+                   help="share KV blocks of common prompt prefixes")
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=d.tensor_parallel_size,
                    help="GPUs (ranks) one model is split across")
     g.add_argument("--pipeline-parallel-size", "-pp", type=int,
@@ -45,10 +50,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="the leader's rendezvous port (default MASTER_PORT, or a free port on "
                         "one node)")
     g.add_argument("--distributed-executor-backend", default=None, choices=["uni", "mp"],
-                   help="uni: one in-process rank; mp: one process per extra rank (default for tp > 1)")
+                   help="uni: one in-process rank; mp: one process per extra rank "
+                        "(default for tp > 1)")
     g.add_argument("--device", default=d.device, help="auto, cpu or cuda (ROCm GPUs are cuda)")
     g.add_argument("--kernel-backend", default=None,
-                   help="torch, cpu (compiled C attention) or triton; default triton on GPUs, cpu on CPUs")
+                   help="torch, cpu (compiled C attention) or triton; default triton on GPUs, "
+                        "cpu on CPUs")
     g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction,
                    default=d.enforce_eager,
                    help="run decode eagerly; --no-enforce-eager captures CUDA/HIP graphs for "

@@ -135,7 +135,8 @@ class Detokenizer:
         if not hits:
             return None
         i, s = min(hits)
-        self.text = self.text[:i + len(s)] if self.params.include_stop_str_in_output else self.text[:i]
+        keep = i + len(s) if self.params.include_stop_str_in_output else i
+        self.text = self.text[:keep]
         return s
 
     def streamable_text(self, finished: bool) -> str:

@@ -1,7 +1,8 @@
 """Executors run a step's inputs through the model on every tensor-parallel rank.
 
 `uni` runs the single rank in-process. `mp` keeps rank 0 in the engine process and starts a
-worker process per extra rank (engine/worker.py; forked or spawned: engine/multiproc.py). Rank 0 alone receives logits and samples.
+worker process per extra rank (engine/worker.py; forked or spawned: engine/multiproc.py).
+Rank 0 alone receives logits and samples.
 """
 import atexit
 import contextlib

@@ -7,7 +7,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate continuations of prompts offline",
                               description="Generate continuations of prompts offline.")
     p.add_argument("prompts", nargs="+", help="prompt text(s)")
-    p.add_argument("--model", default=None, help="model folder or hub id (default: bundled stories260K)")
+    p.add_argument("--model", default=None,
+                   help="model folder or hub id (default: bundled stories260K)")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens to generate per prompt")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)

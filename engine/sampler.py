@@ -24,7 +24,8 @@ def _pad(rows: list[list[int]], device: torch.device) -> torch.Tensor:
 def _counts(rows: list[list[int]], vocab: int, device: torch.device) -> torch.Tensor:
     ids = _pad(rows, device)
     counts = torch.zeros(len(rows), vocab + 1, device=device)
-    counts.scatter_add_(1, torch.where(ids < 0, vocab, ids), torch.ones_like(ids, dtype=counts.dtype))
+    counts.scatter_add_(1, torch.where(ids < 0, vocab, ids),
+                        torch.ones_like(ids, dtype=counts.dtype))
     return counts[:, :vocab]
 
 

@@ -63,14 +63,17 @@ class SamplingParams:
         _check(isinstance(self.top_k, int) and self.top_k >= -1, "top_k", self.top_k,
                "-1, 0 (disabled) or a positive integer")
         _check(0 <= self.min_p <= 1, "min_p", self.min_p, "in [0, 1]")
-        _check(self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
+        _check(self.max_tokens is None
+               or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
                "max_tokens", self.max_tokens, "an integer >= 1")
         _check(isinstance(self.min_tokens, int) and self.min_tokens >= 0, "min_tokens",
                self.min_tokens, "an integer >= 0")
         _check(self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",
                self.min_tokens, f"<= max_tokens ({self.max_tokens})")
-        _check(-2 <= self.presence_penalty <= 2, "presence_penalty", self.presence_penalty, "in [-2, 2]")
-        _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", self.frequency_penalty, "in [-2, 2]")
+        _check(-2 <= self.presence_penalty <= 2, "presence_penalty", self.presence_penalty,
+               "in [-2, 2]")
+        _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", self.frequency_penalty,
+               "in [-2, 2]")
         _check(self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty, "> 0")
         _check(self.logprobs is None or (isinstance(self.logprobs, int) and self.logprobs >= 0),
                "logprobs", self.logprobs, "None or an integer >= 0")

@@ -41,7 +41,8 @@ def tokenize_prompt(tokenizer, prompt: PromptType, vocab_size: int) -> tuple[str
             raise ValueError("prompt must not be empty")
         return prompt, tokenizer.encode(prompt)
     if not isinstance(prompt, (list, tuple)) or not all(isinstance(t, int) for t in prompt):
-        raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+        raise ValueError("prompt must be a string or a list of token ids, "
+                         f"got {type(prompt).__name__}")
     if not prompt:
         raise ValueError("prompt must not be empty")
     bad = [t for t in prompt if not 0 <= t < vocab_size]

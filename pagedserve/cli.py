@@ -18,7 +18,9 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pagedserve", description="LLM serving: offline generation, an OpenAI-compatible server, a Kubernetes operator.")
+    parser = argparse.ArgumentParser(prog="pagedserve",
+                                     description="LLM serving: offline generation, an "
+                                                 "OpenAI-compatible server, a Kubernetes operator.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS.values():

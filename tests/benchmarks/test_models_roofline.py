@@ -34,7 +34,8 @@ def test_built_model_has_the_counted_parameters(tmp_path, capsys):
         total = sum(_prod(f.get_slice(k).get_shape()) for k in f.keys())
     assert total == models.num_params("1M")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["vocab_size"] == models.VOCAB_SIZE and (tmp_path / "m" / "tokenizer.json").exists()
+    assert config["vocab_size"] == models.VOCAB_SIZE
+    assert (tmp_path / "m" / "tokenizer.json").exists()
 
 
 def _prod(shape) -> int:

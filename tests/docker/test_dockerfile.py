@@ -20,10 +20,12 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile.rocm"
-_spec = importlib.util.spec_from_file_location("docker_requirements", ROOT / "docker" / "requirements.py")
+_spec = importlib.util.spec_from_file_location("docker_requirements",
+                                               ROOT / "docker" / "requirements.py")
 _requirements = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_requirements)
-image_requirements, requirement_name = _requirements.image_requirements, _requirements.requirement_name
+image_requirements = _requirements.image_requirements
+requirement_name = _requirements.requirement_name
 
 
 def hadolint() -> str:
@@ -111,7 +113,8 @@ def test_operator_stage_is_python_slim_without_torch():
     assert operator[0].split()[1] == "${PYTHON_IMAGE}"
     assert instruction(operator, "ENTRYPOINT") == ['["pagedserve"]']
     run = " ".join(instruction(operator, "RUN"))
-    assert "requirements-operator.txt" in run and "torch" not in run.replace("find_spec('torch')", "")
+    assert "requirements-operator.txt" in run
+    assert "torch" not in run.replace("find_spec('torch')", "")
 
 
 def test_engine_install_never_reinstalls_torch():
@@ -133,8 +136,10 @@ def test_engine_requirements_are_core_plus_server_without_torch_or_triton():
     reqs = image_requirements(pyproject(), ["server", "kernels"])
     names = {requirement_name(r) for r in reqs}
     assert "torch" not in names and "triton" not in names
-    expected = {requirement_name(r) for r in project["dependencies"] + project["optional-dependencies"]["server"]}
-    no_deps = {requirement_name(r) for r in image_requirements(pyproject(), ["server"], without_deps=True)}
+    expected = {requirement_name(r)
+                for r in project["dependencies"] + project["optional-dependencies"]["server"]}
+    no_deps = {requirement_name(r)
+               for r in image_requirements(pyproject(), ["server"], without_deps=True)}
     assert no_deps == set(_requirements.WITHOUT_DEPS) & expected
     their_deps = {requirement_name(d) for name in no_deps for d in _requirements.WITHOUT_DEPS[name]}
     assert names == (expected - {"torch"} - no_deps) | their_deps
@@ -226,13 +231,15 @@ def test_operator_cli_starts_with_only_the_operator_image_dependencies():
         from pagedserve.cli import main
         main(["operator", "--help"])
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "usage:" in result.stdout
 
 
 def test_engine_image_agrees_with_the_pods_the_operator_writes():
-    pod = pytest.importorskip("pagedserve.operator.pod", reason="the operator (issue 6) has not landed")
+    pod = pytest.importorskip("pagedserve.operator.pod",
+                              reason="the operator (issue 6) has not landed")
     from pagedserve.operator.config import OperatorConfig
     engine = stages()["engine"]
     assert f"HF_HOME={pod.CACHE_PATH}" in " ".join(instruction(engine, "ENV"))
@@ -263,7 +270,7 @@ def docker_context(dest: Path) -> Path:
             if ignored(rel(name)) or (src.is_dir() and not src.is_symlink()):
                 continue
             out.parent.mkdir(parents=True, exist_ok=True)
-            if src.is_symlink():  # docker's COPY keeps links as links (pagedserve/engine -> ../engine)
+            if src.is_symlink():  # COPY keeps links as links (pagedserve/engine -> ../engine)
                 out.symlink_to(os.readlink(src))
             else:
                 shutil.copy2(src, out)
@@ -276,7 +283,8 @@ def docker_context(dest: Path) -> Path:
 def test_wheel_stage_builds_a_complete_package_from_the_docker_context(tmp_path):
     """What the `wheel` stage runs, on what the build context holds: every package, every
     CLI subcommand, and the bundled model end up in the wheel the images install."""
-    assert instruction(stages()["wheel"], "COPY") == [". ."]  # so the context is what the stage sees
+    # so the context is what the stage sees
+    assert instruction(stages()["wheel"], "COPY") == [". ."]
     context = docker_context(tmp_path / "context")
     assert not (context / "tests").exists() and not (context / ".venv").exists()
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
@@ -291,6 +299,7 @@ def test_wheel_stage_builds_a_complete_package_from_the_docker_context(tmp_path)
     assert "pagedserve/operator/__init__.py" not in names  # it would shadow the stdlib's operator
     from pagedserve.cli import SUBCOMMANDS
     for module in SUBCOMMANDS.values():
-        assert module.replace(".", "/") + ".py" in names, f"`pagedserve` imports {module}, not in the wheel"
+        assert module.replace(".", "/") + ".py" in names, \
+            f"`pagedserve` imports {module}, not in the wheel"
     assert any(n.startswith("pagedserve/models/stories260K/") for n in names)
     assert (context / "docker" / "install-engine.sh").exists()

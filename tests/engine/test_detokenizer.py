@@ -23,7 +23,8 @@ def test_streamed_text_equals_full_decode(tok, text):
         d.add(i)
         seen.append(d.text)
         assert "\ufffd" not in d.text
-    assert d.text == tok.decode(prompt + ids, skip_special_tokens=True)[len(tok.decode(prompt, skip_special_tokens=True)):]
+    prompt_text = tok.decode(prompt, skip_special_tokens=True)
+    assert d.text == tok.decode(prompt + ids, skip_special_tokens=True)[len(prompt_text):]
     assert all(a == b[:len(a)] for a, b in zip(seen, seen[1:])), "text was rewritten, not appended"
 
 

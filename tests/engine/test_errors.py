@@ -34,13 +34,15 @@ def test_bad_request_leaves_engine_clean(llm):
     with pytest.raises(ValueError):
         llm.generate(["Once upon a time", ""], use_tqdm=False)
     assert not llm.llm_engine.has_unfinished_requests()
-    out = llm.generate("Once upon a time", SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)
+    out = llm.generate("Once upon a time", SamplingParams(temperature=0, max_tokens=3),
+                       use_tqdm=False)
     assert out[0].outputs[0].finish_reason == "length"
 
 
 def test_output_capped_by_max_model_len(llm):
     out = llm.generate({"prompt_token_ids": [1] + [300] * 59},
-                       SamplingParams(temperature=0, max_tokens=50, ignore_eos=True), use_tqdm=False)
+                       SamplingParams(temperature=0, max_tokens=50, ignore_eos=True),
+                       use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 4 and out[0].outputs[0].finish_reason == "length"
 
 

@@ -33,7 +33,8 @@ def test_chat_applies_the_template(stories_path):
     msgs = [{"role": "user", "content": "Tell me a story."}]
     out = llm.chat(msgs, SamplingParams(temperature=0, max_tokens=5), use_tqdm=False,
                    chat_template=TEMPLATE)[0]
-    expected = llm.get_tokenizer().encode("user: Tell me a story.\nassistant:", add_special_tokens=False)
+    expected = llm.get_tokenizer().encode("user: Tell me a story.\nassistant:",
+                                          add_special_tokens=False)
     assert out.prompt_token_ids == expected
     assert len(out.outputs[0].token_ids) == 5
 

@@ -12,7 +12,8 @@ PROMPTS = [[1, 20, 30, 40, 50], [1] + list(range(100, 130))]
 
 def greedy(llm: LLM, n: int = 8) -> list[list[int]]:
     outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS],
-                        SamplingParams(temperature=0, max_tokens=n, ignore_eos=True), use_tqdm=False)
+                        SamplingParams(temperature=0, max_tokens=n, ignore_eos=True),
+                        use_tqdm=False)
     return [o.outputs[0].token_ids for o in outs]
 
 
@@ -24,7 +25,8 @@ def test_sharded_checkpoint_with_index(tiny_model, tmp_path):
     model.save_pretrained(dst, max_shard_size="50KB")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(src, name), dst)
-    assert len(list(dst.glob("*.safetensors"))) > 2 and (dst / "model.safetensors.index.json").exists()
+    assert len(list(dst.glob("*.safetensors"))) > 2
+    assert (dst / "model.safetensors.index.json").exists()
     assert greedy(LLM(str(dst))) == greedy(LLM(src))
 
 
@@ -35,7 +37,8 @@ def test_hub_id_resolves_from_local_hf_cache(stories_path, tmp_path, monkeypatch
     (tmp_path / "hub" / "models--tiny--stories" / "refs" / "main").write_text("abc123")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    out = LLM("tiny/stories").generate("Once upon a time", SamplingParams(temperature=0, max_tokens=8),
+    out = LLM("tiny/stories").generate("Once upon a time",
+                                        SamplingParams(temperature=0, max_tokens=8),
                                         use_tqdm=False)
     assert out[0].outputs[0].text.startswith(", there was a little")
 

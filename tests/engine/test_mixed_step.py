@@ -22,8 +22,9 @@ def test_mixed_step_matches_all_prefill():
     q, k, v = (torch.randn(10, h, dim) for h in (heads, kv_heads, kv_heads))
 
     def run(num_decodes: int) -> torch.Tensor:
-        meta = AttentionMetadata(torch.tensor(slots), tables, torch.tensor(seq_lens, dtype=torch.int32),
-                                 qsl, max(num_new), num_decodes)
+        meta = AttentionMetadata(torch.tensor(slots), tables,
+                                 torch.tensor(seq_lens, dtype=torch.int32), qsl,
+                                 max(num_new), num_decodes)
         return attn(q.clone(), k, v, meta)
     assert _leading_ones(num_new) == 2
     torch.testing.assert_close(run(2), run(0))

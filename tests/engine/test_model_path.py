@@ -34,7 +34,8 @@ def test_offline_mode_says_how_to_get_the_model(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError) as e:
         loader.resolve_model_path("acme/not-cached")
-    assert "HF_HUB_OFFLINE" in str(e.value) and "huggingface-cli download acme/not-cached" in str(e.value)
+    assert "HF_HUB_OFFLINE" in str(e.value)
+    assert "huggingface-cli download acme/not-cached" in str(e.value)
 
 
 def test_no_network_is_named(failing_hub):

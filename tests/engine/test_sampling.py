@@ -24,7 +24,8 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(llm):
 
 
 def test_different_seeds_give_different_samples(llm):
-    outs = [texts(llm, ["Once upon a time"], SamplingParams(temperature=1.0, seed=s, max_tokens=24))[0]
+    outs = [texts(llm, ["Once upon a time"],
+                  SamplingParams(temperature=1.0, seed=s, max_tokens=24))[0]
             for s in range(4)]
     assert len({tuple(o) for o in outs}) > 1
 
@@ -32,13 +33,15 @@ def test_different_seeds_give_different_samples(llm):
 def test_top_k_1_equals_greedy(llm):
     prompts = ["Once upon a time", "The little cat"]
     greedy = texts(llm, prompts, SamplingParams(temperature=0, max_tokens=30))
-    assert texts(llm, prompts, SamplingParams(temperature=1.3, top_k=1, seed=5, max_tokens=30)) == greedy
+    sampled = texts(llm, prompts, SamplingParams(temperature=1.3, top_k=1, seed=5, max_tokens=30))
+    assert sampled == greedy
 
 
 def test_tiny_top_p_and_high_min_p_collapse_to_greedy(llm):
     greedy = texts(llm, ["Once upon a time"], SamplingParams(temperature=0, max_tokens=20))
-    assert texts(llm, ["Once upon a time"], SamplingParams(top_p=1e-6, seed=3, max_tokens=20)) == greedy
-    assert texts(llm, ["Once upon a time"], SamplingParams(min_p=1.0, seed=3, max_tokens=20)) == greedy
+    prompts = ["Once upon a time"]
+    assert texts(llm, prompts, SamplingParams(top_p=1e-6, seed=3, max_tokens=20)) == greedy
+    assert texts(llm, prompts, SamplingParams(min_p=1.0, seed=3, max_tokens=20)) == greedy
 
 
 def test_repetition_penalty_changes_greedy_text(llm):
@@ -57,7 +60,8 @@ def test_logprobs_are_log_probabilities_of_the_chosen_tokens(llm):
     for token, lp in zip(out.token_ids, out.logprobs):
         assert token in lp and len(lp) <= 4 and all(v <= 0 for v in lp.values())
         assert lp[token] == max(lp.values())  # greedy picks the most likely token
-    assert out.cumulative_logprob == pytest.approx(sum(lp[t] for t, lp in zip(out.token_ids, out.logprobs)))
+    total = sum(lp[t] for t, lp in zip(out.token_ids, out.logprobs))
+    assert out.cumulative_logprob == pytest.approx(total)
 
 
 @pytest.mark.parametrize("field,value", [

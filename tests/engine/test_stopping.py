@@ -57,13 +57,15 @@ def test_min_tokens_defers_stop_strings(llm):
 def test_eos_ignore_eos_and_min_tokens(tiny_model):
     # Make the model's EOS the token greedy decoding emits 4th, then check each rule.
     free = LLM(tiny_model("llama")).generate(
-        {"prompt_token_ids": [1, 50, 60]}, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
+        {"prompt_token_ids": [1, 50, 60]},
+        SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
         use_tqdm=False)[0].outputs[0].token_ids
     eos = free[3]
     assert eos not in free[:3]
     llm = LLM(tiny_model("llama", eos_token_id=eos))
     prompt = {"prompt_token_ids": [1, 50, 60]}
-    out = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=12), use_tqdm=False)[0].outputs[0]
+    out = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=12),
+                       use_tqdm=False)[0].outputs[0]
     assert out.token_ids == free[:4] and out.finish_reason == "stop" and out.stop_reason is None
     out = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
                        use_tqdm=False)[0].outputs[0]
