@@ -1,6 +1,7 @@
 """POST /v1/chat/completions: messages through the chat template, then generation."""
 import json
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,16 +10,31 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from pagedserve.engine.outputs import CompletionOutput, RequestOutput
 from pagedserve.engine.tokenizer import apply_chat_template
-from pagedserve.server.errors import check_unicode, invalid
-from pagedserve.server.generation import (Chunks, Deltas, check_length, final_outputs,
-                                          generate, prepare, request_id, sampling_params,
-                                          stream_error, until_disconnect)
 from pagedserve.server.chat_output import ChatOutputParser, check_tool_choice, tool_mode
+from pagedserve.server.errors import check_unicode, invalid
+from pagedserve.server.generation import (
+    Chunks,
+    StreamChoice,
+    check_length,
+    final_outputs,
+    generate,
+    prepare,
+    request_id,
+    sampling_params,
+    stream_error,
+    until_disconnect,
+)
 from pagedserve.server.limits import check_request
 from pagedserve.server.logprobs import TokenStrings, chat_logprobs, prompt_logprobs
-from pagedserve.server.protocol import (ChatChoice, ChatCompletionRequest,
-                                        ChatCompletionResponse, ChatLogprobs, ChatMessage,
-                                        ChatResponseMessage, Usage)
+from pagedserve.server.protocol import (
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatMessage,
+    ChatResponseMessage,
+    Usage,
+)
 from pagedserve.server.state import ServerState
 
 
@@ -206,18 +222,57 @@ def _usage(num_prompt: int, done: int) -> Usage:
     return Usage(prompt_tokens=num_prompt, completion_tokens=done, total_tokens=num_prompt + done)
 
 
-def _parsed_delta(parser: ChatOutputParser, o: CompletionOutput) -> tuple[dict, str | None]:
-    """The parsed delta of a choice's text so far (all that is left when it finished)."""
-    parts = [parser.delta(o.text)]
+def _parsed_delta(parser: ChatOutputParser, text: str, o: CompletionOutput
+                  ) -> tuple[dict, str | None]:
+    """The parsed delta of a choice whose text so far is `text` (all that is left when it
+    finished)."""
+    parts = [parser.delta(text)]
     finish_reason = o.finish_reason
     if o.finished:
-        last, finish_reason = parser.finish(o.text, o.finish_reason)
+        last, finish_reason = parser.finish(text, o.finish_reason)
         parts.append(last)
     delta: dict = {"role": None}
     for part in filter(None, parts):
         for key, value in part.to_dict().items():
             delta[key] = delta.get(key, [] if key == "tool_calls" else "") + value
     return delta, finish_reason
+
+
+class _ChatStream:
+    """Per streamed choice: its StreamChoice, and with parsers its text so far (the tool-call
+    and reasoning parsers read a choice's whole text; no token or logprob lists are kept)."""
+
+    def __init__(self, body: ChatCompletionRequest, strings: TokenStrings, k: int,
+                 parsers) -> None:
+        self.body, self.strings, self.k = body, strings, k
+        self.states: defaultdict[int, StreamChoice] = defaultdict(StreamChoice)
+        self.parsers = {i: parsers() for i in range(body.n)} if parsers is not None else None
+        self.texts: defaultdict[int, str] = defaultdict(str)
+
+    def choice(self, o: CompletionOutput) -> dict | None:
+        """The chunk's choice for the delta `o`, or None when none is due."""
+        state = self.states[o.index]
+        if self.parsers is not None and not state.finished:
+            self.texts[o.index] += o.text
+        if not state.add(o):
+            return None
+        p, body = state.pending, self.body
+        lp = (ChatLogprobs(content=chat_logprobs(self.strings, p.token_ids, p.logprobs, self.k))
+              if body.logprobs else None)
+        delta, finish_reason = {"role": None, "content": p.text}, p.finish_reason
+        if self.parsers is not None:
+            delta, finish_reason = _parsed_delta(self.parsers[o.index], self.texts[o.index], p)
+            if len(delta) == 1 and not p.finished and lp is None:
+                return None  # held back (a marker may be starting): its tokens go out later
+        d = state.pop()
+        choice = _choice(o.index, delta, lp, finish_reason, d.stop_reason)
+        if body.return_token_ids:
+            choice["token_ids"] = list(d.token_ids)
+        return choice
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.states.values())
 
 
 async def _stream(state: ServerState, body: ChatCompletionRequest, ids: list[int], gen,
@@ -229,30 +284,16 @@ async def _stream(state: ServerState, body: ChatCompletionRequest, ids: list[int
         extra = {"prompt_token_ids": ids} if body.return_token_ids and i == 0 else None
         yield chunk([_choice(i, {"role": "assistant", "content": echo})],
                     _usage(len(ids), 0) if body.continuous_usage else None, extra)
-    deltas = Deltas()
-    choice_parsers = {i: parsers() for i in range(body.n)} if parsers is not None else None
+    choices = _ChatStream(body, strings, k, parsers)
     try:
         async for out in gen:
             for o in out.outputs:
-                step = deltas.next(o.index, o)
-                if step is None:
-                    continue
-                text, start = step
-                lp = (ChatLogprobs(content=chat_logprobs(strings, o.token_ids[start:],
-                                                         o.logprobs[start:], k))
-                      if body.logprobs else None)
-                delta, finish_reason = {"role": None, "content": text}, o.finish_reason
-                if choice_parsers is not None:
-                    delta, finish_reason = _parsed_delta(choice_parsers[o.index], o)
-                    if len(delta) == 1 and not o.finished and lp is None:
-                        continue  # held back (a marker may be starting): nothing to send yet
-                choice = _choice(o.index, delta, lp, finish_reason, o.stop_reason)
-                if body.return_token_ids:
-                    choice["token_ids"] = list(o.token_ids[start:])
-                yield chunk([choice], _usage(len(ids), deltas.tokens[o.index])
-                            if body.continuous_usage else None)
+                choice = choices.choice(o)
+                if choice is not None:
+                    yield chunk([choice], _usage(len(ids), choices.states[o.index].num_tokens)
+                                if body.continuous_usage else None)
         if body.include_usage:
-            yield chunk([], _usage(len(ids), deltas.num_tokens))
+            yield chunk([], _usage(len(ids), choices.num_tokens))
     except Exception as e:
         yield stream_error(e)
     yield "data: [DONE]\n\n"

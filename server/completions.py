@@ -1,5 +1,6 @@
 """POST /v1/completions: one or more prompts, n samples each, streamed or not."""
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -8,14 +9,33 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pagedserve.engine.outputs import CompletionOutput, RequestOutput
 from pagedserve.engine.tokenizer import tokenize_prompt
 from pagedserve.server.errors import check_unicode, invalid
-from pagedserve.server.generation import (Chunks, Deltas, check_length, final_outputs,
-                                          generate, merge, prepare, request_id, sampling_params,
-                                          stream_error, until_disconnect)
+from pagedserve.server.generation import (
+    Chunks,
+    StreamChoice,
+    check_length,
+    final_outputs,
+    generate,
+    merge,
+    prepare,
+    request_id,
+    sampling_params,
+    stream_error,
+    until_disconnect,
+)
 from pagedserve.server.limits import check_request
-from pagedserve.server.logprobs import (TextOffsets, TokenStrings, completion_logprobs,
-                                        prompt_logprobs)
-from pagedserve.server.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest,
-                                        CompletionResponse, Usage)
+from pagedserve.server.logprobs import (
+    TextOffsets,
+    TokenStrings,
+    completion_logprobs,
+    prompt_logprobs,
+)
+from pagedserve.server.protocol import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    Usage,
+)
 from pagedserve.server.state import ServerState
 
 
@@ -144,34 +164,39 @@ class _StreamChoices:
 
     def __init__(self, render: _Render, prompts: list[Prompt], n: int) -> None:
         self.render, self.prompts, self.n = render, prompts, n
-        self.deltas = Deltas()
+        self.states: defaultdict[int, StreamChoice] = defaultdict(StreamChoice)
         self.offsets: dict[int, TextOffsets] = {}
 
     def choice(self, i: int, out: RequestOutput, o: CompletionOutput) -> dict | None:
+        """The chunk's choice for the delta `o` of prompt i, or None when none is due."""
         index = i * self.n + o.index
-        first = index not in self.deltas.text
-        step = self.deltas.next(index, o)
-        if step is None:
+        state = self.states[index]
+        first = not state.started
+        if not state.add(o):
             return None
-        text, start = step
+        d = state.pop()
         render, prompt, body = self.render, self.prompts[i], self.render.body
         prefix = render.echo(prompt) if first else ""
         # the keys of CompletionChoice, in its order (the bytes its model_dump_json would write)
-        choice = {"index": index, "text": prefix + text, "logprobs": None,
-                  "finish_reason": o.finish_reason, "stop_reason": o.stop_reason,
+        choice = {"index": index, "text": prefix + d.text, "logprobs": None,
+                  "finish_reason": d.finish_reason, "stop_reason": d.stop_reason,
                   "prompt_logprobs": None, "prompt_token_ids": None, "token_ids": None}
         if body.logprobs is not None:
             if first:
                 self.offsets[index] = render.offsets(prompt, len(prefix))
-            lp = render.output_part(o, start, self.offsets[index])
+            lp = render.output_part(d, 0, self.offsets[index])
             if first and body.echo:
                 lp = _join(render.prompt_part(prompt, out), lp)
             choice["logprobs"] = lp.model_dump()
-        self._extras(choice, first, prompt, out, o, start)
+        self._extras(choice, first, prompt, out, d)
         return choice
 
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.states.values())
+
     def _extras(self, choice: dict, first: bool, prompt: Prompt, out: RequestOutput,
-                o: CompletionOutput, start: int) -> None:
+                d: CompletionOutput) -> None:
         body = self.render.body
         if first and body.prompt_logprobs is not None:
             lps = self.render.prompt_logprobs(prompt, out)
@@ -180,7 +205,7 @@ class _StreamChoices:
         if body.return_token_ids:
             if first:
                 choice["prompt_token_ids"] = prompt.ids
-            choice["token_ids"] = list(o.token_ids[start:])
+            choice["token_ids"] = list(d.token_ids)
 
 
 async def _stream(state: ServerState, body: CompletionRequest, prompts: list[Prompt], gens,
@@ -194,11 +219,11 @@ async def _stream(state: ServerState, body: CompletionRequest, prompts: list[Pro
                 if choice is None:
                     continue
                 # continuous_usage_stats: this choice's prompt and its tokens so far (vLLM's)
-                usage = (_usage([prompts[i]], choices.deltas.tokens[choice["index"]])
+                usage = (_usage([prompts[i]], choices.states[choice["index"]].num_tokens)
                          if body.continuous_usage else None)
                 yield chunk([choice], usage)
         if body.include_usage:
-            yield chunk([], _usage(prompts, choices.deltas.num_tokens))
+            yield chunk([], _usage(prompts, choices.num_tokens))
     except Exception as e:
         yield stream_error(e)
     yield "data: [DONE]\n\n"

@@ -5,6 +5,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -12,7 +13,7 @@ from pydantic import BaseModel
 
 from pagedserve.engine.async_engine import EngineDeadError
 from pagedserve.engine.generation_config import default_sampling_values
-from pagedserve.engine.outputs import RequestOutput
+from pagedserve.engine.outputs import CompletionOutput, RequestOutput
 from pagedserve.engine.sampling_params import SamplingParams
 from pagedserve.server.errors import APIError, error_info, from_value_error, invalid
 from pagedserve.server.protocol import SamplingFields
@@ -78,13 +79,17 @@ def prepare(state: ServerState, body: SamplingFields) -> None:
 
 class _InterToken:
     """Inter-token latency from a request's outputs: the time between outputs shared by the
-    tokens they brought (a non-streamed request has one output: its decode time per token)."""
+    tokens they brought (a non-streamed request has one output: its decode time per token).
+    Outputs are deltas (or the one final output), so the tokens per sequence add up here."""
 
     def __init__(self, state: ServerState) -> None:
         self.metrics, self.last, self.tokens = state.metrics, None, 0
+        self.per_seq: dict[int, int] = {}  # generated tokens per sequence index
 
     def observe(self, out: RequestOutput) -> None:
-        tokens = sum(len(o.token_ids) for o in out.outputs)
+        for o in out.outputs:
+            self.per_seq[o.index] = self.per_seq.get(o.index, 0) + len(o.token_ids)
+        tokens = sum(self.per_seq.values())
         now = time.monotonic()
         if self.last is None:
             self.last = out.metrics.first_token_time or now
@@ -108,7 +113,7 @@ async def generate(state: ServerState, prompt_ids: list[int], params: SamplingPa
             itl.observe(out)
             if out.finished:
                 finished = True
-                state.metrics.finished(out, params)
+                state.metrics.finished(out, params, list(itl.per_seq.values()))
             yield out
     except ValueError as e:  # the engine's own check of the request, before its first step
         if not first:
@@ -219,29 +224,35 @@ def stream_error(e: Exception) -> str:
     return sse(error_info(500, str(e) or type(e).__name__, code=code))
 
 
-class Deltas:
-    """Turns cumulative outputs into stream deltas: per choice, what was already sent."""
+@dataclass(slots=True)
+class StreamChoice:
+    """One streamed choice: the DELTA outputs it got that are not sent yet, and what was sent.
+    A delta can bring tokens but no text (held back: it may start a stop string); its tokens
+    and logprobs wait here for the next chunk, so a stream adds up to the whole answer."""
+    pending: CompletionOutput | None = None
+    num_tokens: int = 0  # tokens sent so far: usage stats count these
+    started: bool = False  # a first chunk was sent (it goes out even without text)
+    finished: bool = False
 
-    def __init__(self) -> None:
-        self.text: dict[int, str] = {}
-        self.tokens: dict[int, int] = {}
-        self.done: set[int] = set()
+    def add(self, o: CompletionOutput) -> bool:
+        """Take the next delta; True when a chunk is due (new text, the end, or the start)."""
+        if self.finished:
+            return False  # a finished choice's end repeats in its request's later outputs
+        p = self.pending
+        if p is None:
+            p = self.pending = CompletionOutput(o.index, logprobs=None if o.logprobs is None
+                                                else [])
+        p.text += o.text
+        p.token_ids += o.token_ids
+        if o.logprobs is not None:
+            p.logprobs += o.logprobs
+        p.finish_reason, p.stop_reason = o.finish_reason, o.stop_reason
+        p.cumulative_logprob = o.cumulative_logprob
+        return bool(p.text) or p.finished or not self.started
 
-    def next(self, index: int, out) -> tuple[str, int] | None:
-        """(new text, index of the first unsent token), or None when there is nothing to
-        send. The engine already holds back text that may start a stop string."""
-        if index in self.done:
-            return None
-        sent = self.text.get(index, "")
-        delta = out.text[len(sent):]
-        if not delta and not out.finished and index in self.text:
-            return None
-        start = self.tokens.get(index, 0)
-        self.text[index], self.tokens[index] = out.text, len(out.token_ids)
-        if out.finished:
-            self.done.add(index)
-        return delta, start
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(self.tokens.values())
+    def pop(self) -> CompletionOutput:
+        """What the chunk being sent carries: everything since the last chunk."""
+        out, self.pending = self.pending, None
+        self.started, self.finished = True, out.finished
+        self.num_tokens += len(out.token_ids)
+        return out

@@ -51,10 +51,11 @@ class _RequestHistograms:
                             _E2E_BUCKETS)
         self.decode = hist("request_decode_time_seconds", "First token to finish", _E2E_BUCKETS)
 
-    def observe(self, out: RequestOutput, params: SamplingParams | None, end: float) -> None:
+    def observe(self, out: RequestOutput, params: SamplingParams | None, end: float,
+                num_tokens: int) -> None:
         m = out.metrics
         self.prompt.observe(len(out.prompt_token_ids))
-        self.generation.observe(sum(len(o.token_ids) for o in out.outputs))
+        self.generation.observe(num_tokens)
         if params is not None:
             self.n.observe(params.n)
             self.max_tokens.observe(params.max_tokens or 0)
@@ -110,15 +111,20 @@ class Metrics:
         if m.first_token_time is not None:
             self.ttft.observe(m.first_token_time - m.arrival_time)
 
-    def finished(self, out: RequestOutput, params: SamplingParams | None = None) -> None:
+    def finished(self, out: RequestOutput, params: SamplingParams | None = None,
+                 num_tokens: list[int] | None = None) -> None:
+        """A request ended; `num_tokens` per sequence (a stream's last output is only its
+        last delta), else counted from `out`."""
         m = out.metrics
         end = m.finished_time or time.monotonic()
         self.e2e.observe(end - m.arrival_time)
-        tokens = max(len(o.token_ids) for o in out.outputs)
+        if num_tokens is None:
+            num_tokens = [len(o.token_ids) for o in out.outputs]
+        tokens = max(num_tokens)
         if tokens > 1 and m.first_token_time is not None:
             self.tpot.observe((end - m.first_token_time) / (tokens - 1))
         self.success.labels(self.model_name, out.outputs[0].finish_reason or "abort").inc()
-        self.requests.observe(out, params, end)
+        self.requests.observe(out, params, end, sum(num_tokens))
 
     def inter_token(self, seconds: float, num_tokens: int) -> None:
         """`num_tokens` arrived `seconds` after the previous ones: each waited its share."""

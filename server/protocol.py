@@ -115,8 +115,9 @@ class SamplingFields(RequestModel):
             logit_bias=self.logit_bias_ids(), allowed_token_ids=self.allowed_token_ids,
             bad_words=self.bad_words, truncate_prompt_tokens=self.truncate_prompt_tokens,
             structured_outputs=self.constraint(),
-            # a non-streamed answer needs only the last output: the engine sends nothing per step
-            output_kind=(RequestOutputKind.CUMULATIVE if self.stream
+            # a stream sends what is new (its chunks need nothing else); a non-streamed answer
+            # needs only the last output: the engine sends nothing per step
+            output_kind=(RequestOutputKind.DELTA if self.stream
                          else RequestOutputKind.FINAL_ONLY))
 
     def constraint(self) -> StructuredOutputsParams | None:

@@ -9,6 +9,7 @@ import httpx
 from openapi_spec_validator import validate
 
 from pagedserve.engine import AsyncLLMEngine, EngineConfig
+from pagedserve.engine.outputs import RequestOutput
 from pagedserve.server.app import build_app
 from pagedserve.server.state import ServeSettings
 
@@ -101,3 +102,61 @@ def test_openapi_schema_is_valid():
             "min_tokens", "seed", "stop", "n"} <= set(completion["properties"])
     errors = schema["paths"]["/v1/completions"]["post"]["responses"]
     assert {"400", "401", "404", "500", "503"} <= set(errors)
+
+
+def _lagging(engine, seen: list[RequestOutput], keep_up: int = 4):
+    """engine.generate for a consumer that, after `keep_up` outputs, looks again only once
+    the engine has nothing left to run: every delta in between waits in the request's queue."""
+    real = engine.generate
+
+    async def generate(prompt, params=None, request_id=None):
+        gen = real(prompt, params, request_id)
+        try:
+            async for out in gen:
+                seen.append(out)
+                yield out
+                if len(seen) == keep_up:
+                    while (s := engine.stats()).num_running or s.num_waiting:
+                        await asyncio.sleep(0.005)
+        finally:
+            await gen.aclose()
+    return generate
+
+
+def _joined(chunks: list[dict], index: int) -> dict:
+    """One choice's stream pieces added up: texts, token ids and logprob lists."""
+    mine = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["index"] == index]
+    lps = [c["logprobs"] for c in mine]
+    return {"text": "".join(c["text"] for c in mine),
+            "token_ids": [t for c in mine for t in c["token_ids"]],
+            "finish_reason": mine[-1]["finish_reason"],
+            "logprobs": {key: [v for lp in lps for v in lp[key]] for key in lps[0]}}
+
+
+def test_a_lagging_stream_adds_up_to_the_answer(stories_path):
+    """A server busy elsewhere reads a stream's outputs late: what piled up meanwhile comes
+    as one merged delta, and the chunks still carry every piece of text, every token id and
+    logprob. A long stop string that is never met holds the first tokens' text back: their
+    deltas have tokens but no text, and those tokens go out with the next text."""
+    body = {"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0, "n": 2,
+            "logprobs": 2, "stop": ["a stop string longer than a few tokens"],
+            "ignore_eos": True, "return_token_ids": True}
+
+    async def main():
+        async with running(stories_path) as (state, client):
+            whole = (await client.post("/v1/completions", json=body)).json()
+            seen: list[RequestOutput] = []
+            state.engine.generate = _lagging(state.engine, seen)
+            r = await client.post("/v1/completions", json={
+                **body, "stream": True, "stream_options": {"include_usage": True}})
+            return whole, r.text, seen
+    whole, text, seen = asyncio.run(main())
+    events = [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    # the consumer did lag: one output brought many tokens of a sequence at once
+    assert max(len(o.token_ids) for out in seen for o in out.outputs) > 1
+    for choice in whole["choices"]:
+        got = _joined(chunks, choice["index"])
+        assert got == {key: choice[key] for key in got}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]

@@ -4,10 +4,20 @@ import json
 
 import pytest
 
-from pagedserve.server.generation import Chunks, sse
-from pagedserve.server.protocol import (ChatCompletionChunk, ChatLogprobs, ChatStreamChoice,
-                                        CompletionChoice, CompletionLogprobs, CompletionResponse,
-                                        DeltaMessage, TokenLogprob, TopLogprob, Usage)
+from pagedserve.engine.outputs import CompletionOutput
+from pagedserve.server.generation import Chunks, StreamChoice, sse
+from pagedserve.server.protocol import (
+    ChatCompletionChunk,
+    ChatLogprobs,
+    ChatStreamChoice,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionResponse,
+    DeltaMessage,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 
 LP = CompletionLogprobs(tokens=[" é"], token_logprobs=[-0.25], top_logprobs=[{" é": -0.25}],
                         text_offset=[3])
@@ -43,3 +53,22 @@ def test_chat_chunks_match_the_model(delta, lp):
         ChatStreamChoice(index=0, delta=DeltaMessage(**delta), logprobs=lp)])
     assert fast == sse(model)
     assert json.loads(fast[len("data: "):])["choices"][0]["delta"] == delta
+
+
+def test_stream_choice_carries_tokens_whose_text_is_held_back():
+    """A delta with tokens but no text (the text may start a stop string) sends no chunk;
+    its tokens and logprobs go out with the next text, and a finished choice's repeated end
+    (its request's other samples still run) sends nothing again."""
+    deltas = [CompletionOutput(0, "", [5], logprobs=[{5: -1.0}]),
+              CompletionOutput(0, "", [6], logprobs=[{6: -2.0}]),
+              CompletionOutput(0, "ab", [7], logprobs=[{7: -3.0}]),
+              CompletionOutput(0, "c", [8], "stop", logprobs=[{8: -4.0}]),
+              CompletionOutput(0, "", [], "stop", logprobs=[])]
+    state, sent = StreamChoice(), []
+    for d in deltas:
+        if state.add(d):
+            sent.append(state.pop())
+    assert [(o.text, o.token_ids, o.finish_reason) for o in sent] == [
+        ("", [5], None), ("ab", [6, 7], None), ("c", [8], "stop")]
+    assert [lp for o in sent for lp in o.logprobs] == [d.logprobs[0] for d in deltas[:4]]
+    assert state.num_tokens == 4 and state.finished
