@@ -13,10 +13,19 @@ from pagedserve.server.chat import create_chat_completion
 from pagedserve.server.completions import create_completion
 from pagedserve.server.errors import error_response, install_error_handlers, invalid
 from pagedserve.server.limits import BodyLimit
-from pagedserve.server.protocol import (ChatCompletionRequest, ChatCompletionResponse,
-                                        CompletionRequest, CompletionResponse,
-                                        DetokenizeRequest, DetokenizeResponse, ErrorResponse,
-                                        ModelCard, ModelList, TokenizeRequest, TokenizeResponse)
+from pagedserve.server.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from pagedserve.server.state import ServerState, ServeSettings
 from pagedserve.server.tokenize import tokenize as tokenize_request
 

@@ -7,9 +7,13 @@ One ChatOutputParser per choice; whole() for a response, delta()/finish() for a 
 from pagedserve.server.deltas import DeltaMessage, ToolCall
 from pagedserve.server.reasoning import ThinkReasoningParser
 from pagedserve.server.tool_parsers import ToolParser, get_tool_parser
-from pagedserve.server.tool_parsers.tool_choice import (NamedToolParser, RequiredToolParser,
-                                                        named_function, named_function_call,
-                                                        required_calls)
+from pagedserve.server.tool_parsers.tool_choice import (
+    NamedToolParser,
+    RequiredToolParser,
+    named_function,
+    named_function_call,
+    required_calls,
+)
 
 
 def tool_mode(tools: list | None, tool_choice) -> str:

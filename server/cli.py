@@ -168,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
                                                    debug=args.log_level == "debug")
     if settings.engine_config.node_rank > 0:  # headless: this node's workers, no HTTP
         import logging
+
         from pagedserve.engine.headless import run_headless
         logging.basicConfig(level=args.log_level.upper())
         return run_headless(settings.engine_config)

@@ -1,6 +1,9 @@
 """Reasoning parsers by their vLLM names (--reasoning-parser NAME)."""
-from pagedserve.server.reasoning.think import (DeepSeekR1ReasoningParser, Qwen3ReasoningParser,
-                                               ThinkReasoningParser)
+from pagedserve.server.reasoning.think import (
+    DeepSeekR1ReasoningParser,
+    Qwen3ReasoningParser,
+    ThinkReasoningParser,
+)
 
 REASONING_PARSERS: dict[str, type[ThinkReasoningParser]] = {
     "deepseek_r1": DeepSeekR1ReasoningParser,

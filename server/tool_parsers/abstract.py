@@ -8,9 +8,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-
-from pagedserve.server.deltas import (DeltaMessage, DeltaToolCall, ExtractedToolCalls,
-                                      ToolCall, tool_call_id)
+from pagedserve.server.deltas import (
+    DeltaMessage,
+    DeltaToolCall,
+    ExtractedToolCalls,
+    ToolCall,
+    tool_call_id,
+)
 
 # Only containers may be incomplete: a half string, number or literal is left out until it
 # is whole, so what was parsed so far never changes meaning later.

@@ -4,8 +4,13 @@
     {"name": "get_weather", "arguments": {"city": "Paris"}}
     </tool_call>
 """
-from pagedserve.server.tool_parsers.abstract import (PartialCall, ToolParser, call_from,
-                                                     holdback, load_partial)
+from pagedserve.server.tool_parsers.abstract import (
+    PartialCall,
+    ToolParser,
+    call_from,
+    holdback,
+    load_partial,
+)
 
 START, END = "<tool_call>", "</tool_call>"
 

@@ -5,8 +5,7 @@
 """
 import json
 
-from pagedserve.server.tool_parsers.abstract import (PartialCall, ToolParser, call_from,
-                                                     load_partial)
+from pagedserve.server.tool_parsers.abstract import PartialCall, ToolParser, call_from, load_partial
 
 PYTHON_TAG = "<|python_tag|>"
 ARGS_KEYS = ("parameters", "arguments")

@@ -8,8 +8,13 @@ Mistral's chat templates accept only 9-character alphanumeric call ids.
 import random
 import string
 
-from pagedserve.server.tool_parsers.abstract import (PartialCall, ToolParser, call_from,
-                                                     holdback, load_partial)
+from pagedserve.server.tool_parsers.abstract import (
+    PartialCall,
+    ToolParser,
+    call_from,
+    holdback,
+    load_partial,
+)
 
 START, ARGS = "[TOOL_CALLS]", "[ARGS]"
 _ID_CHARS = string.ascii_letters + string.digits

@@ -10,7 +10,6 @@ import time
 import httpx
 import pytest
 
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(REPO, "scripts", "serve_demo.sh")
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="the demo uses curl")

@@ -94,7 +94,8 @@ def test_fuzz_route(fuzz_server, path, mode):
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         case.validate_response(response, checks=CHECKS)
     run()
-    print(f"{path} {mode.name}: {sum(statuses.values())} cases, statuses {sorted(statuses.items())}")
+    print(f"{path} {mode.name}: {sum(statuses.values())} cases, "
+          f"statuses {sorted(statuses.items())}")
     assert httpx.get(fuzz_server.url + "/health", timeout=10).status_code == 200
 
 

@@ -121,7 +121,8 @@ def raw_status(port: int, header_line: bytes) -> int:
 @pytest.mark.parametrize("header", [
     b"", b"Authorization: \r\n", b"Authorization: Bearer\r\n", b"Authorization: Bearer \r\n",
     b"Authorization: Basic c2stdGVzdA==\r\n", b"Authorization: Bearer sk-test-4f1c9\r\n",
-    b"Authorization: Bearer sk-test-4f1c9a \xff\xfe\r\n", b"Authorization: \xc3\xa9\xe2\x82\xac\r\n",
+    b"Authorization: Bearer sk-test-4f1c9a \xff\xfe\r\n",
+    b"Authorization: \xc3\xa9\xe2\x82\xac\r\n",
     b"Authorization: Bearer " + b"k" * 8000 + b"\r\n",
     b"Authorization: Bearer x\r\nAuthorization: Bearer sk-test-4f1c9a\r\n",
 ])

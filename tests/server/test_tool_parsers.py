@@ -15,9 +15,13 @@ from transformers import AutoTokenizer
 from pagedserve.engine.structured_output import StructuredOutputsConfig, StructuredOutputsParams
 from pagedserve.engine.structured_output.manager import StructuredOutputManager
 from pagedserve.server.tool_parsers import TOOL_PARSERS, get_tool_parser
-from pagedserve.server.tool_parsers.tool_choice import (NamedToolParser, RequiredToolParser,
-                                                        named_function_call, required_calls,
-                                                        tool_choice_schema)
+from pagedserve.server.tool_parsers.tool_choice import (
+    NamedToolParser,
+    RequiredToolParser,
+    named_function_call,
+    required_calls,
+    tool_choice_schema,
+)
 from tests.conftest import STORIES
 
 DATA = json.load(open(os.path.join(os.path.dirname(__file__), "data", "tool_call_outputs.json")))
