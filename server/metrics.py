@@ -4,13 +4,19 @@ Engine-wide values (KV usage, running/waiting, token and prefix-cache counters) 
 the engine at scrape time, so they are exact and cost nothing per token. Per-request latencies
 and finish reasons are observed from each request's outputs.
 """
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 
+from pagedserve.engine.llm_engine import ITERATION_TOKEN_BUCKETS
 from pagedserve.engine.outputs import RequestOutput
 from pagedserve.engine.sampling_params import SamplingParams
 
@@ -150,6 +156,17 @@ def _gauges(prefix: str, label: list[str], stats, block_size: int):
     yield info
 
 
+def _iteration_tokens(label: list[str], stats) -> HistogramMetricFamily:
+    """Tokens per engine step, from the engine's own per-step counts (vLLM's histogram)."""
+    fam = HistogramMetricFamily(P + "iteration_tokens_total", "Tokens run per engine step",
+                                labels=["model_name"])
+    counts = stats.iteration_tokens or (0,) * (len(ITERATION_TOKEN_BUCKETS) + 1)
+    bounds = [str(float(b)) for b in ITERATION_TOKEN_BUCKETS] + ["+Inf"]
+    fam.add_metric(label, list(zip(bounds, itertools.accumulate(counts))),
+                   stats.iteration_tokens_sum)
+    return fam
+
+
 class _EngineCollector:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -169,6 +186,7 @@ class _EngineCollector:
         yield family(GaugeMetricFamily, "generation_tokens_per_second",
                      f"Generated tokens per second over the last {RATE_WINDOW_S} s",
                      self.metrics.tokens_per_second(stats.num_generation_tokens))
+        yield _iteration_tokens(label, stats)
         yield family(CounterMetricFamily, "prompt_tokens", "Prefilled prompt tokens",
                      stats.num_prompt_tokens)
         yield family(CounterMetricFamily, "generation_tokens", "Generated tokens",
