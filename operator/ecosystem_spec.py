@@ -4,8 +4,8 @@ and `inferencePool` (the Gateway API Inference Extension's pool, routed by an En
 The CRD's schema and CEL rules say the same; these checks hold where the schema is missing.
 """
 
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from pagedserve.operator.fields import SpecError, choice, get, integer, only
 

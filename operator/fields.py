@@ -1,5 +1,6 @@
 """Readers for one field of a spec object: type, range and choice checks with clear errors."""
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 class SpecError(ValueError):

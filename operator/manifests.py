@@ -12,7 +12,14 @@ import socket
 import kopf
 
 from pagedserve.operator.config import OperatorConfig
-from pagedserve.operator.labels import API_VERSION, KIND, child_name, meta, pod_labels, selector_labels
+from pagedserve.operator.labels import (
+    API_VERSION,
+    KIND,
+    child_name,
+    meta,
+    pod_labels,
+    selector_labels,
+)
 from pagedserve.operator.lws import leader_worker_set, serving_selector
 from pagedserve.operator.pod import pod_template
 from pagedserve.operator.pool import inference_pool

@@ -6,11 +6,15 @@ limit that agrees with tensorParallelSize) are beyond what the schema can say. T
 here equal the CRD's (a test holds them together).
 """
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
-from pagedserve.operator.ecosystem_spec import (AutoscalingSpec, InferencePoolSpec, parse_autoscaling,
-                                                parse_inference_pool)
+from pagedserve.operator.ecosystem_spec import (
+    AutoscalingSpec,
+    InferencePoolSpec,
+    parse_autoscaling,
+    parse_inference_pool,
+)
 from pagedserve.operator.fields import SpecError, choice, get, integer, only
 from pagedserve.operator.quantity import parse_quantity
 

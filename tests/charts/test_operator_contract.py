@@ -2,11 +2,11 @@
 command parses with the real `pagedserve` CLI, and its environment configures OperatorConfig."""
 import dataclasses
 import re
-import tomllib
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import tomllib
 import yaml
 
 from pagedserve.cli import SUBCOMMANDS, build_parser

@@ -1,13 +1,12 @@
 """charts/pagedserve renders, lints and validates for every value set an admin might use."""
 import json
 import re
+from pathlib import Path
 
 import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-
-from pathlib import Path
 
 from tests.crds.validate import SERVICE_MONITOR_CRD, load, validate
 

@@ -7,8 +7,16 @@ support for tests/operator and tests/charts, kept out of the product.
 - cluster: EmulatedCluster (the emulator on localhost, from a thread), running_operator and
   the helpers tests use to drive and check it
 """
-from .cluster import (ApiCall, EmulatedCluster, condition, deployment_ready, diverged, llmdeployment,
-                      running_operator, wait_for)
+from .cluster import (
+    ApiCall,
+    EmulatedCluster,
+    condition,
+    deployment_ready,
+    diverged,
+    llmdeployment,
+    running_operator,
+    wait_for,
+)
 from .faults import OPERATOR_AGENTS, Fault, Faults
 
 __all__ = ["ApiCall", "EmulatedCluster", "Fault", "Faults", "OPERATOR_AGENTS", "condition", "deployment_ready",

@@ -21,7 +21,8 @@ import tempfile
 import threading
 import time
 import warnings
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import kmock
 import yaml

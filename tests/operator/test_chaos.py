@@ -16,8 +16,16 @@ import pytest
 
 from pagedserve.operator.config import OperatorConfig
 from pagedserve.operator.manifests import child_name
-from tests.kube_emulator import (OPERATOR_AGENTS, Faults, condition, deployment_ready, diverged, llmdeployment,
-                               running_operator, wait_for)
+from tests.kube_emulator import (
+    OPERATOR_AGENTS,
+    Faults,
+    condition,
+    deployment_ready,
+    diverged,
+    llmdeployment,
+    running_operator,
+    wait_for,
+)
 
 FULL = os.environ.get("PAGEDSERVE_FULL_CHAOS") == "1"
 SIZE = 40 if FULL else 8  # LLMDeployments under random faults

@@ -5,7 +5,13 @@ from pagedserve.operator import rbac
 from pagedserve.operator.config import OperatorConfig
 from pagedserve.operator.kube import Kube
 from pagedserve.operator.reconcile import reconcile
-from tests.kube_emulator import OPERATOR_AGENTS, condition, llmdeployment, running_operator, wait_for
+from tests.kube_emulator import (
+    OPERATOR_AGENTS,
+    condition,
+    llmdeployment,
+    running_operator,
+    wait_for,
+)
 
 WRITES = ("POST", "PATCH", "PUT", "DELETE")
 FULL = dict(accelerator="amd", tensorParallelSize=4, replicas=2,

@@ -11,8 +11,15 @@ import time
 import pytest
 
 from pagedserve.operator.config import OperatorConfig
-from tests.kube_emulator import (OPERATOR_AGENTS, condition, deployment_ready, diverged, llmdeployment,
-                               running_operator, wait_for)
+from tests.kube_emulator import (
+    OPERATOR_AGENTS,
+    condition,
+    deployment_ready,
+    diverged,
+    llmdeployment,
+    running_operator,
+    wait_for,
+)
 
 FULL = os.environ.get("PAGEDSERVE_FULL_CHAOS") == "1"
 SIZE = 200 if FULL else 50

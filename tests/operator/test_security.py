@@ -13,7 +13,14 @@ from pagedserve.operator.apply import strip_none
 from pagedserve.operator.config import OperatorConfig
 from pagedserve.operator.manifests import desired_children
 from pagedserve.operator.spec import parse_spec
-from tests.kube_emulator import OPERATOR_AGENTS, condition, diverged, llmdeployment, running_operator, wait_for
+from tests.kube_emulator import (
+    OPERATOR_AGENTS,
+    condition,
+    diverged,
+    llmdeployment,
+    running_operator,
+    wait_for,
+)
 
 CONFIG = OperatorConfig.from_env({})
 CHART = Path(__file__).resolve().parents[2] / "charts" / "pagedserve"

@@ -8,7 +8,6 @@ from pagedserve.operator.quantity import parse_quantity, same_quantity
 from pagedserve.operator.spec import SPEC_FIELDS, SpecError, parse_spec
 
 
-
 def spec_schema(crd: dict) -> dict:
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
 
