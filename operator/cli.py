@@ -35,7 +35,6 @@ def add_parser(subparsers) -> None:
 
 
 def _add_render_parser(subparsers) -> None:
-    from pagedserve.operator import render
     r = subparsers.add_parser(
         "render", help="print the objects the operator would create for LLMDeployments, as YAML",
         description="Render every child of the LLMDeployment(s) in FILE as a YAML stream, with the "
@@ -45,7 +44,14 @@ def _add_render_parser(subparsers) -> None:
     r.add_argument("-f", "--filename", required=True, metavar="FILE", help="LLMDeployment YAML; - reads stdin")
     r.add_argument("-n", "--namespace", dest="render_namespace", default="default", metavar="NS",
                    help="namespace for resources whose metadata names none (default: default)")
-    r.set_defaults(run=render.run)
+    r.set_defaults(run=_run_render)
+
+
+def _run_render(args: argparse.Namespace) -> int:
+    # imported here: the whole `pagedserve` CLI builds this parser, also where only the
+    # server extra is installed (no kubernetes client)
+    from pagedserve.operator import render
+    return render.run(args)
 
 
 def _configure_logging(level: str) -> None:

@@ -68,3 +68,23 @@ def test_links_are_committed_as_links():
     if out.returncode or not out.stdout:
         pytest.skip("not a git checkout")
     assert out.stdout.split()[0] == "120000"  # git's mode for a symbolic link
+
+
+def test_every_cli_help_starts_without_the_other_components_extras():
+    """`make demo` installs only the server extra: the CLI, which builds every subcommand's
+    parser, must not import the operator's kubernetes client or kopf (nor the server's
+    FastAPI for `pagedserve operator`)."""
+    blocker = ("import sys\n"
+               "class Block:\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in BLOCKED:\n"
+               "            raise ImportError(f'blocked: {name}')\n"
+               "sys.meta_path.insert(0, Block())\n"
+               "from pagedserve.cli import main\n"
+               "sys.exit(main(sys.argv[1:]))\n")
+    for blocked, argv in ((["kubernetes", "kopf", "kmock"], ["serve", "--help"]),
+                          (["kubernetes", "kopf", "kmock"], ["bench", "--help"]),
+                          (["fastapi", "uvicorn", "torch"], ["operator", "--help"])):
+        code = f"BLOCKED = {blocked!r}\n" + blocker
+        out = run_in_root(sys.executable, "-c", code, *argv)
+        assert out.returncode == 0, f"pagedserve {' '.join(argv)}: {out.stderr[-2000:]}"
