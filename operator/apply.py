@@ -4,6 +4,7 @@
 (imagePullPolicy, clusterIP, probe timeouts, ...) that are no drift. Comparing that way (and
 quantities by value) is what keeps a second pass from patching anything.
 """
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,8 @@ from kubernetes.client.exceptions import ApiException
 from pagedserve.operator.kube import Kube
 from pagedserve.operator.quantity import same_quantity
 
-# quantities the API server may rewrite ("1024Mi" -> "1Gi"): values of these keys or inside these maps
+# quantities the API server may rewrite ("1024Mi" -> "1Gi"): values of these keys or inside
+# these maps
 QUANTITY_KEYS = ("sizeLimit", "storage")
 QUANTITY_PARENTS = ("limits", "requests", "capacity")
 
@@ -26,12 +28,16 @@ class OwnerGone(Exception):
 
 
 class KindNotServed(Exception):
-    """The cluster does not serve a child's kind: the CRD of the project it belongs to is missing."""
+    """The cluster does not serve a child's kind: the CRD of the project it belongs to is
+    missing."""
 
 
 # who installs the CRDs of the kinds a cluster may lack
-PROVIDERS = {"InferencePool": "the Gateway API Inference Extension CRDs", "ScaledObject": "KEDA",
-             "LeaderWorkerSet": "LeaderWorkerSet (kubernetes-sigs/lws)"}
+PROVIDERS = {
+    "InferencePool": "the Gateway API Inference Extension CRDs",
+    "ScaledObject": "KEDA",
+    "LeaderWorkerSet": "LeaderWorkerSet (kubernetes-sigs/lws)",
+}
 
 
 def _create(kube: Kube, desired: dict) -> dict:
@@ -42,8 +48,10 @@ def _create(kube: Kube, desired: dict) -> dict:
     except ApiException as exc:
         if exc.status != 404 or kind not in PROVIDERS:
             raise
-        raise KindNotServed(f"{kind} ({desired['apiVersion']}) is not served by this cluster: install "
-                            f"{PROVIDERS[kind]}, or remove the spec field that asks for it") from None
+        raise KindNotServed(
+            f"{kind} ({desired['apiVersion']}) is not served by this cluster: install "
+            f"{PROVIDERS[kind]}, or remove the spec field that asks for it"
+        ) from None
 
 
 def strip_none(obj: Any) -> Any:
@@ -56,7 +64,8 @@ def strip_none(obj: Any) -> Any:
 
 
 def patch_body(obj: Any) -> Any:
-    """A JSON merge patch: None stays (it deletes the key), except inside lists, which replace whole."""
+    """A JSON merge patch: None stays (it deletes the key), except inside lists, which replace
+    whole."""
     if isinstance(obj, dict):
         return {k: patch_body(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -79,7 +88,7 @@ def is_subset(desired: Any, live: Any, key: str = "", container: str = "") -> bo
     if isinstance(desired, list):
         if not isinstance(live, list) or len(desired) != len(live):
             return False
-        return all(is_subset(d, l, key, container) for d, l in zip(desired, live))
+        return all(is_subset(d, live_item, key, container) for d, live_item in zip(desired, live))
     if desired == live:
         return True
     quantity = key in QUANTITY_KEYS or container in QUANTITY_PARENTS
@@ -96,9 +105,14 @@ def inherited(obj: dict, owner: dict) -> bool:
     names are unique and its uid is not the owner's. Its garbage is ours to adopt (or remove)."""
     meta = owner["metadata"]
     group = owner.get("apiVersion", "").split("/")[0]
-    return any(ref.get("controller") and ref.get("kind") == owner.get("kind") and ref.get("name") == meta["name"]
-               and ref.get("apiVersion", "").split("/")[0] == group and ref.get("uid") != meta["uid"]
-               for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+    return any(
+        ref.get("controller")
+        and ref.get("kind") == owner.get("kind")
+        and ref.get("name") == meta["name"]
+        and ref.get("apiVersion", "").split("/")[0] == group
+        and ref.get("uid") != meta["uid"]
+        for ref in obj.get("metadata", {}).get("ownerReferences") or []
+    )
 
 
 @dataclass(slots=True)
@@ -123,20 +137,28 @@ def ensure(kube: Kube, desired: dict, owner: dict, owner_exists=lambda: True) ->
             raise OwnerGone(f"{kind} {meta['name']}: the LLMDeployment is gone")
         return Applied(kind, "created", _create(kube, desired))
     if inherited(live, owner):
-        return Applied(kind, "adopted", kube.patch(kind, meta["namespace"], meta["name"], patch_body(desired)))
+        return Applied(
+            kind, "adopted", kube.patch(kind, meta["namespace"], meta["name"], patch_body(desired))
+        )
     if not controlled_by(live, owner["metadata"]["uid"]):
-        raise NotOurs(f"{kind} {meta['name']} exists and is not controlled by this LLMDeployment; "
-                      "rename one of them or delete that object")
+        raise NotOurs(
+            f"{kind} {meta['name']} exists and is not controlled by this LLMDeployment; "
+            "rename one of them or delete that object"
+        )
     if is_subset(desired, live):
         return Applied(kind, "unchanged", live)
-    return Applied(kind, "patched", kube.patch(kind, meta["namespace"], meta["name"], patch_body(desired)))
+    return Applied(
+        kind, "patched", kube.patch(kind, meta["namespace"], meta["name"], patch_body(desired))
+    )
 
 
 def remove(kube: Kube, kind: str, name: str, owner: dict) -> Applied:
     """Delete a child the spec no longer asks for, but only one owner (or its namesake) controls."""
     namespace = owner["metadata"]["namespace"]
     live = kube.get(kind, namespace, name)
-    if live is None or not (controlled_by(live, owner["metadata"]["uid"]) or inherited(live, owner)):
+    if live is None or not (
+        controlled_by(live, owner["metadata"]["uid"]) or inherited(live, owner)
+    ):
         return Applied(kind, "absent", None)
     kube.delete(kind, namespace, name)
     return Applied(kind, "deleted", None)

@@ -1,4 +1,5 @@
 """The operator's own configuration: default engine images and timing, from env vars or flags."""
+
 import os
 from dataclasses import dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
@@ -22,6 +23,7 @@ class OperatorConfig:
 
     Each field reads the env var PAGEDSERVE_<FIELD> (upper case) and the flag --<field-with-dashes>.
     """
+
     image_amd: str = field(default_factory=lambda: _default_image("amd"))
     image_nvidia: str = field(default_factory=lambda: _default_image("nvidia"))
     image_cpu: str = field(default_factory=lambda: _default_image("cpu"))
@@ -58,6 +60,8 @@ class OperatorConfig:
             try:
                 setattr(config, f.name, kind(raw))
             except ValueError:
-                raise ValueError(f"operator setting {f.name} must be a {kind.__name__}, got {raw!r}") from None
-        config.gpu_group_ids  # fail at start, not at the first GPU pod
+                raise ValueError(
+                    f"operator setting {f.name} must be a {kind.__name__}, got {raw!r}"
+                ) from None
+        _ = config.gpu_group_ids  # fail at start, not at the first GPU pod
         return config

@@ -10,6 +10,7 @@ No finalizers: the children carry owner references, so deleting an LLMDeployment
 and the garbage collector removes the rest, even while the operator is down.
 Run with `pagedserve operator`, or `kopf run -m pagedserve.operator.handlers`.
 """
+
 import asyncio
 import contextlib
 import copy
@@ -32,7 +33,7 @@ def _plain(body) -> dict:
 
 
 def _backoff(retry: int) -> float:
-    return float(min(60, 2 ** retry))
+    return float(min(60, 2**retry))
 
 
 @kopf.index(*LLMD)
@@ -48,23 +49,38 @@ def login(**kwargs) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, llmdeployment_keys: kopf.Index,
-                  logger: logging.Logger, **_) -> None:
+async def startup(
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    llmdeployment_keys: kopf.Index,
+    logger: logging.Logger,
+    **_,
+) -> None:
     # kopf's bookkeeping in our own annotations, none in status (the CRD's schema prunes it)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration")
+        prefix=GROUP, key="last-handled-configuration"
+    )
     settings.persistence.finalizer = f"{GROUP}/operator"
-    settings.posting.level = logging.WARNING  # our own Events say what happened; skip kopf's chatter
-    settings.scanning.disabled = True  # the resources are known: no CRD or namespace scanning (nor its RBAC)
+    settings.posting.level = (
+        logging.WARNING
+    )  # our own Events say what happened; skip kopf's chatter
+    settings.scanning.disabled = (
+        True  # the resources are known: no CRD or namespace scanning (nor its RBAC)
+    )
     settings.watching.server_timeout = 600  # re-list now and then: no watch is trusted forever
     memo.config = memo.get("config") or OperatorConfig.from_env()
     memo.kube = Kube.from_environment()
     memo.locks = KeyedLocks()
     memo.stopping = asyncio.Event()
     memo.resync = asyncio.create_task(_resync_forever(memo, llmdeployment_keys, logger))
-    logger.info("pagedserve operator: images %s | %s | %s, resync every %ss", memo.config.image_amd,
-                memo.config.image_nvidia, memo.config.image_cpu, memo.config.resync_interval)
+    logger.info(
+        "pagedserve operator: images %s | %s | %s, resync every %ss",
+        memo.config.image_amd,
+        memo.config.image_nvidia,
+        memo.config.image_cpu,
+        memo.config.resync_interval,
+    )
 
 
 @kopf.on.cleanup()
@@ -92,7 +108,9 @@ def reconcile_llmdeployment(body: kopf.Body, memo: kopf.Memo, retry: int, **_) -
         try:
             outcome = reconcile(memo.kube, memo.config, owner)
         except ApiException as exc:
-            raise kopf.TemporaryError(f"API server answered {exc.status}; retrying", delay=_backoff(retry))
+            raise kopf.TemporaryError(
+                f"API server answered {exc.status}; retrying", delay=_backoff(retry)
+            ) from exc
     if outcome.problem:
         reason, message = outcome.problem
         if outcome.permanent:
@@ -104,12 +122,21 @@ def reconcile_llmdeployment(body: kopf.Body, memo: kopf.Memo, retry: int, **_) -
 # a multi-node spec's pods; kopf serves this watch only while the LWS CRD is installed
 @kopf.on.event("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=OURS)
 @kopf.on.event("v1", "services", labels=OURS)
-def child_changed(body: kopf.Body, event: dict, memo: kopf.Memo, logger: logging.Logger, **_) -> None:
+def child_changed(
+    body: kopf.Body, event: dict, memo: kopf.Memo, logger: logging.Logger, **_
+) -> None:
     if event.get("type") is None:  # the initial listing: resume handlers cover those
         return
-    owner = next((ref for ref in body.metadata.get("ownerReferences") or []
-                  if ref.get("controller") and ref.get("kind") == KIND
-                  and ref.get("apiVersion", "").startswith(f"{GROUP}/")), None)
+    owner = next(
+        (
+            ref
+            for ref in body.metadata.get("ownerReferences") or []
+            if ref.get("controller")
+            and ref.get("kind") == KIND
+            and ref.get("apiVersion", "").startswith(f"{GROUP}/")
+        ),
+        None,
+    )
     if owner is not None:
         reconcile_by_name(memo, body.metadata["namespace"], owner["name"], logger)
 
@@ -123,8 +150,14 @@ def reconcile_by_name(memo: kopf.Memo, namespace: str, name: str, logger: loggin
                 return  # gone or going: the garbage collector takes the children
             reconcile(memo.kube, memo.config, owner)
         except Exception as exc:  # a resync must survive anything one object does
-            why = f"API server answered {exc.status} {exc.reason}" if isinstance(exc, ApiException) else repr(exc)
-            logger.warning("reconciling %s/%s failed: %s; the next resync retries", namespace, name, why)
+            why = (
+                f"API server answered {exc.status} {exc.reason}"
+                if isinstance(exc, ApiException)
+                else repr(exc)
+            )
+            logger.warning(
+                "reconciling %s/%s failed: %s; the next resync retries", namespace, name, why
+            )
 
 
 async def _resync_forever(memo: kopf.Memo, keys: kopf.Index, logger: logging.Logger) -> None:

@@ -3,6 +3,7 @@
 Manifests stay plain dicts end to end (no model classes to convert through), and every call
 the operator makes goes through these five methods, which is what rbac.RULES lists.
 """
+
 import json
 import os
 from importlib.metadata import version
@@ -30,7 +31,9 @@ USER_AGENT = f"pagedserve-operator/{version('pagedserve')}"
 TIMEOUT = 30.0
 
 
-def path(kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
+def path(
+    kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None
+) -> str:
     group, ver, plural = KINDS[kind]
     url = f"/api/{ver}" if not group else f"/apis/{group}/{ver}"
     if namespace:
@@ -56,7 +59,9 @@ class Kube:
             config.load_incluster_config(client_configuration=cfg)
         except ConfigException:
             # read $KUBECONFIG now: the client's default was fixed when it was imported
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
+            config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg
+            )
         return cls(client.ApiClient(cfg))
 
     def close(self) -> None:
@@ -67,9 +72,11 @@ class Kube:
         if body is not None:
             headers["Content-Type"] = content_type
         method, full_url, headers, body, _ = self.api.param_serialize(
-            method, url, header_params=headers, body=body, auth_settings=["BearerToken"])
-        response = self.api.call_api(method, full_url, header_params=headers, body=body,
-                                     _request_timeout=TIMEOUT)
+            method, url, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
+        response = self.api.call_api(
+            method, full_url, header_params=headers, body=body, _request_timeout=TIMEOUT
+        )
         data = response.read()
         if not 200 <= response.status < 300:
             raise ApiException(http_resp=response, body=data.decode(errors="replace"))
@@ -90,10 +97,16 @@ class Kube:
     def create(self, kind: str, namespace: str, body: dict) -> dict:
         return self._call("POST", path(kind, namespace), body)
 
-    def patch(self, kind: str, namespace: str, name: str, body: dict, subresource: str | None = None) -> dict:
+    def patch(
+        self, kind: str, namespace: str, name: str, body: dict, subresource: str | None = None
+    ) -> dict:
         """A JSON merge patch: lists are replaced whole, null deletes a key."""
-        return self._call("PATCH", path(kind, namespace, name, subresource), body,
-                          content_type="application/merge-patch+json")
+        return self._call(
+            "PATCH",
+            path(kind, namespace, name, subresource),
+            body,
+            content_type="application/merge-patch+json",
+        )
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         try:

@@ -32,7 +32,9 @@ def pod_labels(name: str) -> dict:
 def selector_string(name: str, extra: dict | None = None) -> str:
     """status.selector, which the scale subresource hands to an HPA to find the pods (extra:
     a multi-node spec's leader label, as only leaders export metrics)."""
-    return ",".join(f"{k}={v}" for k, v in sorted({**selector_labels(name), **(extra or {})}.items()))
+    return ",".join(
+        f"{k}={v}" for k, v in sorted({**selector_labels(name), **(extra or {})}.items())
+    )
 
 
 def child_name(kind: str, name: str) -> str:

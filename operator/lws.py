@@ -7,6 +7,7 @@ memory-backed /dev/shm; the ranks meet at the leader's address, which LWS puts i
 environment as LWS_LEADER_ADDRESS (Kubernetes expands $(VAR) in args from the container's env).
 The Service selects the leaders only (LWS labels them worker-index 0).
 """
+
 from pagedserve.operator.config import OperatorConfig
 from pagedserve.operator.labels import meta, pod_labels, selector_labels
 from pagedserve.operator.pod import pod_template, server_args
@@ -21,12 +22,26 @@ def node_args(spec: LLMDeploymentSpec, rank: str) -> list[str]:
     """The server's args (with the pipeline size) plus the node layout; rank is "0" or
     $(LWS_WORKER_INDEX)."""
     return server_args(spec) + [
-        "--nnodes", str(spec.nodes), "--node-rank", rank,
-        "--master-addr", "$(LWS_LEADER_ADDRESS)", "--master-port", str(MASTER_PORT)]
+        "--nnodes",
+        str(spec.nodes),
+        "--node-rank",
+        rank,
+        "--master-addr",
+        "$(LWS_LEADER_ADDRESS)",
+        "--master-port",
+        str(MASTER_PORT),
+    ]
 
 
-def _template(spec: LLMDeploymentSpec, config: OperatorConfig, name: str, claim: str | None,
-              args: list[str], gpus: int, leader: bool) -> dict:
+def _template(
+    spec: LLMDeploymentSpec,
+    config: OperatorConfig,
+    name: str,
+    claim: str | None,
+    args: list[str],
+    gpus: int,
+    leader: bool,
+) -> dict:
     template = pod_template(spec, config, pod_labels(name), claim)
     (c,) = template["spec"]["containers"]
     c["args"] = args
@@ -39,8 +54,9 @@ def _template(spec: LLMDeploymentSpec, config: OperatorConfig, name: str, claim:
     return template
 
 
-def leader_worker_set(owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig,
-                      claim: str | None = None) -> dict:
+def leader_worker_set(
+    owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig, claim: str | None = None
+) -> dict:
     """The LeaderWorkerSet standing in for the Deployment of a multi-node LLMDeployment
     (spec.multi_node: parse_spec has checked that the ranks fill whole nodes)."""
     name, nodes, gpus = owner["metadata"]["name"], spec.nodes, spec.gpus_per_pod
@@ -48,7 +64,9 @@ def leader_worker_set(owner: dict, spec: LLMDeploymentSpec, config: OperatorConf
     worker_args = node_args(spec, "$(LWS_WORKER_INDEX)")
     worker = _template(spec, config, name, claim, worker_args, gpus, False)
     return {
-        "apiVersion": API_VERSION, "kind": "LeaderWorkerSet", "metadata": meta(owner),
+        "apiVersion": API_VERSION,
+        "kind": "LeaderWorkerSet",
+        "metadata": meta(owner),
         "spec": {
             "replicas": spec.replicas,
             # the leader (rank 0's store and control port) first, then its workers
@@ -57,7 +75,8 @@ def leader_worker_set(owner: dict, spec: LLMDeploymentSpec, config: OperatorConf
                 "size": nodes,
                 # a rank that dies takes the group's step state with it: restart them all
                 "restartPolicy": "RecreateGroupOnPodRestart",
-                "leaderTemplate": leader, "workerTemplate": worker,
+                "leaderTemplate": leader,
+                "workerTemplate": worker,
             },
         },
     }

@@ -4,6 +4,7 @@ Fields the operator owns but may leave unset are rendered as None: the applier s
 for a create and sends them as JSON null in a merge patch, so removing e.g. a nodeSelector
 from the spec removes it from the Deployment too.
 """
+
 import math
 
 from pagedserve.operator.config import OperatorConfig
@@ -23,20 +24,33 @@ def server_args(spec: LLMDeploymentSpec) -> list[str]:
     args += ["--port", str(spec.service_port), "--tensor-parallel-size", str(tp)]
     if pp > 1:
         args += ["--pipeline-parallel-size", str(pp)]
-    args += ["--distributed-executor-backend", "mp" if tp * pp > 1 else "uni",
-             "--device", "cpu" if spec.accelerator == "cpu" else "cuda",
-             "--shutdown-timeout", str(spec.shutdown_timeout_seconds)]
+    args += [
+        "--distributed-executor-backend",
+        "mp" if tp * pp > 1 else "uni",
+        "--device",
+        "cpu" if spec.accelerator == "cpu" else "cuda",
+        "--shutdown-timeout",
+        str(spec.shutdown_timeout_seconds),
+    ]
     if spec.served_model_name:
         args += ["--served-model-name", spec.served_model_name]
     e = spec.engine
-    for flag, value in (("--dtype", e.dtype), ("--max-model-len", e.max_model_len),
-                        ("--max-num-seqs", e.max_num_seqs), ("--max-num-batched-tokens", e.max_num_batched_tokens),
-                        ("--block-size", e.block_size), ("--gpu-memory-utilization", e.gpu_memory_utilization),
-                        ("--max-queue-len", e.max_queue_len), ("--kv-cache-memory", e.kv_cache_memory)):
+    for flag, value in (
+        ("--dtype", e.dtype),
+        ("--max-model-len", e.max_model_len),
+        ("--max-num-seqs", e.max_num_seqs),
+        ("--max-num-batched-tokens", e.max_num_batched_tokens),
+        ("--block-size", e.block_size),
+        ("--gpu-memory-utilization", e.gpu_memory_utilization),
+        ("--max-queue-len", e.max_queue_len),
+        ("--kv-cache-memory", e.kv_cache_memory),
+    ):
         if value is not None:
             args += [flag, str(value)]
     if e.enable_prefix_caching is not None:
-        args.append("--enable-prefix-caching" if e.enable_prefix_caching else "--no-enable-prefix-caching")
+        args.append(
+            "--enable-prefix-caching" if e.enable_prefix_caching else "--no-enable-prefix-caching"
+        )
     return args + list(e.extra_args)
 
 
@@ -61,8 +75,12 @@ def _resources(spec: LLMDeploymentSpec) -> dict | None:
 
 
 def _probe(path: str, period: int, failures: int, timeout: int) -> dict:
-    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period,
-            "failureThreshold": failures, "timeoutSeconds": timeout}
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+    }
 
 
 def container(spec: LLMDeploymentSpec, config: OperatorConfig) -> dict:
@@ -75,11 +93,14 @@ def container(spec: LLMDeploymentSpec, config: OperatorConfig) -> dict:
         # the server listens on the Service's port, so the port in args is the one clients use
         "ports": [{"name": "http", "containerPort": spec.service_port, "protocol": "TCP"}],
         "resources": _resources(spec),
-        "volumeMounts": [{"name": "model-cache", "mountPath": CACHE_PATH},
-                         {"name": "shm", "mountPath": SHM_PATH}],
+        "volumeMounts": [
+            {"name": "model-cache", "mountPath": CACHE_PATH},
+            {"name": "shm", "mountPath": SHM_PATH},
+        ],
         # a first start downloads and loads the weights: allow startupTimeoutSeconds for it
-        "startupProbe": _probe("/health", PROBE_PERIOD,
-                               math.ceil(spec.startup_timeout_seconds / PROBE_PERIOD), 5),
+        "startupProbe": _probe(
+            "/health", PROBE_PERIOD, math.ceil(spec.startup_timeout_seconds / PROBE_PERIOD), 5
+        ),
         "readinessProbe": _probe("/health", 5, 3, 5),
         "livenessProbe": _probe("/health", 15, 4, 10),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
@@ -93,7 +114,9 @@ def _security_context(spec: LLMDeploymentSpec, config: OperatorConfig) -> dict:
         # the engine image's user is in group 0, which also owns the cache volume (fsGroup)
         ctx.update(runAsNonRoot=True, runAsUser=int(config.run_as_user), runAsGroup=0, fsGroup=0)
     if spec.service_port < 1024:  # let the non-root server bind it: a sysctl every kubelet allows
-        ctx["sysctls"] = [{"name": "net.ipv4.ip_unprivileged_port_start", "value": str(spec.service_port)}]
+        ctx["sysctls"] = [
+            {"name": "net.ipv4.ip_unprivileged_port_start", "value": str(spec.service_port)}
+        ]
     if spec.accelerator == "amd" and config.gpu_group_ids:
         ctx["supplementalGroups"] = config.gpu_group_ids  # video and render own /dev/kfd, /dev/dri
     return ctx
@@ -105,14 +128,18 @@ def _cache_volume(spec: LLMDeploymentSpec, claim_name: str | None) -> dict:
     return {"name": "model-cache", "emptyDir": {}}
 
 
-def pod_template(spec: LLMDeploymentSpec, config: OperatorConfig, labels: dict,
-                 claim_name: str | None) -> dict:
+def pod_template(
+    spec: LLMDeploymentSpec, config: OperatorConfig, labels: dict, claim_name: str | None
+) -> dict:
     """The Deployment's pod template; claim_name is the model-cache PVC, if any."""
     return {
         "metadata": {
             "labels": dict(labels),
-            "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(spec.service_port),
-                            "prometheus.io/path": "/metrics"},
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(spec.service_port),
+                "prometheus.io/path": "/metrics",
+            },
         },
         "spec": {
             "containers": [container(spec, config)],

@@ -5,6 +5,7 @@ by name, status and Events); kopf's are the watches, its annotation patches on L
 its Events and, with --peering, the peering objects. tests/operator checks a recorded run of
 the real operator against this list.
 """
+
 from typing import NamedTuple
 
 
@@ -29,8 +30,11 @@ NAMESPACED: tuple[Rule, ...] = (
     Rule("keda.sh", "scaledobjects", ("get", "create", "patch", "delete")),
     Rule("inference.networking.k8s.io", "inferencepools", ("get", "create", "patch", "delete")),
     # a multi-node spec's pods, watched like the Deployment; deleted when the spec fits one node
-    Rule("leaderworkerset.x-k8s.io", "leaderworkersets",
-         ("get", "list", "watch", "create", "patch", "delete")),
+    Rule(
+        "leaderworkerset.x-k8s.io",
+        "leaderworkersets",
+        ("get", "list", "watch", "create", "patch", "delete"),
+    ),
     # only checked to exist (by name) before pods that need them are made
     Rule("", "secrets", ("get",)),
     Rule("", "events", ("create",)),
@@ -38,15 +42,17 @@ NAMESPACED: tuple[Rule, ...] = (
     Rule("kopf.dev", "kopfpeerings", ("list", "watch", "patch")),
 )
 # cluster-scoped: kopf peering with --peering, when serving all namespaces
-CLUSTER: tuple[Rule, ...] = (
-    Rule("kopf.dev", "clusterkopfpeerings", ("list", "watch", "patch")),
-)
+CLUSTER: tuple[Rule, ...] = (Rule("kopf.dev", "clusterkopfpeerings", ("list", "watch", "patch")),)
 
 
 def policy_rules(rules: tuple[Rule, ...]) -> list[dict]:
     """The rules as a Role's or ClusterRole's `rules:` list."""
-    return [{"apiGroups": [r.group], "resources": [r.resource], "verbs": list(r.verbs)} for r in rules]
+    return [
+        {"apiGroups": [r.group], "resources": [r.resource], "verbs": list(r.verbs)} for r in rules
+    ]
 
 
-def allows(group: str, resource: str, verb: str, rules: tuple[Rule, ...] = NAMESPACED + CLUSTER) -> bool:
+def allows(
+    group: str, resource: str, verb: str, rules: tuple[Rule, ...] = NAMESPACED + CLUSTER
+) -> bool:
     return any(r.group == group and r.resource == resource and verb in r.verbs for r in rules)

@@ -3,6 +3,7 @@
 Every entry point (create/update/resume handlers, child events, the periodic resync) runs this
 same function; it reads the world, so running it again changes nothing.
 """
+
 import json
 import logging
 import threading
@@ -31,6 +32,7 @@ def leader_selector_extra() -> dict:
 @dataclass(slots=True)
 class Outcome:
     """What one pass did; problem is (reason, message) when the children could not be applied."""
+
     status: dict
     problem: tuple[str, str] | None = None
     permanent: bool = False  # only a spec change can fix it
@@ -51,27 +53,45 @@ class KeyedLocks:
 
 def check_references(kube: Kube, namespace: str, spec: LLMDeploymentSpec) -> None:
     """The Secrets and the existing claim the pods need must exist, or the pods never start."""
-    for field_name, ref in (("hfTokenSecret", spec.hf_token_secret), ("apiKeySecret", spec.api_key_secret)):
+    for field_name, ref in (
+        ("hfTokenSecret", spec.hf_token_secret),
+        ("apiKeySecret", spec.api_key_secret),
+    ):
         if ref is None:
             continue
         secret = kube.get("Secret", namespace, ref.name)
         if secret is None:
-            raise SpecError(f"spec.{field_name}: Secret {ref.name!r} not found in namespace {namespace!r}",
-                            "SecretNotFound")
-        if ref.key not in (secret.get("data") or {}) and ref.key not in (secret.get("stringData") or {}):
-            raise SpecError(f"spec.{field_name}: Secret {ref.name!r} has no key {ref.key!r}", "SecretKeyNotFound")
+            raise SpecError(
+                f"spec.{field_name}: Secret {ref.name!r} not found in namespace {namespace!r}",
+                "SecretNotFound",
+            )
+        if ref.key not in (secret.get("data") or {}) and ref.key not in (
+            secret.get("stringData") or {}
+        ):
+            raise SpecError(
+                f"spec.{field_name}: Secret {ref.name!r} has no key {ref.key!r}",
+                "SecretKeyNotFound",
+            )
     claim = spec.model_cache.existing_claim if spec.model_cache else None
     if claim and kube.get("PersistentVolumeClaim", namespace, claim) is None:
-        raise SpecError(f"spec.modelCache.existingClaim: PVC {claim!r} not found in namespace {namespace!r}",
-                        "ClaimNotFound")
+        raise SpecError(
+            f"spec.modelCache.existingClaim: PVC {claim!r} not found in namespace {namespace!r}",
+            "ClaimNotFound",
+        )
 
 
-def apply_children(kube: Kube, owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig) -> list[Applied]:
+def apply_children(
+    kube: Kube, owner: dict, spec: LLMDeploymentSpec, config: OperatorConfig
+) -> list[Applied]:
     uid, meta = owner["metadata"]["uid"], owner["metadata"]
 
     def owner_exists() -> bool:
         live = kube.get("LLMDeployment", meta["namespace"], meta["name"])
-        return live is not None and live["metadata"].get("uid") == uid and not live["metadata"].get("deletionTimestamp")
+        return (
+            live is not None
+            and live["metadata"].get("uid") == uid
+            and not live["metadata"].get("deletionTimestamp")
+        )
 
     actions = []
     for kind, desired in manifests.desired_children(owner, spec, config).items():
@@ -82,7 +102,9 @@ def apply_children(kube: Kube, owner: dict, spec: LLMDeploymentSpec, config: Ope
     return actions
 
 
-def _apply(kube: Kube, owner: dict, config: OperatorConfig) -> tuple[LLMDeploymentSpec, list[Applied]]:
+def _apply(
+    kube: Kube, owner: dict, config: OperatorConfig
+) -> tuple[LLMDeploymentSpec, list[Applied]]:
     """(the spec, what was done); SpecError or NotOurs when it cannot be done."""
     name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
     check_name(name)
@@ -120,10 +142,15 @@ def reconcile(kube: Kube, config: OperatorConfig, owner: dict) -> Outcome:
     except ApiException as exc:
         if exc.status in TRANSIENT:
             raise
-        problem = ("ApiError", f"the API server refused a child ({exc.status} {exc.reason}): {_api_message(exc)}")
+        problem = (
+            "ApiError",
+            f"the API server refused a child ({exc.status} {exc.reason}): {_api_message(exc)}",
+        )
     multi_node = spec.multi_node if spec else _multi_node_hint(owner)
     workload = _workload(kube, owner, [] if problem else actions, multi_node)
-    status = build_status(owner, workload, port, problem, leader_selector_extra() if multi_node else None)
+    status = build_status(
+        owner, workload, port, problem, leader_selector_extra() if multi_node else None
+    )
     _publish(kube, owner, status)
     changed = [f"{a.kind} {a.action}" for a in actions if a.action not in ("unchanged", "absent")]
     if changed:
@@ -143,8 +170,12 @@ def _multi_node_hint(owner: dict) -> bool:
     """Whether the last good spec made a LeaderWorkerSet, for a spec that does not parse: the
     spec's layout fields alone, if they still parse."""
     try:
-        return parse_spec({"model": "x", **{k: v for k, v in (owner.get("spec") or {}).items()
-                                            if k in LAYOUT_FIELDS}}).multi_node
+        return parse_spec(
+            {
+                "model": "x",
+                **{k: v for k, v in (owner.get("spec") or {}).items() if k in LAYOUT_FIELDS},
+            }
+        ).multi_node
     except (SpecError, AttributeError, TypeError):
         return False
 
@@ -163,7 +194,13 @@ def _publish(kube: Kube, owner: dict, status: dict) -> None:
     if same_status(old, status):
         return
     try:
-        kube.patch("LLMDeployment", meta["namespace"], meta["name"], {"status": status}, subresource="status")
+        kube.patch(
+            "LLMDeployment",
+            meta["namespace"],
+            meta["name"],
+            {"status": status},
+            subresource="status",
+        )
     except ApiException as exc:
         if exc.status == 404:  # deleted meanwhile: nothing to report on
             return
@@ -174,4 +211,6 @@ def _publish(kube: Kube, owner: dict, status: dict) -> None:
     try:
         kube.create("Event", meta["namespace"], manifests.event(owner, *news))
     except ApiException as exc:  # an Event is a courtesy; the status already says it all
-        log.warning("could not post an Event for %s/%s: %s", meta["namespace"], meta["name"], exc.status)
+        log.warning(
+            "could not post an Event for %s/%s: %s", meta["namespace"], meta["name"], exc.status
+        )

@@ -5,6 +5,7 @@ again: a cluster may run without the schema, and some rules (a cache size that p
 limit that agrees with tensorParallelSize) are beyond what the schema can say. The defaults
 here equal the CRD's (a test holds them together).
 """
+
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,9 +27,24 @@ ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod")
 # env vars the operator sets itself; a user's env entry may not shadow them
 RESERVED_ENV = ("HF_HOME", "HF_TOKEN", "PAGEDSERVE_API_KEY")
 # flags the operator renders from other fields; extraArgs may not repeat them
-OWNED_FLAGS = ("--port", "--host", "--tensor-parallel-size", "-tp", "--distributed-executor-backend",
-               "--device", "--api-key", "--model", "--shutdown-timeout", "--pipeline-parallel-size", "-pp",
-               "--nnodes", "--node-rank", "--master-addr", "--master-port", "--headless")
+OWNED_FLAGS = (
+    "--port",
+    "--host",
+    "--tensor-parallel-size",
+    "-tp",
+    "--distributed-executor-backend",
+    "--device",
+    "--api-key",
+    "--model",
+    "--shutdown-timeout",
+    "--pipeline-parallel-size",
+    "-pp",
+    "--nnodes",
+    "--node-rank",
+    "--master-addr",
+    "--master-port",
+    "--headless",
+)
 
 
 @dataclass(slots=True)
@@ -40,6 +56,7 @@ class SecretRef:
 @dataclass(slots=True)
 class EngineSpec:
     """Engine flags; None leaves the server's own default."""
+
     max_model_len: int | None = None
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
@@ -124,8 +141,22 @@ def _secret(obj: Mapping, key: str) -> SecretRef | None:
 
 def _engine(obj: Mapping) -> EngineSpec:
     w = "spec.engine"
-    only(obj, ("maxModelLen", "maxNumSeqs", "maxNumBatchedTokens", "gpuMemoryUtilization", "blockSize",
-                "dtype", "enablePrefixCaching", "maxQueueLen", "kvCacheMemory", "extraArgs"), w)
+    only(
+        obj,
+        (
+            "maxModelLen",
+            "maxNumSeqs",
+            "maxNumBatchedTokens",
+            "gpuMemoryUtilization",
+            "blockSize",
+            "dtype",
+            "enablePrefixCaching",
+            "maxQueueLen",
+            "kvCacheMemory",
+            "extraArgs",
+        ),
+        w,
+    )
     util = get(obj, "gpuMemoryUtilization", w, (int, float))
     if util is not None and not 0 < util <= 1:
         raise SpecError(f"{w}.gpuMemoryUtilization must be in (0, 1], got {util}")
@@ -141,14 +172,23 @@ def _engine(obj: Mapping) -> EngineSpec:
         if not isinstance(arg, str):
             raise SpecError(f"{w}.extraArgs must be a list of strings, got {arg!r}")
         if arg.split("=", 1)[0] in OWNED_FLAGS:
-            raise SpecError(f"{w}.extraArgs may not set {arg.split('=', 1)[0]}: the operator sets it "
-                            "(use tensorParallelSize, accelerator, apiKeySecret, service.port or shutdownTimeoutSeconds)")
+            raise SpecError(
+                f"{w}.extraArgs may not set {arg.split('=', 1)[0]}: the operator sets it "
+                "(use tensorParallelSize, accelerator, apiKeySecret, service.port or "
+                "shutdownTimeoutSeconds)"
+            )
     return EngineSpec(
-        max_model_len=integer(obj, "maxModelLen", w, minimum=1), max_num_seqs=integer(obj, "maxNumSeqs", w, minimum=1),
-        max_num_batched_tokens=integer(obj, "maxNumBatchedTokens", w, minimum=1), gpu_memory_utilization=util,
-        block_size=integer(obj, "blockSize", w, minimum=1), dtype=choice(obj, "dtype", w, DTYPES, None),
+        max_model_len=integer(obj, "maxModelLen", w, minimum=1),
+        max_num_seqs=integer(obj, "maxNumSeqs", w, minimum=1),
+        max_num_batched_tokens=integer(obj, "maxNumBatchedTokens", w, minimum=1),
+        gpu_memory_utilization=util,
+        block_size=integer(obj, "blockSize", w, minimum=1),
+        dtype=choice(obj, "dtype", w, DTYPES, None),
         enable_prefix_caching=get(obj, "enablePrefixCaching", w, bool),
-        max_queue_len=integer(obj, "maxQueueLen", w, minimum=0), kv_cache_memory=kv, extra_args=list(extra))
+        max_queue_len=integer(obj, "maxQueueLen", w, minimum=0),
+        kv_cache_memory=kv,
+        extra_args=list(extra),
+    )
 
 
 def _cache(obj: Mapping) -> CacheSpec:
@@ -164,8 +204,12 @@ def _cache(obj: Mapping) -> CacheSpec:
                 raise ValueError(f"{size!r} is not positive")
         except ValueError as exc:
             raise SpecError(f"{w}.size: {exc}") from None
-    return CacheSpec(size=None if size is None else str(size), storage_class_name=get(obj, "storageClassName", w, str),
-                     existing_claim=claim, access_mode=choice(obj, "accessMode", w, ACCESS_MODES, "ReadWriteOnce"))
+    return CacheSpec(
+        size=None if size is None else str(size),
+        storage_class_name=get(obj, "storageClassName", w, str),
+        existing_claim=claim,
+        access_mode=choice(obj, "accessMode", w, ACCESS_MODES, "ReadWriteOnce"),
+    )
 
 
 def _resources(obj: Mapping, accelerator: str, gpus: int) -> dict:
@@ -180,9 +224,11 @@ def _resources(obj: Mapping, accelerator: str, gpus: int) -> dict:
     for part in ("limits", "requests"):
         given = (obj.get(part) or {}).get(gpu) if gpu else None
         if given is not None and parse_quantity(given) != gpus:
-            raise SpecError(f"spec.resources.{part}[{gpu!r}] is {given} but each pod runs {gpus} ranks "
-                            "(tensorParallelSize x pipelineParallelSize, over gpusPerNode): each pod gets "
-                            "one GPU per rank, leave the GPU count to the operator")
+            raise SpecError(
+                f"spec.resources.{part}[{gpu!r}] is {given} but each pod runs {gpus} ranks "
+                "(tensorParallelSize x pipelineParallelSize, over gpusPerNode): each pod gets "
+                "one GPU per rank, leave the GPU count to the operator"
+            )
     return {k: dict(v) if isinstance(v, Mapping) else v for k, v in obj.items()}
 
 
@@ -191,8 +237,10 @@ def _env(items: list) -> list:
         if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
             raise SpecError(f"spec.env entries must be objects with a name, got {item!r}")
         if item["name"] in RESERVED_ENV:
-            raise SpecError(f"spec.env may not set {item['name']}: the operator sets it "
-                            "(from modelCache, hfTokenSecret or apiKeySecret)")
+            raise SpecError(
+                f"spec.env may not set {item['name']}: the operator sets it "
+                "(from modelCache, hfTokenSecret or apiKeySecret)"
+            )
     return [dict(item) for item in items]
 
 
@@ -200,19 +248,46 @@ def _pdb(obj: Mapping) -> dict:
     only(obj, ("minAvailable", "maxUnavailable"), "spec.podDisruptionBudget")
     given = {k: v for k, v in obj.items() if v is not None}
     if len(given) != 1:
-        raise SpecError("spec.podDisruptionBudget needs exactly one of minAvailable and maxUnavailable")
-    (key, value), = given.items()
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0) and \
-            not (isinstance(value, str) and value.endswith("%") and value[:-1].isdigit()):
-        raise SpecError(f"spec.podDisruptionBudget.{key} must be a count or a percentage like '50%', got {value!r}")
+        raise SpecError(
+            "spec.podDisruptionBudget needs exactly one of minAvailable and maxUnavailable"
+        )
+    ((key, value),) = given.items()
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0) and not (
+        isinstance(value, str) and value.endswith("%") and value[:-1].isdigit()
+    ):
+        raise SpecError(
+            f"spec.podDisruptionBudget.{key} must be a count or a percentage like '50%', "
+            f"got {value!r}"
+        )
     return given
 
 
-SPEC_FIELDS = ("model", "servedModelName", "replicas", "tensorParallelSize", "pipelineParallelSize",
-               "gpusPerNode", "accelerator", "image", "engine",
-               "modelCache", "hfTokenSecret", "apiKeySecret", "resources", "nodeSelector", "tolerations",
-               "affinity", "priorityClassName", "env", "service", "autoscaling", "inferencePool",
-               "podDisruptionBudget", "startupTimeoutSeconds", "shutdownTimeoutSeconds")
+SPEC_FIELDS = (
+    "model",
+    "servedModelName",
+    "replicas",
+    "tensorParallelSize",
+    "pipelineParallelSize",
+    "gpusPerNode",
+    "accelerator",
+    "image",
+    "engine",
+    "modelCache",
+    "hfTokenSecret",
+    "apiKeySecret",
+    "resources",
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "priorityClassName",
+    "env",
+    "service",
+    "autoscaling",
+    "inferencePool",
+    "podDisruptionBudget",
+    "startupTimeoutSeconds",
+    "shutdownTimeoutSeconds",
+)
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -223,9 +298,11 @@ def _layout(spec: Mapping) -> tuple[int, int, int | None]:
     per_node = integer(spec, "gpusPerNode", "spec", None, minimum=1)
     world = tp * pp
     if per_node is not None and world > per_node and world % per_node:
-        raise SpecError(f"spec.tensorParallelSize x spec.pipelineParallelSize = {tp} x {pp} = {world} "
-                        f"ranks do not fill whole nodes of spec.gpusPerNode={per_node}: make it a "
-                        "multiple of gpusPerNode (one pod per node, one GPU per rank)")
+        raise SpecError(
+            f"spec.tensorParallelSize x spec.pipelineParallelSize = {tp} x {pp} = {world} "
+            f"ranks do not fill whole nodes of spec.gpusPerNode={per_node}: make it a "
+            "multiple of gpusPerNode (one pod per node, one GPU per rank)"
+        )
     return tp, pp, per_node
 
 
@@ -235,20 +312,26 @@ def _check_multi_node(spec: LLMDeploymentSpec) -> None:
         return
     cache = spec.model_cache
     if cache is not None and cache.size is not None and cache.access_mode != "ReadWriteMany":
-        raise SpecError(f"spec.modelCache.accessMode {cache.access_mode} with a multi-node spec: the "
-                        "group's pods run on several nodes, which only a ReadWriteMany claim allows")
+        raise SpecError(
+            f"spec.modelCache.accessMode {cache.access_mode} with a multi-node spec: the "
+            "group's pods run on several nodes, which only a ReadWriteMany claim allows"
+        )
     pdb = spec.pod_disruption_budget or {}
     if "minAvailable" in pdb or isinstance(pdb.get("maxUnavailable"), str):
-        raise SpecError("spec.podDisruptionBudget with a multi-node spec (tensorParallelSize x "
-                        "pipelineParallelSize > gpusPerNode) takes only maxUnavailable as a count: "
-                        "it counts pods, and one pod down takes its whole group down")
+        raise SpecError(
+            "spec.podDisruptionBudget with a multi-node spec (tensorParallelSize x "
+            "pipelineParallelSize > gpusPerNode) takes only maxUnavailable as a count: "
+            "it counts pods, and one pod down takes its whole group down"
+        )
 
 
 def check_name(name: object) -> str:
     """metadata.name, which every child is named after; SpecError unless it is a DNS label."""
     if not isinstance(name, str) or not DNS_LABEL.match(name):
-        raise SpecError(f"metadata.name {name!r} must be a DNS label (lowercase letters, digits, '-', "
-                        "at most 63, starting with a letter): the Service is named after it")
+        raise SpecError(
+            f"metadata.name {name!r} must be a DNS label (lowercase letters, digits, '-', "
+            "at most 63, starting with a letter): the Service is named after it"
+        )
     return name
 
 
@@ -271,26 +354,43 @@ def parse_spec(spec: Mapping | None) -> LLMDeploymentSpec:
     node_selector = get(spec, "nodeSelector", w, dict)
     if node_selector and not all(isinstance(v, str) for v in node_selector.values()):
         raise SpecError(f"spec.nodeSelector values must be strings, got {dict(node_selector)!r}")
-    cache, scaling, pdb = spec.get("modelCache"), spec.get("autoscaling"), spec.get("podDisruptionBudget")
+    cache, scaling, pdb = (
+        spec.get("modelCache"),
+        spec.get("autoscaling"),
+        spec.get("podDisruptionBudget"),
+    )
     parsed = LLMDeploymentSpec(
-        model=model.strip(), served_model_name=get(spec, "servedModelName", w, str),
-        replicas=integer(spec, "replicas", w, 1, minimum=0), tensor_parallel_size=tp,
-        pipeline_parallel_size=pp, gpus_per_node=per_node, accelerator=accelerator,
-        image=get(spec, "image", w, str), engine=_engine(get(spec, "engine", w, dict, {})),
+        model=model.strip(),
+        served_model_name=get(spec, "servedModelName", w, str),
+        replicas=integer(spec, "replicas", w, 1, minimum=0),
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        gpus_per_node=per_node,
+        accelerator=accelerator,
+        image=get(spec, "image", w, str),
+        engine=_engine(get(spec, "engine", w, dict, {})),
         model_cache=None if cache is None else _cache(get(spec, "modelCache", w, dict)),
-        hf_token_secret=_secret(spec, "hfTokenSecret"), api_key_secret=_secret(spec, "apiKeySecret"),
-        resources=_resources(get(spec, "resources", w, dict, {}), accelerator,
-                             min(tp * pp, per_node or tp * pp)),
+        hf_token_secret=_secret(spec, "hfTokenSecret"),
+        api_key_secret=_secret(spec, "apiKeySecret"),
+        resources=_resources(
+            get(spec, "resources", w, dict, {}), accelerator, min(tp * pp, per_node or tp * pp)
+        ),
         node_selector=dict(node_selector) if node_selector else None,
         tolerations=list(get(spec, "tolerations", w, list, [])) or None,
         affinity=dict(get(spec, "affinity", w, dict, {})) or None,
         priority_class_name=get(spec, "priorityClassName", w, str),
         env=_env(get(spec, "env", w, list, [])),
-        service_type=choice(service, "type", "spec.service", SERVICE_TYPES, "ClusterIP"), service_port=port,
-        autoscaling=None if scaling is None else parse_autoscaling(get(spec, "autoscaling", w, dict)),
+        service_type=choice(service, "type", "spec.service", SERVICE_TYPES, "ClusterIP"),
+        service_port=port,
+        autoscaling=None
+        if scaling is None
+        else parse_autoscaling(get(spec, "autoscaling", w, dict)),
         inference_pool=parse_inference_pool(get(spec, "inferencePool", w, dict, {})),
-        pod_disruption_budget=None if pdb is None else _pdb(get(spec, "podDisruptionBudget", w, dict)),
+        pod_disruption_budget=None
+        if pdb is None
+        else _pdb(get(spec, "podDisruptionBudget", w, dict)),
         startup_timeout_seconds=integer(spec, "startupTimeoutSeconds", w, 3600, minimum=10),
-        shutdown_timeout_seconds=integer(spec, "shutdownTimeoutSeconds", w, 30, minimum=0))
+        shutdown_timeout_seconds=integer(spec, "shutdownTimeoutSeconds", w, 30, minimum=0),
+    )
     _check_multi_node(parsed)
     return parsed

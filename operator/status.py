@@ -9,6 +9,7 @@ replicas ready); Degraded (a finished rollout lost replicas), Failed (a bad spec
 Secret, an apply error, or a rollout past its deadline), Stopped (scaled to zero).
 Two conditions: Reconciled (the children match the spec) and Ready (every replica serves).
 """
+
 import datetime
 
 from pagedserve.operator.labels import selector_string
@@ -34,15 +35,27 @@ def rollout(deployment: dict | None) -> tuple[str, str, str]:
         return "Pending", "DeploymentMissing", "the Deployment does not exist yet"
     want = deployment.get("spec", {}).get("replicas", 1)
     st = deployment.get("status") or {}
-    ready, updated, total = st.get("readyReplicas") or 0, st.get("updatedReplicas") or 0, st.get("replicas") or 0
+    ready, updated, total = (
+        st.get("readyReplicas") or 0,
+        st.get("updatedReplicas") or 0,
+        st.get("replicas") or 0,
+    )
     progressing = _deployment_condition(deployment, "Progressing")
     if progressing.get("reason") == "ProgressDeadlineExceeded":
-        return "Failed", "ProgressDeadlineExceeded", progressing.get("message") or "the rollout is stuck"
+        return (
+            "Failed",
+            "ProgressDeadlineExceeded",
+            progressing.get("message") or "the rollout is stuck",
+        )
     if want == 0:
         return "Stopped", "ScaledToZero", "replicas is 0"
     counts = f"{ready}/{want} replicas ready"
     observed = st.get("observedGeneration")
-    if observed is None or observed < deployment.get("metadata", {}).get("generation", 0) or total == 0:
+    if (
+        observed is None
+        or observed < deployment.get("metadata", {}).get("generation", 0)
+        or total == 0
+    ):
         return ("Pending" if ready == 0 else "Progressing"), "RolloutPending", counts
     if ready >= want and updated >= want and total == want:
         return "Ready", "AllReplicasReady", counts
@@ -53,16 +66,29 @@ def rollout(deployment: dict | None) -> tuple[str, str, str]:
     return "Progressing", "ReplicasStarting", counts + " (starting: model download and load)"
 
 
-def _condition(kind: str, ok: bool, reason: str, message: str, generation: int | None, old: list) -> dict:
+def _condition(
+    kind: str, ok: bool, reason: str, message: str, generation: int | None, old: list
+) -> dict:
     status = "True" if ok else "False"
     previous = next((c for c in old if c.get("type") == kind), {})
     since = previous.get("lastTransitionTime") if previous.get("status") == status else None
-    return {"type": kind, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": since or _now(), "observedGeneration": generation}
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or _now(),
+        "observedGeneration": generation,
+    }
 
 
-def build_status(owner: dict, deployment: dict | None, port: int,
-                 problem: tuple[str, str] | None = None, selector_extra: dict | None = None) -> dict:
+def build_status(
+    owner: dict,
+    deployment: dict | None,
+    port: int,
+    problem: tuple[str, str] | None = None,
+    selector_extra: dict | None = None,
+) -> dict:
     """The complete status; problem = (reason, message) when the children could not be applied;
     deployment is the pods' owner (a Deployment or LeaderWorkerSet); selector_extra narrows
     status.selector to the pods that serve."""
@@ -72,14 +98,18 @@ def build_status(owner: dict, deployment: dict | None, port: int,
     st = (deployment or {}).get("status") or {}
     spec = owner.get("spec") if isinstance(owner.get("spec"), dict) else {}
     asked = spec.get("replicas", 1)
-    want = (deployment or {}).get("spec", {}).get("replicas", asked if isinstance(asked, int) else 0)
+    want = (
+        (deployment or {}).get("spec", {}).get("replicas", asked if isinstance(asked, int) else 0)
+    )
     ready = st.get("readyReplicas") or 0
     if problem:
         phase, (reason, message) = "Failed", problem
         reconciled = _condition("Reconciled", False, reason, message, generation, old)
     else:
         phase, reason, message = rollout(deployment)
-        reconciled = _condition("Reconciled", True, "Applied", "the children match the spec", generation, old)
+        reconciled = _condition(
+            "Reconciled", True, "Applied", "the children match the spec", generation, old
+        )
     return {
         "phase": phase,
         "replicas": st.get("replicas") or 0,
@@ -88,7 +118,10 @@ def build_status(owner: dict, deployment: dict | None, port: int,
         "selector": selector_string(meta["name"], selector_extra),
         "endpoint": endpoint(meta["name"], meta["namespace"], port),
         "observedGeneration": generation,
-        "conditions": [reconciled, _condition("Ready", phase == "Ready", reason, message, generation, old)],
+        "conditions": [
+            reconciled,
+            _condition("Ready", phase == "Ready", reason, message, generation, old),
+        ],
     }
 
 
@@ -98,8 +131,10 @@ def event_for(old_status: dict | None, new_status: dict) -> tuple[str, str, str]
     Only changes of phase or reason are news (and of the message while Failed): replica counts
     ticking up are not, and neither is the same bad spec seen again on a slow retry.
     """
+
     def ready(status: dict | None) -> dict:
         return next((c for c in (status or {}).get("conditions") or [] if c["type"] == "Ready"), {})
+
     before, after = ready(old_status), ready(new_status)
     phase, old_phase = new_status["phase"], (old_status or {}).get("phase")
     same = phase == old_phase and before.get("reason") == after["reason"]

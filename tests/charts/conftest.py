@@ -1,5 +1,6 @@
 """Helpers for the chart tests: render charts/pagedserve offline with Helm's own Go code
 (helm_python) and validate what comes out."""
+
 import copy
 from pathlib import Path
 
@@ -19,28 +20,52 @@ VALUE_SETS = {
     "default": {},
     "namespaced": {"operator": {"watchNamespaces": ["team-a", "team-b"], "logLevel": "debug"}},
     "standalone": {"operator": {"peering": {"enabled": False}}},
-    "monitoring": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
-                               "grafanaDashboard": {"enabled": True, "namespace": "monitoring"}}},
-    "seed-models": {"models": [
-        {"model": "Qwen/Qwen2-7B-Instruct", "tensorParallelSize": 1},
-        {"model": "01-ai/Yi-34B-Chat", "tensorParallelSize": 4},
-        {"name": "llama3-70b", "namespace": "llm", "model": "meta-llama/Meta-Llama-3-70B-Instruct",
-         "tensorParallelSize": 4, "modelCache": {"size": "200Gi"}},
-    ]},
-    "gateway-keda": {"models": [
-        {"name": "chat", "model": "Qwen/Qwen2-7B-Instruct", "inferencePool": {"enabled": True},
-         "autoscaling": {"engine": "keda", "prometheusAddress": "http://prometheus.monitoring:9090",
-                         "maxReplicas": 3}},
-    ]},
-    "custom": {"fullnameOverride": "llm-operator",
-               "serviceAccount": {"create": False, "name": "existing-sa"},
-               "engine": {"images": {"amd": "registry.example/pagedserve:dev-rocm"}},
-               "operator": {"image": {"repository": "registry.example/op", "tag": "dev"},
-                            "imagePullSecrets": [{"name": "regcred"}],
-                            "nodeSelector": {"kubernetes.io/os": "linux"},
-                            "tolerations": [{"key": "infra", "operator": "Exists", "effect": "NoSchedule"}],
-                            "extraEnv": [{"name": "EXTRA", "value": "1"}],
-                            "priorityClassName": "system-cluster-critical"}},
+    "monitoring": {
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+            "grafanaDashboard": {"enabled": True, "namespace": "monitoring"},
+        }
+    },
+    "seed-models": {
+        "models": [
+            {"model": "Qwen/Qwen2-7B-Instruct", "tensorParallelSize": 1},
+            {"model": "01-ai/Yi-34B-Chat", "tensorParallelSize": 4},
+            {
+                "name": "llama3-70b",
+                "namespace": "llm",
+                "model": "meta-llama/Meta-Llama-3-70B-Instruct",
+                "tensorParallelSize": 4,
+                "modelCache": {"size": "200Gi"},
+            },
+        ]
+    },
+    "gateway-keda": {
+        "models": [
+            {
+                "name": "chat",
+                "model": "Qwen/Qwen2-7B-Instruct",
+                "inferencePool": {"enabled": True},
+                "autoscaling": {
+                    "engine": "keda",
+                    "prometheusAddress": "http://prometheus.monitoring:9090",
+                    "maxReplicas": 3,
+                },
+            },
+        ]
+    },
+    "custom": {
+        "fullnameOverride": "llm-operator",
+        "serviceAccount": {"create": False, "name": "existing-sa"},
+        "engine": {"images": {"amd": "registry.example/pagedserve:dev-rocm"}},
+        "operator": {
+            "image": {"repository": "registry.example/op", "tag": "dev"},
+            "imagePullSecrets": [{"name": "regcred"}],
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "tolerations": [{"key": "infra", "operator": "Exists", "effect": "NoSchedule"}],
+            "extraEnv": [{"name": "EXTRA", "value": "1"}],
+            "priorityClassName": "system-cluster-critical",
+        },
+    },
 }
 
 
@@ -83,7 +108,9 @@ class ChartUnderTest:
 
     @staticmethod
     def find(docs: list[dict], kind: str, name: str | None = None) -> list[dict]:
-        return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+        return [
+            d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+        ]
 
     @classmethod
     def operator_container(cls, docs: list[dict]) -> dict:
@@ -107,7 +134,8 @@ class ChartUnderTest:
         schema = _strict(served["schema"]["openAPIV3Schema"])
         # metadata is checked by the apiserver itself, not by the CRD schema
         schema.setdefault("properties", {}).update(
-            apiVersion={"type": "string"}, kind={"type": "string"}, metadata={"type": "object"})
+            apiVersion={"type": "string"}, kind={"type": "string"}, metadata={"type": "object"}
+        )
         jsonschema.Draft7Validator(schema).validate(doc)
         namespaced = crd["spec"]["scope"] == "Namespaced"
         assert bool(doc["metadata"].get("namespace")) == namespaced, doc["metadata"]

@@ -1,4 +1,5 @@
 """One LLMDeployment CRD: the chart installs the file the operator's tests load."""
+
 import importlib.util
 import os
 from pathlib import Path
@@ -22,8 +23,12 @@ def defines_llmdeployment_crd(path: Path) -> bool:
         docs = list(yaml.safe_load_all(path.read_text()))
     except (yaml.YAMLError, UnicodeDecodeError):
         return False
-    return any(isinstance(d, dict) and d.get("kind") == "CustomResourceDefinition"
-               and (d.get("metadata") or {}).get("name") == "llmdeployments.pagedserve.io" for d in docs)
+    return any(
+        isinstance(d, dict)
+        and d.get("kind") == "CustomResourceDefinition"
+        and (d.get("metadata") or {}).get("name") == "llmdeployments.pagedserve.io"
+        for d in docs
+    )
 
 
 def test_chart_ships_the_llmdeployment_crd(chart):

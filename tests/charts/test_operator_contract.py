@@ -1,5 +1,6 @@
 """The chart starts the operator the way the operator's own code expects: the Deployment's
 command parses with the real `pagedserve` CLI, and its environment configures OperatorConfig."""
+
 import dataclasses
 import re
 from pathlib import Path
@@ -12,7 +13,9 @@ import yaml
 from pagedserve.cli import SUBCOMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif("operator" not in SUBCOMMANDS, reason="`pagedserve operator` (issue 6) has not landed")
+pytestmark = pytest.mark.skipif(
+    "operator" not in SUBCOMMANDS, reason="`pagedserve operator` (issue 6) has not landed"
+)
 
 
 def parsed_operator_args(chart, values):
@@ -54,11 +57,21 @@ def test_liveness_probe_hits_the_endpoint_the_operator_serves(chart):
 
 def test_environment_configures_the_operator(chart):
     from pagedserve.operator.config import OperatorConfig
-    settings = {"resyncInterval": 15, "retryDelay": "30", "hpaMetric": "pagedserve:num_requests_running",
-                "runAsUser": 2000, "gpuGroups": "44,109"}
-    values = {"operator": {"settings": settings},
-              "engine": {"image": {"repository": "reg.example/ps", "tag": "1.2"},
-                         "images": {"cpu": "reg.example/ps-cpu:dev"}}}
+
+    settings = {
+        "resyncInterval": 15,
+        "retryDelay": "30",
+        "hpaMetric": "pagedserve:num_requests_running",
+        "runAsUser": 2000,
+        "gpuGroups": "44,109",
+    }
+    values = {
+        "operator": {"settings": settings},
+        "engine": {
+            "image": {"repository": "reg.example/ps", "tag": "1.2"},
+            "images": {"cpu": "reg.example/ps-cpu:dev"},
+        },
+    }
     container, _ = parsed_operator_args(chart, values)
     config = OperatorConfig.from_env(plain_env(container))
     assert config.image("amd") == "reg.example/ps:1.2-rocm"
@@ -71,18 +84,25 @@ def test_environment_configures_the_operator(chart):
 
 def test_empty_settings_keep_the_operator_defaults(chart):
     from pagedserve.operator.config import OperatorConfig
+
     container, _ = parsed_operator_args(chart, {})
-    assert not [name for name in plain_env(container) if name.startswith("PAGEDSERVE_")
-                and not name.startswith("PAGEDSERVE_IMAGE_")]
+    assert not [
+        name
+        for name in plain_env(container)
+        if name.startswith("PAGEDSERVE_") and not name.startswith("PAGEDSERVE_IMAGE_")
+    ]
     # and the chart's default images are the operator's own defaults (same version, same tags)
     assert OperatorConfig.from_env(plain_env(container)) == OperatorConfig.from_env({})
 
 
 def test_every_operator_setting_has_a_chart_value(chart):
     from pagedserve.operator.config import OperatorConfig
+
     values = chart.loaded.values
     reachable = {f"image_{a}" for a in values["engine"]["images"]}
-    reachable |= {re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower() for key in values["operator"]["settings"]}
+    reachable |= {
+        re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower() for key in values["operator"]["settings"]
+    }
     assert reachable == {f.name for f in dataclasses.fields(OperatorConfig)}
 
 
@@ -97,6 +117,7 @@ def test_log_level_value_sets_the_operators_log_level(chart, level):
     import logging
 
     from pagedserve.operator.cli import _configure_logging
+
     _, args = parsed_operator_args(chart, {"operator": {"logLevel": level}})
     root = logging.getLogger()
     saved = root.level, root.handlers[:]
@@ -111,7 +132,11 @@ def test_log_level_value_sets_the_operators_log_level(chart, level):
 def test_service_monitor_selects_the_services_the_operator_makes(chart):
     from pagedserve.operator.manifests import service
     from pagedserve.operator.spec import parse_spec
-    owner = {"metadata": {"name": "chat", "namespace": "team-a", "uid": "u"}, "spec": {"model": "m"}}
+
+    owner = {
+        "metadata": {"name": "chat", "namespace": "team-a", "uid": "u"},
+        "spec": {"model": "m"},
+    }
     svc = service(owner, parse_spec(owner["spec"]))
     docs = chart.render({"metrics": {"serviceMonitor": {"enabled": True}}})
     (sm,) = chart.find(docs, "ServiceMonitor")
@@ -122,6 +147,7 @@ def test_service_monitor_selects_the_services_the_operator_makes(chart):
 
 def test_models_from_values_are_specs_the_operator_accepts(chart):
     from pagedserve.operator.spec import parse_spec
+
     docs = chart.find(chart.render(chart.value_set("seed-models")), "LLMDeployment")
     specs = [parse_spec(d["spec"]) for d in docs]
     assert sorted(s.tensor_parallel_size for s in specs) == [1, 4, 4]

@@ -1,6 +1,7 @@
 """The chart grants the operator exactly what it calls: the rules equal
 pagedserve.operator.rbac, and a recorded run of the real operator, started with the chart's own
 command line against a Kubernetes emulator, makes no call the chart does not allow."""
+
 import json
 import os
 import signal
@@ -15,7 +16,9 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-rbac = pytest.importorskip("pagedserve.operator.rbac", reason="the operator's RBAC list (issue 6) has not landed")
+rbac = pytest.importorskip(
+    "pagedserve.operator.rbac", reason="the operator's RBAC list (issue 6) has not landed"
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "charts" / "pagedserve" / "crds"
@@ -24,13 +27,21 @@ MODES = {  # name -> values
     "cluster-wide, peering": {},
     "cluster-wide, standalone": {"operator": {"peering": {"enabled": False}}},
     "namespaced, peering": {"operator": {"watchNamespaces": ["team-a"]}},
-    "namespaced, standalone": {"operator": {"watchNamespaces": ["team-a"], "peering": {"enabled": False}}},
+    "namespaced, standalone": {
+        "operator": {"watchNamespaces": ["team-a"], "peering": {"enabled": False}}
+    },
 }
 
 
 def triples(rules) -> set[tuple[str, str, str]]:
     """(apiGroup, resource, verb) for every combination a list of policy rules grants."""
-    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    return {
+        (g, r, v)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
 
 
 def granted(chart, values) -> tuple[set, set]:
@@ -69,6 +80,7 @@ def test_the_rbac_list_is_scoped_as_the_chart_assumes():
 
 # --- a recorded run ------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,8 +88,12 @@ def free_port() -> int:
 
 
 def post(cluster, path: str, body: dict) -> None:
-    request = urllib.request.Request(cluster.url + path, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        cluster.url + path,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     urllib.request.urlopen(request, timeout=10).read()
 
 
@@ -92,39 +108,85 @@ def split_crds(tmp: Path) -> list[Path]:
 
 
 def start_operator(chart_container: dict, cluster, port: int) -> subprocess.Popen:
-    """`pagedserve operator` with the chart's arguments and environment (liveness on a free port)."""
+    """`pagedserve operator` with the chart's arguments and environment (liveness on a free
+    port)."""
     args = list(chart_container["args"])
     at = args.index("--liveness") + 1
     url = urlparse(args[at])
     args[at] = url._replace(netloc=f"127.0.0.1:{port}").geturl()
     exe = Path(sys.executable).parent / chart_container["command"][0]
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "pagedserve.cli"]
-    env = {**os.environ, "KUBECONFIG": cluster.kubeconfig, "POD_ID": "operator-test-pod",
-           "PAGEDSERVE_RESYNC_INTERVAL": "1"}
+    env = {
+        **os.environ,
+        "KUBECONFIG": cluster.kubeconfig,
+        "POD_ID": "operator-test-pod",
+        "PAGEDSERVE_RESYNC_INTERVAL": "1",
+    }
     env |= {e["name"]: e["value"] for e in chart_container["env"] if "value" in e}
-    return subprocess.Popen(command + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        command + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def exercise(cluster, ns: str, testing) -> None:
     """Drive the operator through what it does in a cluster: create children (optional ones
     too), delete them when the spec drops them, restore a deleted child, report a bad spec."""
     kube, wait_for = cluster.kube, testing.wait_for
-    kube.create("Secret", ns, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf"},
-                               "data": {"token": "aGZfeA=="}})
-    kube.create("LLMDeployment", ns, testing.llmdeployment(
-        "chat", ns, hfTokenSecret={"name": "hf", "key": "token"}, modelCache={"size": "1Gi"},
-        autoscaling={"minReplicas": 1, "maxReplicas": 2, "targetRequestsWaiting": 4},
-        podDisruptionBudget={"maxUnavailable": 1}))
-    for kind in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PersistentVolumeClaim"):
-        wait_for(lambda: kube.get(kind, ns, "chat") or cluster.objects(kind, ns), what=f"{kind} in {ns}")
-    wait_for(lambda: (kube.get("LLMDeployment", ns, "chat").get("status") or {}).get("phase"), what="status")
-    kube.patch("LLMDeployment", ns, "chat", {"spec": {"autoscaling": None, "podDisruptionBudget": None}})
+    kube.create(
+        "Secret",
+        ns,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "hf"},
+            "data": {"token": "aGZfeA=="},
+        },
+    )
+    kube.create(
+        "LLMDeployment",
+        ns,
+        testing.llmdeployment(
+            "chat",
+            ns,
+            hfTokenSecret={"name": "hf", "key": "token"},
+            modelCache={"size": "1Gi"},
+            autoscaling={"minReplicas": 1, "maxReplicas": 2, "targetRequestsWaiting": 4},
+            podDisruptionBudget={"maxUnavailable": 1},
+        ),
+    )
+    for kind in (
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "PersistentVolumeClaim",
+    ):
+        wait_for(
+            lambda kind=kind: kube.get(kind, ns, "chat") or cluster.objects(kind, ns),
+            what=f"{kind} in {ns}",
+        )
+    wait_for(
+        lambda: (kube.get("LLMDeployment", ns, "chat").get("status") or {}).get("phase"),
+        what="status",
+    )
+    kube.patch(
+        "LLMDeployment", ns, "chat", {"spec": {"autoscaling": None, "podDisruptionBudget": None}}
+    )
     wait_for(lambda: kube.get("HorizontalPodAutoscaler", ns, "chat") is None, what="HPA removed")
     kube.delete("Service", ns, "chat")
     wait_for(lambda: kube.get("Service", ns, "chat"), what="Service restored")
-    kube.create("LLMDeployment", ns, testing.llmdeployment("bad", ns, hfTokenSecret={"name": "absent", "key": "t"}))
-    wait_for(lambda: testing.condition(kube.get("LLMDeployment", ns, "bad"), "Ready").get("status") == "False",
-             what="Ready=False on a spec naming a missing Secret")
+    kube.create(
+        "LLMDeployment",
+        ns,
+        testing.llmdeployment("bad", ns, hfTokenSecret={"name": "absent", "key": "t"}),
+    )
+    wait_for(
+        lambda: (
+            testing.condition(kube.get("LLMDeployment", ns, "bad"), "Ready").get("status")
+            == "False"
+        ),
+        what="Ready=False on a spec naming a missing Secret",
+    )
 
 
 def recorded_run(chart, values: dict, ns: str):
@@ -132,11 +194,18 @@ def recorded_run(chart, values: dict, ns: str):
     testing = pytest.importorskip("tests.kube_emulator", reason="needs the test extra (kmock)")
     docs = chart.render(values)
     container = chart.operator_container(docs)
-    with tempfile.TemporaryDirectory() as tmp, testing.EmulatedCluster(crds=split_crds(Path(tmp))) as cluster:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        testing.EmulatedCluster(crds=split_crds(Path(tmp))) as cluster,
+    ):
         for peering in chart.find(docs, "ClusterKopfPeering"):
             post(cluster, "/apis/kopf.dev/v1/clusterkopfpeerings", peering)
         for peering in chart.find(docs, "KopfPeering"):
-            post(cluster, f"/apis/kopf.dev/v1/namespaces/{peering['metadata']['namespace']}/kopfpeerings", peering)
+            post(
+                cluster,
+                f"/apis/kopf.dev/v1/namespaces/{peering['metadata']['namespace']}/kopfpeerings",
+                peering,
+            )
         port = free_port()
         proc = start_operator(container, cluster, port)
         try:
@@ -151,8 +220,13 @@ def recorded_run(chart, values: dict, ns: str):
                 proc.kill()
                 output = proc.communicate()[0]
         assert "Traceback" not in output, output[-4000:]
-        requests = [r for r in cluster.requests() if r.headers.get("User-Agent", "").startswith(testing.OPERATOR_AGENTS)
-                    and r.resource is not None and r.resource.plural is not None]
+        requests = [
+            r
+            for r in cluster.requests()
+            if r.headers.get("User-Agent", "").startswith(testing.OPERATOR_AGENTS)
+            and r.resource is not None
+            and r.resource.plural is not None
+        ]
         return requests, {tuple(c) for c in cluster.api_calls(testing.OPERATOR_AGENTS)}, output
 
 
@@ -162,12 +236,19 @@ def test_recorded_cluster_wide_run_stays_within_the_cluster_role(chart):
     _, calls, output = recorded_run(chart, {}, "default")
     allowed, _ = granted(chart, {})
     assert calls, output[-3000:]
-    assert "[DEBUG" not in output  # the chart's default log level, info, is what the operator logs at
+    assert (
+        "[DEBUG" not in output
+    )  # the chart's default log level, info, is what the operator logs at
     assert calls <= allowed, f"calls the ClusterRole does not allow: {sorted(calls - allowed)}"
     # the run covered the interesting parts: watches, children, status, events, peering
-    for call in [("pagedserve.io", "llmdeployments", "watch"), ("pagedserve.io", "llmdeployments/status", "patch"),
-                 ("apps", "deployments", "create"), ("autoscaling", "horizontalpodautoscalers", "delete"),
-                 ("", "events", "create"), ("kopf.dev", "clusterkopfpeerings", "patch")]:
+    for call in [
+        ("pagedserve.io", "llmdeployments", "watch"),
+        ("pagedserve.io", "llmdeployments/status", "patch"),
+        ("apps", "deployments", "create"),
+        ("autoscaling", "horizontalpodautoscalers", "delete"),
+        ("", "events", "create"),
+        ("kopf.dev", "clusterkopfpeerings", "patch"),
+    ]:
         assert call in calls, f"the recorded run never made {call}; it checks less than it claims"
 
 
@@ -181,7 +262,10 @@ def test_recorded_namespaced_run_stays_within_its_roles(chart):
     assert calls, output[-3000:]
     assert calls <= role, f"calls the Role does not allow: {sorted(calls - role)}"
     # a Role only works inside its namespace: no cluster-wide or other-namespace request
-    outside = {(r.method.value, r.url.path if hasattr(r, "url") else r.resource.plural)
-               for r in requests if r.namespace != "team-a"}
+    outside = {
+        (r.method.value, r.url.path if hasattr(r, "url") else r.resource.plural)
+        for r in requests
+        if r.namespace != "team-a"
+    }
     assert not outside, f"requests outside the watched namespace: {sorted(outside)}"
     assert ("kopf.dev", "kopfpeerings", "patch") in calls

@@ -1,4 +1,5 @@
 """The README's Kubernetes walk-through points at files and names that exist."""
+
 import re
 from pathlib import Path
 
@@ -14,8 +15,12 @@ def deploy_section() -> str:
 
 def test_walkthrough_has_the_install_path():
     section = deploy_section()
-    for step in ("helm install pagedserve charts/pagedserve", "kubectl apply -f examples/", "kubectl get llmd",
-                 "curl http://localhost:8000/v1/chat/completions"):
+    for step in (
+        "helm install pagedserve charts/pagedserve",
+        "kubectl apply -f examples/",
+        "kubectl get llmd",
+        "curl http://localhost:8000/v1/chat/completions",
+    ):
         assert step in section
 
 
@@ -23,7 +28,11 @@ def test_applied_examples_exist_and_serve_the_seed_models():
     section = deploy_section()
     files = re.findall(r"kubectl apply -f (examples/\S+\.yaml)", section)
     models = {yaml.safe_load((ROOT / f).read_text())["spec"]["model"] for f in files}
-    assert models == {"Qwen/Qwen2-7B-Instruct", "01-ai/Yi-34B-Chat", "meta-llama/Meta-Llama-3-70B-Instruct"}
+    assert models == {
+        "Qwen/Qwen2-7B-Instruct",
+        "01-ai/Yi-34B-Chat",
+        "meta-llama/Meta-Llama-3-70B-Instruct",
+    }
 
 
 def test_curl_uses_the_service_and_model_name_of_an_example():
@@ -44,6 +53,7 @@ def gateway_section() -> str:
 def test_gateway_path_names_fit_together():
     from pagedserve.operator.config import OperatorConfig
     from pagedserve.operator.render import render_objects
+
     section = gateway_section()
     files = re.findall(r"kubectl apply -f (examples/\S+\.yaml)", section)
     assert all((ROOT / f).exists() for f in files) and len(files) == 3
@@ -51,9 +61,15 @@ def test_gateway_path_names_fit_together():
     (owner,) = [d for d in docs.values() if d["kind"] == "LLMDeployment"]
     (route,) = [d for d in docs.values() if d["kind"] == "HTTPRoute"]
     (gateway,) = [d for d in docs.values() if d["kind"] == "Gateway"]
-    (pool,) = [d for d in render_objects([owner], "default", OperatorConfig()) if d["kind"] == "InferencePool"]
+    (pool,) = [
+        d
+        for d in render_objects([owner], "default", OperatorConfig())
+        if d["kind"] == "InferencePool"
+    ]
     # the EPP chart's release makes the Service <release>-epp and watches the pool <release>
-    release = re.search(r"helm install (\S+) oci://ghcr.io/llm-d/charts/llm-d-router-gateway", section).group(1)
+    release = re.search(
+        r"helm install (\S+) oci://ghcr.io/llm-d/charts/llm-d-router-gateway", section
+    ).group(1)
     assert pool["metadata"]["name"] == release
     assert pool["spec"]["endpointPickerRef"]["name"] == f"{release}-epp"
     label = re.search(r"matchLabels\.app\\\.kubernetes\\\.io/instance=(\S+?)'", section).group(1)

@@ -1,4 +1,5 @@
 """charts/pagedserve renders, lints and validates for every value set an admin might use."""
+
 import json
 import re
 from pathlib import Path
@@ -61,7 +62,9 @@ def test_resources_land_in_the_release_namespace(chart):
         if doc["kind"] in namespaced:
             assert doc["metadata"]["namespace"] == "ops"
     (binding,) = chart.find(docs, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ps-pagedserve", "namespace": "ops"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "ps-pagedserve", "namespace": "ops"}
+    ]
 
 
 def test_everything_carries_the_release_labels(value_set, chart):
@@ -96,7 +99,9 @@ def test_dashboard_configmap_holds_the_dashboard_json(chart):
 
 def test_optional_parts_are_off_by_default(chart):
     kinds = {d["kind"] for d in chart.render({})}
-    assert "ServiceMonitor" not in kinds and "ConfigMap" not in kinds and "LLMDeployment" not in kinds
+    assert (
+        "ServiceMonitor" not in kinds and "ConfigMap" not in kinds and "LLMDeployment" not in kinds
+    )
 
 
 def test_values_yaml_matches_the_chart_defaults(chart):
@@ -116,7 +121,9 @@ def value_leaves(values: dict, prefix: str = "") -> dict:
 
 
 def test_readme_values_table_covers_every_value_with_its_default(chart):
-    rows = re.findall(r"^\| `([^`]+)` \| \w+ \| `(.*?)` \|", (CHART / "README.md").read_text(), re.M)
+    rows = re.findall(
+        r"^\| `([^`]+)` \| \w+ \| `(.*?)` \|", (CHART / "README.md").read_text(), re.M
+    )
     table = {key: json.loads(default) for key, default in rows}
     values = chart.loaded.values
     for key in value_leaves(values):
@@ -126,15 +133,20 @@ def test_readme_values_table_covers_every_value_with_its_default(chart):
         node = values
         for part in key.split("."):
             node = node[part]  # KeyError = a row for a value that no longer exists
-        assert node == default, f"README says {key} defaults to {default!r}, values.yaml has {node!r}"
+        assert node == default, (
+            f"README says {key} defaults to {default!r}, values.yaml has {node!r}"
+        )
 
 
 def test_notes_example_is_a_valid_llmdeployment_that_the_curl_reaches(chart):
     import textwrap
+
     text = chart.notes()
     manifest = yaml.safe_load(textwrap.dedent(text.split("<<'YAML'\n", 1)[1].split("YAML\n", 1)[0]))
     try:
-        chart.validate_custom_resource({**manifest, "metadata": {**manifest["metadata"], "namespace": "default"}})
+        chart.validate_custom_resource(
+            {**manifest, "metadata": {**manifest["metadata"], "namespace": "default"}}
+        )
     except LookupError:
         pytest.skip("the LLMDeployment CRD (operator issue) has not landed yet")
     service = re.search(r"port-forward svc/(\S+) ", text).group(1)

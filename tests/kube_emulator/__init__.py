@@ -7,6 +7,7 @@ support for tests/operator and tests/charts, kept out of the product.
 - cluster: EmulatedCluster (the emulator on localhost, from a thread), running_operator and
   the helpers tests use to drive and check it
 """
+
 from .cluster import (
     ApiCall,
     EmulatedCluster,
@@ -19,5 +20,16 @@ from .cluster import (
 )
 from .faults import OPERATOR_AGENTS, Fault, Faults
 
-__all__ = ["ApiCall", "EmulatedCluster", "Fault", "Faults", "OPERATOR_AGENTS", "condition", "deployment_ready",
-           "diverged", "llmdeployment", "running_operator", "wait_for"]
+__all__ = [
+    "ApiCall",
+    "EmulatedCluster",
+    "Fault",
+    "Faults",
+    "OPERATOR_AGENTS",
+    "condition",
+    "deployment_ready",
+    "diverged",
+    "llmdeployment",
+    "running_operator",
+    "wait_for",
+]

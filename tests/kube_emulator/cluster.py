@@ -1,18 +1,20 @@
 """Test support: the real operator against an emulated Kubernetes API, no cluster needed.
 
 Like kopf.testing, this is for tests only and needs the test extra (kmock); it lives under
-tests/ so that neither the wheel nor the operator image carries it. EmulatedCluster serves emulator.KubeEmulator (kmock with its gaps
-filled) on localhost from a thread and records every request; running_operator runs the
-operator in it with kopf's KopfRunner. The emulator runs no controllers (tests patch a
-Deployment's status themselves, see deployment_ready) and collects no garbage (tests assert
-owner references). inject(faults.Faults(...)) makes it misbehave towards the operator: random
-409s, 500s, lost answers, delays, dropped watches; diverged() says what still differs from a spec.
+tests/ so that neither the wheel nor the operator image carries it. EmulatedCluster serves
+emulator.KubeEmulator (kmock with its gaps filled) on localhost from a thread and records every
+request; running_operator runs the operator in it with kopf's KopfRunner. The emulator runs no
+controllers (tests patch a Deployment's status themselves, see deployment_ready) and collects no
+garbage (tests assert owner references). inject(faults.Faults(...)) makes it misbehave towards
+the operator: random 409s, 500s, lost answers, delays, dropped watches; diverged() says what
+still differs from a spec.
 
     with EmulatedCluster(crds=[CRD_PATH]) as cluster, running_operator(cluster):
         cluster.kube.create("LLMDeployment", "default", llmdeployment("m"))
         wait_for(lambda: cluster.kube.get("Deployment", "default", "m"))
         assert all(rbac.allows(*call) for call in cluster.api_calls())
 """
+
 import asyncio
 import contextlib
 import copy
@@ -36,12 +38,19 @@ from pagedserve.operator.spec import parse_spec
 from .emulator import KubeEmulator
 from .faults import OPERATOR_AGENTS, Faults
 
-VERBS = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
-         "DELETE": "delete"}
+VERBS = {
+    "LIST": "list",
+    "WATCH": "watch",
+    "FETCH": "get",
+    "CREATE": "create",
+    "UPDATE": "patch",
+    "DELETE": "delete",
+}
 
 
 class ApiCall(NamedTuple):
     """One kind of request, in RBAC terms: apiGroup, resource[/subresource], verb."""
+
     group: str
     resource: str
     verb: str
@@ -79,12 +88,19 @@ class EmulatedCluster:
         self._thread.start()
         if not self._ready.wait(30):
             raise RuntimeError("the Kubernetes emulator did not start")
-        config = {"apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-                  "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-                  "users": [{"name": "tester", "user": {"token": "emulator"}}],
-                  "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}]}
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "emulator",
+            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+            "users": [{"name": "tester", "user": {"token": "emulator"}}],
+            "contexts": [
+                {"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}
+            ],
+        }
         pathlib.Path(self.kubeconfig).write_text(yaml.safe_dump(config))
         from kubernetes import client
+
         cfg = client.Configuration(host=self.url)
         self.kube = Kube(client.ApiClient(cfg))
         self.kube.api.user_agent = "emulated-cluster-test/1"
@@ -98,23 +114,32 @@ class EmulatedCluster:
 
     def _sync(self, fn):
         """Run fn() on the emulator's loop under its lock: a consistent snapshot."""
+
         async def locked():
             async with self.emulator._lock:
                 return fn()
+
         return asyncio.run_coroutine_threadsafe(locked(), self._loop).result(30)
 
     def objects(self, kind: str, namespace: str | None = None) -> list[dict]:
-        """Deep copies of the live objects of a kind (see kube.KINDS), optionally in one namespace."""
+        """Deep copies of the live objects of a kind (see kube.KINDS), optionally in one
+        namespace."""
         group, version, plural = KINDS[kind]
 
         def pick():
-            return [copy.deepcopy(obj.raw) for (res, ns, _), obj in self.emulator.objects.items()
-                    if (res.group, res.version, res.plural) == (group, version, plural)
-                    and not obj.deleted and namespace in (None, ns)]
+            return [
+                copy.deepcopy(obj.raw)
+                for (res, ns, _), obj in self.emulator.objects.items()
+                if (res.group, res.version, res.plural) == (group, version, plural)
+                and not obj.deleted
+                and namespace in (None, ns)
+            ]
+
         return self._sync(pick)
 
     def fail_next(self, method: str, path_suffix: str, status: int, times: int = 1) -> None:
-        """Make the next matching requests fail with that HTTP status (see KubeEmulator.fail_next)."""
+        """Make the next matching requests fail with that HTTP status (see
+        KubeEmulator.fail_next)."""
         self._sync(lambda: self.emulator.fail_next(method, path_suffix, status, times))
 
     def inject(self, faults: Faults | None) -> None:
@@ -135,25 +160,41 @@ class EmulatedCluster:
             agent = req.headers.get("User-Agent", "")
             if req.resource is None or req.resource.plural is None or not agent.startswith(agents):
                 continue
-            verb = "update" if req.method == kmock.method.PUT else VERBS.get(getattr(req.action, "name", ""))
+            verb = (
+                "update"
+                if req.method == kmock.method.PUT
+                else VERBS.get(getattr(req.action, "name", ""))
+            )
             resource = req.resource.plural + (f"/{req.subresource}" if req.subresource else "")
             calls.add(ApiCall(req.resource.group or "", resource, verb or req.method.value.lower()))
         return calls
 
 
 @contextlib.contextmanager
-def running_operator(cluster: EmulatedCluster, namespaces: tuple[str, ...] = (),
-                     timeout: float = 30, debug: bool = False) -> Iterator:
+def running_operator(
+    cluster: EmulatedCluster,
+    namespaces: tuple[str, ...] = (),
+    timeout: float = 30,
+    debug: bool = False,
+) -> Iterator:
     """The real operator (kopf run -m pagedserve.operator.handlers, standalone) in a thread,
     pointed at the cluster through $KUBECONFIG (set it first, e.g. with monkeypatch.setenv).
     Yields the kopf.testing.KopfRunner; leaving the block stops the operator. debug: log
     everything kopf does (its patches' bodies too)."""
     import kopf
     from kopf.testing import KopfRunner
+
     settings = kopf.OperatorSettings()
     settings.scanning.disabled = True  # kmock serves no CRD objects to scan
     scope = [arg for ns in namespaces for arg in ("-n", ns)] or ["-A"]
-    args = ["run", "--standalone", *(["--debug"] if debug else []), *scope, "-m", "pagedserve.operator.handlers"]
+    args = [
+        "run",
+        "--standalone",
+        *(["--debug"] if debug else []),
+        *scope,
+        "-m",
+        "pagedserve.operator.handlers",
+    ]
     with KopfRunner(args, settings=settings, timeout=timeout) as runner:
         yield runner
 
@@ -161,8 +202,12 @@ def running_operator(cluster: EmulatedCluster, namespaces: tuple[str, ...] = (),
 def llmdeployment(name: str, namespace: str = "default", **spec) -> dict:
     """An LLMDeployment body; the spec defaults to the bundled model on CPU."""
     spec = {"model": "stories260K", "accelerator": "cpu", **spec}
-    return {"apiVersion": "pagedserve.io/v1alpha1", "kind": "LLMDeployment",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return {
+        "apiVersion": "pagedserve.io/v1alpha1",
+        "kind": "LLMDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
 
 
 def deployment_ready(kube: Kube, namespace: str, name: str, ready: int | None = None) -> None:
@@ -171,12 +216,30 @@ def deployment_ready(kube: Kube, namespace: str, name: str, ready: int | None = 
     dep = kube.get("Deployment", namespace, name)
     want = dep["spec"]["replicas"]
     ready = want if ready is None else ready
-    kube.patch("Deployment", namespace, name, {"status": {
-        "observedGeneration": dep["metadata"]["generation"], "replicas": want, "updatedReplicas": want,
-        "readyReplicas": ready, "availableReplicas": ready,
-        "conditions": [{"type": "Progressing", "status": "True",
-                        "reason": "NewReplicaSetAvailable" if ready == want else "ReplicaSetUpdated"}]}},
-        subresource="status")
+    kube.patch(
+        "Deployment",
+        namespace,
+        name,
+        {
+            "status": {
+                "observedGeneration": dep["metadata"]["generation"],
+                "replicas": want,
+                "updatedReplicas": want,
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+                "conditions": [
+                    {
+                        "type": "Progressing",
+                        "status": "True",
+                        "reason": "NewReplicaSetAvailable"
+                        if ready == want
+                        else "ReplicaSetUpdated",
+                    }
+                ],
+            }
+        },
+        subresource="status",
+    )
 
 
 def diverged(kube: Kube, config: OperatorConfig, namespace: str, name: str) -> list[str]:

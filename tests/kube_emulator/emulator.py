@@ -18,6 +18,7 @@
 It runs no controllers, collects no garbage, selects no labels, serves no OpenAPI and checks
 no RBAC. Test support only (needs kmock, from the test extra); see cluster.EmulatedCluster.
 """
+
 import asyncio
 import datetime
 import secrets
@@ -34,6 +35,7 @@ from .faults import Fault, Faults
 @attrs.define(kw_only=True)
 class KubeEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with the gaps listed in the module docstring filled."""
+
     _gate: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _version: int = attrs.field(default=0, init=False)
     _scale_paths: dict = attrs.field(factory=dict, init=False)
@@ -50,19 +52,38 @@ class KubeEmulator(kmock.KubernetesEmulator):
         spec = crd["spec"]
         spec_names = spec["names"]
         for ver in spec["versions"]:
-            self.resources[f"{spec['group']}/{ver['name']}/{spec_names['plural']}"] = kmock.ResourceInfo(
-                kind=spec_names["kind"], singular=spec_names.get("singular"),
-                namespaced=spec["scope"] == "Namespaced", shortnames=spec_names.get("shortNames", []),
-                categories=spec_names.get("categories", []), subresources=ver.get("subresources", {}).keys(),
-                verbs={"get", "list", "watch", "create", "patch", "delete", "update", "deletecollection"})
+            self.resources[f"{spec['group']}/{ver['name']}/{spec_names['plural']}"] = (
+                kmock.ResourceInfo(
+                    kind=spec_names["kind"],
+                    singular=spec_names.get("singular"),
+                    namespaced=spec["scope"] == "Namespaced",
+                    shortnames=spec_names.get("shortNames", []),
+                    categories=spec_names.get("categories", []),
+                    subresources=ver.get("subresources", {}).keys(),
+                    verbs={
+                        "get",
+                        "list",
+                        "watch",
+                        "create",
+                        "patch",
+                        "delete",
+                        "update",
+                        "deletecollection",
+                    },
+                )
+            )
             if ver.get("additionalPrinterColumns"):
-                self._columns[kmock.resource(spec["group"], ver["name"], spec_names["plural"])] = \
+                self._columns[kmock.resource(spec["group"], ver["name"], spec_names["plural"])] = (
                     ver["additionalPrinterColumns"]
+                )
             scale = ver.get("subresources", {}).get("scale")
             if scale:
                 key = kmock.resource(spec["group"], ver["name"], spec_names["plural"])
-                self._scale_paths[key] = (scale["specReplicasPath"], scale["statusReplicasPath"],
-                                          scale.get("labelSelectorPath"))
+                self._scale_paths[key] = (
+                    scale["specReplicasPath"],
+                    scale["statusReplicasPath"],
+                    scale.get("labelSelectorPath"),
+                )
 
     def _info(self, resource) -> kmock.ResourceInfo:
         return self.resources[resource] if resource in self.resources else kmock.ResourceInfo()
@@ -77,10 +98,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if fault.delay:
                 await asyncio.sleep(fault.delay)
             if fault.status is not None:
-                raise kmock.KubernetesError(fault.status, "Injected", f"a fault injected at random ({fault.status})")
+                raise kmock.KubernetesError(
+                    fault.status, "Injected", f"a fault injected at random ({fault.status})"
+                )
             response = await self._handle_k8s(request)
             if fault.lost:  # done, but the client hears otherwise
-                return await self._render_error(kmock.KubernetesError(500, "Injected", "the answer was lost"))
+                return await self._render_error(
+                    kmock.KubernetesError(500, "Injected", "the answer was lost")
+                )
             return response
         finally:
             self._requests.done(request)
@@ -90,7 +115,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if self.faults is None or request.resource is None:
             return Fault()
         watch = request.action == kmock.action.WATCH
-        fault = self.faults.draw(request.method.value, request.url.path, request.headers.get("User-Agent", ""), watch)
+        fault = self.faults.draw(
+            request.method.value, request.url.path, request.headers.get("User-Agent", ""), watch
+        )
         if watch:
             self._watch_faults[request.id] = fault
         return fault
@@ -110,12 +137,22 @@ class KubeEmulator(kmock.KubernetesEmulator):
     async def _handle_k8s(self, request):
         status = self._injected_failure(request)
         if status is not None:
-            raise kmock.KubernetesError(status, "Injected", f"a failure the test asked for ({status})")
-        if request.resource is not None and request.resource.plural and request.resource not in self.resources:
+            raise kmock.KubernetesError(
+                status, "Injected", f"a failure the test asked for ({status})"
+            )
+        if (
+            request.resource is not None
+            and request.resource.plural
+            and request.resource not in self.resources
+        ):
             # as an API server without that CRD: no such resource, whatever the verb
-            raise kmock.KubernetesError(404, "NotFound", "the server could not find the requested resource")
+            raise kmock.KubernetesError(
+                404, "NotFound", "the server could not find the requested resource"
+            )
         if request.resource is not None and request.method == kmock.method.PUT:
-            raise kmock.KubernetesError(405, "MethodNotAllowed", "the emulator serves no PUT; send a PATCH")
+            raise kmock.KubernetesError(
+                405, "MethodNotAllowed", "the emulator serves no PUT; send a PATCH"
+            )
         writes = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
         if request.resource is None or request.action not in writes:
             return await super()._handle(request)
@@ -136,14 +173,22 @@ class KubeEmulator(kmock.KubernetesEmulator):
             meta["name"] = meta["generateName"] + secrets.token_hex(3)
         if request.namespace and not meta.get("namespace"):
             meta["namespace"] = request.namespace
-        meta.update(uid=str(uuid.uuid4()), resourceVersion=self._next_version(), generation=1,
-                    creationTimestamp=now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        meta.update(
+            uid=str(uuid.uuid4()),
+            resourceVersion=self._next_version(),
+            generation=1,
+            creationTimestamp=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
         if "status" in self._info(request.resource).subresources:
             data.pop("status", None)
 
     def _stamp_update(self, request) -> None:
         key = (request.resource, request.namespace, request.name)
-        if key not in self.objects or self.objects[key].deleted or not isinstance(request.data, dict):
+        if (
+            key not in self.objects
+            or self.objects[key].deleted
+            or not isinstance(request.data, dict)
+        ):
             return  # kmock answers 404 (or applies a JSON patch as it is)
         current, patch = self.objects[key].raw, dict(request.data)
         if request.subresource == "status":
@@ -153,12 +198,21 @@ class KubeEmulator(kmock.KubernetesEmulator):
             patch = {"spec": {"replicas": replicas}} if replicas is not None else {}
         elif request.subresource is None and "status" in self._info(request.resource).subresources:
             patch.pop("status", None)
-        meta = {k: v for k, v in (patch.get("metadata") or {}).items()
-                if k not in ("uid", "creationTimestamp", "generation", "resourceVersion")}
+        meta = {
+            k: v
+            for k, v in (patch.get("metadata") or {}).items()
+            if k not in ("uid", "creationTimestamp", "generation", "resourceVersion")
+        }
         generation = current.get("metadata", {}).get("generation", 1)
-        if "spec" in patch and dicts.patch_dict(current, {"spec": patch["spec"]}).get("spec") != current.get("spec"):
+        if "spec" in patch and dicts.patch_dict(current, {"spec": patch["spec"]}).get(
+            "spec"
+        ) != current.get("spec"):
             generation += 1
-        patch["metadata"] = {**meta, "resourceVersion": self._next_version(), "generation": generation}
+        patch["metadata"] = {
+            **meta,
+            "resourceVersion": self._next_version(),
+            "generation": generation,
+        }
         object.__setattr__(request, "data", patch)
 
     def _stamp_delete(self, request) -> None:
@@ -171,15 +225,24 @@ class KubeEmulator(kmock.KubernetesEmulator):
         """What changed since the request's resourceVersion (everything without one), then live
         events; a fault may end the stream early, as API servers do on timeouts and restarts."""
         yield b""  # send the headers now: a quiet stream is still a stream
-        fault, faults, bus = self._watch_faults.get(request.id) or Fault(), self.faults, self._buses[request.resource]
-        async with self._lock:  # no write between the replay and the mark: nothing lost, nothing twice
+        fault, faults, bus = (
+            self._watch_faults.get(request.id) or Fault(),
+            self.faults,
+            self._buses[request.resource],
+        )
+        async with (
+            self._lock
+        ):  # no write between the replay and the mark: nothing lost, nothing twice
             mark = await bus.mark()
             replay = parts.replay(self.objects, request)
         try:
             for event in replay:
                 yield event
             async for event in parts.until(bus.stream(since=mark), fault.lifetime):
-                ns, name = event["object"]["metadata"].get("namespace"), event["object"]["metadata"]["name"]
+                ns, name = (
+                    event["object"]["metadata"].get("namespace"),
+                    event["object"]["metadata"]["name"],
+                )
                 if parts.in_scope(request, ns, name):
                     yield event
             if fault.lifetime is not None and faults is not None:  # dropped, not left by the client
@@ -212,7 +275,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
         obj = await super()._serve_fetch(request)
         if request.subresource == "scale":
             return self._scale(request, obj)
-        return self._table(request, [obj]) if self._wants_table(request) and not request.subresource else obj
+        return (
+            self._table(request, [obj])
+            if self._wants_table(request) and not request.subresource
+            else obj
+        )
 
     async def _serve_update(self, request):
         obj = await super()._serve_update(request)
@@ -228,7 +295,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
         res = request.resource
         api_version = f"{res.group}/{res.version}" if res.group else res.version
         kind = (self._info(res).kind or "Unknown") + "List"
-        return {"apiVersion": api_version, "kind": kind, **result,
-                "metadata": {"resourceVersion": str(self._version)}}
-
-
+        return {
+            "apiVersion": api_version,
+            "kind": kind,
+            **result,
+            "metadata": {"resourceVersion": str(self._version)},
+        }

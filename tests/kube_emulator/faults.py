@@ -6,6 +6,7 @@ request draws its fate from a generator seeded with (seed, method, path, how man
 method and path came before): the n-th write to an object meets the same fault in every run,
 however the operator's requests interleave.
 """
+
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ WRITES = ("POST", "PATCH", "PUT", "DELETE")
 @dataclass(slots=True)
 class Fault:
     """What happens to one request."""
+
     delay: float = 0.0  # seconds before it is served
     status: int | None = None  # answered with this error; nothing is stored
     lost: bool = False  # stored, then answered 500: the client cannot tell that it happened
@@ -34,6 +36,7 @@ class Faults:
     stream lives watch_lifetime seconds on average (None: until the client leaves), as API
     servers end them on timeouts and restarts; half of the drops say 410 Gone first.
     """
+
     seed: int = 0
     conflict: float = 0.0  # 409 Conflict, as when another writer got there first
     error: float = 0.0  # 500 Internal Server Error

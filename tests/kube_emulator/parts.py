@@ -1,11 +1,21 @@
 """Stateless pieces of the emulated API server (emulator.KubeEmulator):
 the request log, watch replays and stream ends, the Scale subresource and `kubectl get` Tables.
 """
+
 import asyncio
 import datetime
 
-GONE = {"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 410,
-                                    "reason": "Expired", "message": "the watch's resourceVersion is too old"}}
+GONE = {
+    "type": "ERROR",
+    "object": {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": "Failure",
+        "code": 410,
+        "reason": "Expired",
+        "message": "the watch's resourceVersion is too old",
+    },
+}
 
 # the scale paths of a kind without a CRD declaring them (Deployments and the like)
 DEFAULT_SCALE_PATHS = (".spec.replicas", ".status.replicas", ".status.selector")
@@ -54,7 +64,9 @@ def replay(objects, request) -> list[dict]:
         if not obj.deleted and since is None:
             events.append({"type": "ADDED", "object": obj.raw})
         elif since is not None and version > since:
-            events.append({"type": "DELETED" if obj.deleted else "MODIFIED", "object": obj.last.raw})
+            events.append(
+                {"type": "DELETED" if obj.deleted else "MODIFIED", "object": obj.last.raw}
+            )
     return events
 
 
@@ -88,7 +100,9 @@ def json_path(obj, path: str | None):
 def age(timestamp: str | None) -> str:
     if not timestamp:
         return "<unknown>"
-    then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=datetime.timezone.utc
+    )
     seconds = int((datetime.datetime.now(datetime.timezone.utc) - then).total_seconds())
     return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m"
 
@@ -96,21 +110,43 @@ def age(timestamp: str | None) -> str:
 def scale(obj: dict, paths: tuple[str, str, str | None] = DEFAULT_SCALE_PATHS) -> dict:
     """The autoscaling/v1 Scale view of an object, given its (spec, status, selector) paths."""
     spec_path, status_path, selector_path = paths
-    meta = {k: obj["metadata"].get(k) for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")}
-    return {"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": meta,
-            "spec": {"replicas": json_path(obj, spec_path) or 0},
-            "status": {"replicas": json_path(obj, status_path) or 0,
-                       "selector": json_path(obj, selector_path) or ""}}
+    meta = {
+        k: obj["metadata"].get(k)
+        for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+    }
+    return {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": meta,
+        "spec": {"replicas": json_path(obj, spec_path) or 0},
+        "status": {
+            "replicas": json_path(obj, status_path) or 0,
+            "selector": json_path(obj, selector_path) or "",
+        },
+    }
 
 
 def table(printer_columns: list[dict], objs: list[dict], resource_version: str) -> dict:
     """What `kubectl get` shows: a CRD's printer columns, as the API server renders them."""
     columns = [c for c in printer_columns if c["jsonPath"] != ".metadata.creationTimestamp"]
-    return {"apiVersion": "meta.k8s.io/v1", "kind": "Table", "metadata": {"resourceVersion": resource_version},
-            "columnDefinitions": [{"name": "Name", "type": "string", "format": "name"}]
-            + [{"name": c["name"], "type": c["type"], "format": ""} for c in columns]
-            + [{"name": "Age", "type": "string", "format": ""}],
-            "rows": [{"cells": [o["metadata"]["name"]] + [json_path(o, c["jsonPath"]) for c in columns]
-                      + [age(o["metadata"].get("creationTimestamp"))],
-                      "object": {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-                                 "metadata": o["metadata"]}} for o in objs]}
+    return {
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "Table",
+        "metadata": {"resourceVersion": resource_version},
+        "columnDefinitions": [{"name": "Name", "type": "string", "format": "name"}]
+        + [{"name": c["name"], "type": c["type"], "format": ""} for c in columns]
+        + [{"name": "Age", "type": "string", "format": ""}],
+        "rows": [
+            {
+                "cells": [o["metadata"]["name"]]
+                + [json_path(o, c["jsonPath"]) for c in columns]
+                + [age(o["metadata"].get("creationTimestamp"))],
+                "object": {
+                    "apiVersion": "meta.k8s.io/v1",
+                    "kind": "PartialObjectMetadata",
+                    "metadata": o["metadata"],
+                },
+            }
+            for o in objs
+        ],
+    }

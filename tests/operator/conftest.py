@@ -10,6 +10,7 @@ RBAC rules. `operator` runs the real operator (kopf's KopfRunner, standalone, al
 against it. Each test works in its own namespace (`ns`), so one cluster and one operator serve
 the whole module.
 """
+
 import itertools
 import pathlib
 
@@ -60,6 +61,7 @@ def crd() -> dict:
 def crd_validator(crd):
     """A jsonschema validator for LLMDeployment bodies, from the CRD's OpenAPI schema."""
     import jsonschema
+
     schema = _to_json_schema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
     schema["properties"]["metadata"] = {"type": "object"}
     return jsonschema.Draft4Validator(schema)
@@ -82,7 +84,11 @@ def _to_json_schema(node):
         pattern = out.pop("pattern", None)
         string = {"type": "string", **({"pattern": pattern} if pattern else {})}
         out["anyOf"] = [{"type": "integer"}, string]
-    if out.get("type") == "object" and "properties" in out and not node.get("x-kubernetes-preserve-unknown-fields"):
+    if (
+        out.get("type") == "object"
+        and "properties" in out
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out.setdefault("additionalProperties", False)  # a structural schema prunes unknown fields
     return out
 

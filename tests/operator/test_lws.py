@@ -1,6 +1,7 @@
 """The LeaderWorkerSet builder (operator/lws.py): valid against the real LWS CRD, leader and
 workers wired to one another through LWS's environment, GPUs per pod, leaders-only selector,
 groups scaled by replicas, and sizes that do not fill whole nodes refused."""
+
 import pytest
 
 from pagedserve.operator.apply import strip_none
@@ -24,9 +25,16 @@ def crd() -> dict:
 
 
 def render(tp: int = 8, pp: int = 2, gpus_per_node: int = 8, **spec) -> dict:
-    owner = llmdeployment("big", "team-a", model="meta-llama/Llama-3.1-405B-Instruct",
-                          tensorParallelSize=tp, pipelineParallelSize=pp, gpusPerNode=gpus_per_node,
-                          accelerator="amd", **spec)
+    owner = llmdeployment(
+        "big",
+        "team-a",
+        model="meta-llama/Llama-3.1-405B-Instruct",
+        tensorParallelSize=tp,
+        pipelineParallelSize=pp,
+        gpusPerNode=gpus_per_node,
+        accelerator="amd",
+        **spec,
+    )
     owner["metadata"]["uid"] = "uid-big"
     return strip_none(leader_worker_set(owner, parse_spec(owner["spec"]), CONFIG))
 
@@ -46,8 +54,11 @@ def test_valid_against_the_lws_crd_with_leader_and_workers_wired(crd):
     for c, rank in ((leader, "0"), (worker, "$(LWS_WORKER_INDEX)")):
         args = c["args"]
         assert flag(args, "--node-rank") == rank
-        assert (flag(args, "--nnodes"), flag(args, "--tensor-parallel-size"),
-                flag(args, "--pipeline-parallel-size")) == ("2", "8", "2")
+        assert (
+            flag(args, "--nnodes"),
+            flag(args, "--tensor-parallel-size"),
+            flag(args, "--pipeline-parallel-size"),
+        ) == ("2", "8", "2")
         assert flag(args, "--master-addr") == "$(LWS_LEADER_ADDRESS)"
         assert c["resources"]["limits"]["amd.com/gpu"] == "8"  # each pod: its node's ranks
         assert {"name": "shm", "mountPath": "/dev/shm"} in c["volumeMounts"]
@@ -66,11 +77,14 @@ def test_service_selects_leaders_and_status_counts_ready_groups():
     assert ready_groups({}) == 0
 
 
-@pytest.mark.parametrize("tp,pp,gpus,fragment", [
-    (4, 3, 8, r"4 x 3 = 12 ranks do not fill whole nodes of spec.gpusPerNode=8"),
-    (8, 2, 0, r"spec.gpusPerNode must be an integer >= 1"),
-    (8, 0, 8, r"spec.pipelineParallelSize must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "tp,pp,gpus,fragment",
+    [
+        (4, 3, 8, r"4 x 3 = 12 ranks do not fill whole nodes of spec.gpusPerNode=8"),
+        (8, 2, 0, r"spec.gpusPerNode must be an integer >= 1"),
+        (8, 0, 8, r"spec.pipelineParallelSize must be an integer >= 1"),
+    ],
+)
 def test_sizes_that_do_not_fill_whole_nodes_are_refused(tp, pp, gpus, fragment):
     with pytest.raises(SpecError, match=fragment):
         render(tp=tp, pp=pp, gpus_per_node=gpus)

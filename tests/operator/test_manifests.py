@@ -1,5 +1,6 @@
 """The children the operator builds: valid Kubernetes 1.37 objects for every kind of spec, with
 the GPU limits, server flags, probes and wiring the issue asks for."""
+
 import itertools
 
 import kubernetes_validate
@@ -14,34 +15,61 @@ from pagedserve.operator.spec import parse_spec
 CONFIG = OperatorConfig.from_env({})
 VARIANTS = {
     "plain": {},
-    "cache+secrets": {"modelCache": {"size": "200Gi", "storageClassName": "fast"},
-                      "hfTokenSecret": {"name": "hf", "key": "token"},
-                      "apiKeySecret": {"name": "api", "key": "key"}},
-    "autoscaling+pdb": {"autoscaling": {"minReplicas": 2, "maxReplicas": 6, "targetRequestsWaiting": 3},
-                        "podDisruptionBudget": {"maxUnavailable": 1}, "replicas": 2},
-    "everything": {"modelCache": {"existingClaim": "shared", "accessMode": "ReadWriteMany"},
-                   "hfTokenSecret": {"name": "hf", "key": "token"}, "servedModelName": "m",
-                   "engine": {"maxModelLen": 4096, "maxNumSeqs": 32, "maxNumBatchedTokens": 2048,
-                              "gpuMemoryUtilization": 0.85, "blockSize": 32, "dtype": "bfloat16",
-                              "enablePrefixCaching": False, "maxQueueLen": 100, "kvCacheMemory": "2Gi",
-                              "extraArgs": ["--seed", "7"]},
-                   "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "128Gi"}},
-                   "nodeSelector": {"node.kubernetes.io/instance-type": "mi300x"},
-                   "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                   "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                       "nodeSelectorTerms": [{"matchExpressions": [
-                           {"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
-                   "priorityClassName": "llm", "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
-                   "service": {"type": "LoadBalancer", "port": 80},
-                   "autoscaling": {"maxReplicas": 3}, "podDisruptionBudget": {"minAvailable": "50%"}},
+    "cache+secrets": {
+        "modelCache": {"size": "200Gi", "storageClassName": "fast"},
+        "hfTokenSecret": {"name": "hf", "key": "token"},
+        "apiKeySecret": {"name": "api", "key": "key"},
+    },
+    "autoscaling+pdb": {
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 6, "targetRequestsWaiting": 3},
+        "podDisruptionBudget": {"maxUnavailable": 1},
+        "replicas": 2,
+    },
+    "everything": {
+        "modelCache": {"existingClaim": "shared", "accessMode": "ReadWriteMany"},
+        "hfTokenSecret": {"name": "hf", "key": "token"},
+        "servedModelName": "m",
+        "engine": {
+            "maxModelLen": 4096,
+            "maxNumSeqs": 32,
+            "maxNumBatchedTokens": 2048,
+            "gpuMemoryUtilization": 0.85,
+            "blockSize": 32,
+            "dtype": "bfloat16",
+            "enablePrefixCaching": False,
+            "maxQueueLen": 100,
+            "kvCacheMemory": "2Gi",
+            "extraArgs": ["--seed", "7"],
+        },
+        "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "128Gi"}},
+        "nodeSelector": {"node.kubernetes.io/instance-type": "mi300x"},
+        "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+                    ]
+                }
+            }
+        },
+        "priorityClassName": "llm",
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+        "service": {"type": "LoadBalancer", "port": 80},
+        "autoscaling": {"maxReplicas": 3},
+        "podDisruptionBudget": {"minAvailable": "50%"},
+    },
 }
 MATRIX = list(itertools.product(["amd", "nvidia", "cpu"], [1, 4, 8], VARIANTS))
 
 
 def owner(name="llm", namespace="serving", **spec) -> dict:
-    return {"apiVersion": "pagedserve.io/v1alpha1", "kind": "LLMDeployment",
-            "metadata": {"name": name, "namespace": namespace, "uid": "0b7c2f4e-uid", "generation": 1},
-            "spec": {"model": "meta-llama/Meta-Llama-3-70B-Instruct", **spec}}
+    return {
+        "apiVersion": "pagedserve.io/v1alpha1",
+        "kind": "LLMDeployment",
+        "metadata": {"name": name, "namespace": namespace, "uid": "0b7c2f4e-uid", "generation": 1},
+        "spec": {"model": "meta-llama/Meta-Llama-3-70B-Instruct", **spec},
+    }
 
 
 def build(**spec) -> tuple[dict, dict]:
@@ -69,7 +97,9 @@ def test_every_child_is_a_valid_kubernetes_1_37_object(accelerator, tp, variant)
     assert kinds == expected
 
 
-@pytest.mark.parametrize("accelerator, resource", [("amd", "amd.com/gpu"), ("nvidia", "nvidia.com/gpu")])
+@pytest.mark.parametrize(
+    "accelerator, resource", [("amd", "amd.com/gpu"), ("nvidia", "nvidia.com/gpu")]
+)
 def test_gpu_pods_ask_for_one_gpu_per_rank(accelerator, resource):
     _, children = build(accelerator=accelerator, tensorParallelSize=4)
     limits = server(children)["resources"]["limits"]
@@ -93,12 +123,17 @@ def test_rocm_pod_has_shm_device_groups_and_the_configured_image():
 
 
 def test_cpu_pod_has_no_gpu_and_runs_on_cpu():
-    _, children = build(accelerator="cpu", tensorParallelSize=1, resources={"limits": {"memory": "2Gi"}})
+    _, children = build(
+        accelerator="cpu", tensorParallelSize=1, resources={"limits": {"memory": "2Gi"}}
+    )
     container = server(children)
     assert container["resources"] == {"limits": {"memory": "2Gi"}}
     assert container["args"][container["args"].index("--device") + 1] == "cpu"
     assert container["args"][container["args"].index("--distributed-executor-backend") + 1] == "uni"
-    assert "supplementalGroups" not in children["Deployment"]["spec"]["template"]["spec"]["securityContext"]
+    assert (
+        "supplementalGroups"
+        not in children["Deployment"]["spec"]["template"]["spec"]["securityContext"]
+    )
 
 
 def test_args_are_the_real_server_flags():
@@ -109,15 +144,23 @@ def test_args_are_the_real_server_flags():
     assert all(isinstance(a, str) for a in container["args"])
     args = build_parser().parse_args(container["args"])
     assert args.command == "serve" and args.model_tag == "meta-llama/Meta-Llama-3-70B-Instruct"
-    assert (args.port, args.tensor_parallel_size, args.distributed_executor_backend) == (80, 4, "mp")
+    assert (args.port, args.tensor_parallel_size, args.distributed_executor_backend) == (
+        80,
+        4,
+        "mp",
+    )
     assert (args.max_model_len, args.max_num_seqs, args.max_num_batched_tokens) == (4096, 32, 2048)
     assert (args.gpu_memory_utilization, args.block_size, args.dtype) == (0.85, 32, "bfloat16")
     assert (args.enable_prefix_caching, args.max_queue_len, args.seed) == (False, 100, 7)
-    assert args.kv_cache_memory == str(2 * 2**30)  # bytes: the engine reads 2GiB, not Kubernetes' 2Gi
+    assert args.kv_cache_memory == str(
+        2 * 2**30
+    )  # bytes: the engine reads 2GiB, not Kubernetes' 2Gi
     assert args.served_model_name == ["m"] and args.device == "cuda"
     # port 80 as a non-root user: the pod lowers the unprivileged port floor to it
     pod = children["Deployment"]["spec"]["template"]["spec"]
-    assert pod["securityContext"]["sysctls"] == [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "80"}]
+    assert pod["securityContext"]["sysctls"] == [
+        {"name": "net.ipv4.ip_unprivileged_port_start", "value": "80"}
+    ]
     assert container["ports"] == [{"name": "http", "containerPort": 80, "protocol": "TCP"}]
     assert args.api_key is None  # never a flag: it would show in `ps` and in the pod spec
 
@@ -139,7 +182,9 @@ def test_model_cache_pvc_is_mounted_as_the_hf_cache():
     pod = children["Deployment"]["spec"]["template"]["spec"]
     cache = next(v for v in pod["volumes"] if v["name"] == "model-cache")
     assert cache["persistentVolumeClaim"]["claimName"] == "llm-model-cache"
-    assert {"name": "model-cache", "mountPath": "/models-cache"} in pod["containers"][0]["volumeMounts"]
+    assert {"name": "model-cache", "mountPath": "/models-cache"} in pod["containers"][0][
+        "volumeMounts"
+    ]
     # two pods cannot share a ReadWriteOnce volume across nodes: replace, do not surge
     assert children["Deployment"]["spec"]["strategy"]["type"] == "Recreate"
 
@@ -158,29 +203,46 @@ def test_probes_drain_and_scrape_annotations():
     prestop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert template["spec"]["terminationGracePeriodSeconds"] > prestop + 60
     assert template["metadata"]["annotations"] == {
-        "prometheus.io/scrape": "true", "prometheus.io/port": "8000", "prometheus.io/path": "/metrics"}
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8000",
+        "prometheus.io/path": "/metrics",
+    }
 
 
 def test_service_selects_the_pods_and_children_are_owned():
     body, children = build(**VARIANTS["autoscaling+pdb"])
     deployment, service = children["Deployment"], children["Service"]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
-    for selector in (service["spec"]["selector"], deployment["spec"]["selector"]["matchLabels"],
-                     children["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"]):
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}
+    ]
+    for selector in (
+        service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"],
+        children["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"],
+    ):
         assert strip_none(selector).items() <= pod_labels.items()  # None: a key a patch removes
     for child in filter(None, children.values()):
         assert child["metadata"]["namespace"] == "serving"
         assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "pagedserve"
         assert child["metadata"]["labels"]["app.kubernetes.io/instance"] == "llm"
         (ref,) = child["metadata"]["ownerReferences"]
-        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == ("LLMDeployment", "llm", "0b7c2f4e-uid", True)
+        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
+            "LLMDeployment",
+            "llm",
+            "0b7c2f4e-uid",
+            True,
+        )
 
 
 def test_hpa_scales_the_llmdeployment_on_waiting_requests():
     _, children = build(**VARIANTS["autoscaling+pdb"])
     hpa = children["HorizontalPodAutoscaler"]["spec"]
-    assert hpa["scaleTargetRef"] == {"apiVersion": "pagedserve.io/v1alpha1", "kind": "LLMDeployment", "name": "llm"}
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "pagedserve.io/v1alpha1",
+        "kind": "LLMDeployment",
+        "name": "llm",
+    }
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 6)
     (metric,) = hpa["metrics"]
     assert metric["pods"]["metric"]["name"] == "pagedserve:num_requests_waiting"

@@ -21,25 +21,45 @@ from tests.kube_emulator import llmdeployment
 from tests.operator.conftest import CRD_PATH, EXAMPLES
 
 CONFIG = OperatorConfig(image_cpu="registry.test/ps:cpu", image_amd="registry.test/ps:rocm")
-BIG = dict(model="meta-llama/Llama-3.1-405B-Instruct", accelerator="amd", tensorParallelSize=8,
-           pipelineParallelSize=2, gpusPerNode=8)
+BIG = dict(
+    model="meta-llama/Llama-3.1-405B-Instruct",
+    accelerator="amd",
+    tensorParallelSize=8,
+    pipelineParallelSize=2,
+    gpusPerNode=8,
+)
 SHAPES = {
     "2 nodes": BIG,
-    "4 nodes of 4, pool, hpa, pdb": {**BIG, "gpusPerNode": 4, "inferencePool": {"enabled": True},
-                                     "autoscaling": {"maxReplicas": 3},
-                                     "podDisruptionBudget": {"maxUnavailable": 1}},
-    "tp across nodes, shared cache": {**BIG, "pipelineParallelSize": 1, "gpusPerNode": 4,
-                                      "modelCache": {"size": "1Ti", "accessMode": "ReadWriteMany"}},
+    "4 nodes of 4, pool, hpa, pdb": {
+        **BIG,
+        "gpusPerNode": 4,
+        "inferencePool": {"enabled": True},
+        "autoscaling": {"maxReplicas": 3},
+        "podDisruptionBudget": {"maxUnavailable": 1},
+    },
+    "tp across nodes, shared cache": {
+        **BIG,
+        "pipelineParallelSize": 1,
+        "gpusPerNode": 4,
+        "modelCache": {"size": "1Ti", "accessMode": "ReadWriteMany"},
+    },
     # KEDA scales the LLMDeployment (groups) on the leaders' waiting requests
-    "keda": {**BIG, "autoscaling": {"engine": "keda", "maxReplicas": 2,
-                                    "prometheusAddress": "http://prometheus.monitoring:9090"}},
+    "keda": {
+        **BIG,
+        "autoscaling": {
+            "engine": "keda",
+            "maxReplicas": 2,
+            "prometheusAddress": "http://prometheus.monitoring:9090",
+        },
+    },
 }
 
 
 @pytest.fixture(scope="module")
 def crds() -> dict:
     return {"lws": load(LWS_CRD), "llmd": load(CRD_PATH), "keda": load(KEDA_CRD)} | {
-        "pool " + gen: load(path) for gen, path in POOL_CRDS.items()}
+        "pool " + gen: load(path) for gen, path in POOL_CRDS.items()
+    }
 
 
 def render(name: str = "big", **spec) -> dict[str, dict]:
@@ -85,8 +105,10 @@ def test_multi_node_children_are_valid_and_replace_the_deployment(shape, crds):
 def test_service_pool_and_status_selector_pick_the_leaders_only():
     children = render(**SHAPES["4 nodes of 4, pool, hpa, pdb"])
     leader, worker = pods(children["LeaderWorkerSet"])
-    for selector in (children["Service"]["spec"]["selector"],
-                     children["InferencePool"]["spec"]["selector"]["matchLabels"]):
+    for selector in (
+        children["Service"]["spec"]["selector"],
+        children["InferencePool"]["spec"]["selector"]["matchLabels"],
+    ):
         assert selector.items() <= leader.items() and not selector.items() <= worker.items()
     # an HPA averages the metric over status.selector's pods: headless workers export none
     owner = llmdeployment("big", "team-a", **BIG)
@@ -123,9 +145,16 @@ def test_single_node_pipeline_is_a_deployment_with_the_flag():
 
 def test_status_counts_ready_groups_from_the_leader_worker_set():
     owner = llmdeployment("big", "team-a", **{**BIG, "replicas": 3})
-    lws = {"metadata": {"generation": 2}, "spec": {"replicas": 3},
-           "status": {"replicas": 3, "readyReplicas": 2, "updatedReplicas": 3,
-                      "observedGeneration": 2}}
+    lws = {
+        "metadata": {"generation": 2},
+        "spec": {"replicas": 3},
+        "status": {
+            "replicas": 3,
+            "readyReplicas": 2,
+            "updatedReplicas": 3,
+            "observedGeneration": 2,
+        },
+    }
     status = build_status(owner, lws, 8000)
     assert (status["readyReplicas"], status["ready"], status["phase"]) == (2, "2/3", "Progressing")
     lws["status"]["readyReplicas"] = 3
@@ -133,18 +162,33 @@ def test_status_counts_ready_groups_from_the_leader_worker_set():
 
 
 BAD = [  # (spec, what the operator says, refused by the CRD too)
-    ({**BIG, "tensorParallelSize": 4, "pipelineParallelSize": 3},
-     "4 x 3 = 12 ranks do not fill whole nodes of spec.gpusPerNode=8", True),
+    (
+        {**BIG, "tensorParallelSize": 4, "pipelineParallelSize": 3},
+        "4 x 3 = 12 ranks do not fill whole nodes of spec.gpusPerNode=8",
+        True,
+    ),
     ({**BIG, "pipelineParallelSize": 0}, "spec.pipelineParallelSize must be an integer >= 1", True),
     ({**BIG, "gpusPerNode": 0}, "spec.gpusPerNode must be an integer >= 1", True),
-    ({**BIG, "modelCache": {"size": "1Ti"}},
-     "spec.modelCache.accessMode ReadWriteOnce with a multi-node", True),
-    ({**BIG, "podDisruptionBudget": {"minAvailable": 1}},
-     "spec.podDisruptionBudget with a multi-node", True),
-    ({**BIG, "podDisruptionBudget": {"maxUnavailable": "50%"}},
-     "takes only maxUnavailable as a count", False),
-    ({**BIG, "resources": {"limits": {"amd.com/gpu": 16}}},
-     "is 16 but each pod runs 8 ranks", False),
+    (
+        {**BIG, "modelCache": {"size": "1Ti"}},
+        "spec.modelCache.accessMode ReadWriteOnce with a multi-node",
+        True,
+    ),
+    (
+        {**BIG, "podDisruptionBudget": {"minAvailable": 1}},
+        "spec.podDisruptionBudget with a multi-node",
+        True,
+    ),
+    (
+        {**BIG, "podDisruptionBudget": {"maxUnavailable": "50%"}},
+        "takes only maxUnavailable as a count",
+        False,
+    ),
+    (
+        {**BIG, "resources": {"limits": {"amd.com/gpu": 16}}},
+        "is 16 but each pod runs 8 ranks",
+        False,
+    ),
     ({**BIG, "engine": {"extraArgs": ["--nnodes=3"]}}, "extraArgs may not set --nnodes", False),
 ]
 
@@ -160,15 +204,33 @@ def test_bad_multi_node_specs_are_refused_naming_the_fields(spec, message, crd_r
 
 
 def test_render_prints_the_multi_node_example(crds):
-    done = subprocess.run([sys.executable, "-m", "pagedserve", "operator", "render", "-f",
-                           str(EXAMPLES / "llama3-405b-multinode.yaml")],
-                          capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent",
-                               "KUBECONFIG": "/nonexistent/kubeconfig"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pagedserve",
+            "operator",
+            "render",
+            "-f",
+            str(EXAMPLES / "llama3-405b-multinode.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": "/nonexistent",
+            "KUBECONFIG": "/nonexistent/kubeconfig",
+        },
+    )
     assert done.returncode == 0, done.stderr
     objects = {o["kind"]: o for o in yaml.safe_load_all(done.stdout) if o}
-    assert set(objects) == {"PersistentVolumeClaim", "LeaderWorkerSet", "Service",
-                            "PodDisruptionBudget"}
+    assert set(objects) == {
+        "PersistentVolumeClaim",
+        "LeaderWorkerSet",
+        "Service",
+        "PodDisruptionBudget",
+    }
     lws = validate(objects["LeaderWorkerSet"], crds["lws"])
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
     leader, _ = pods(lws)

@@ -12,8 +12,13 @@ from tests.kube_emulator import OPERATOR_AGENTS, EmulatedCluster, condition, llm
 from tests.operator.conftest import CRD_PATH
 from tests.operator.test_kubectl import KUBECTL, kubectl
 
-BIG = dict(model="meta-llama/Llama-3.1-405B-Instruct", accelerator="amd", tensorParallelSize=8,
-           pipelineParallelSize=2, gpusPerNode=8)
+BIG = dict(
+    model="meta-llama/Llama-3.1-405B-Instruct",
+    accelerator="amd",
+    tensorParallelSize=8,
+    pipelineParallelSize=2,
+    gpusPerNode=8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +29,10 @@ def cluster():
 
 
 def controlled_by(obj: dict, owner: dict) -> bool:
-    return any(ref["uid"] == owner["metadata"]["uid"] and ref.get("controller")
-               for ref in obj["metadata"].get("ownerReferences") or [])
+    return any(
+        ref["uid"] == owner["metadata"]["uid"] and ref.get("controller")
+        for ref in obj["metadata"].get("ownerReferences") or []
+    )
 
 
 def group(kube, ns: str) -> dict:
@@ -46,13 +53,25 @@ def test_leader_worker_set_follows_the_spec(cluster, ns):
     wait_for(lambda: group(kube, ns)["size"] == 2, what="the group size restored")
     # kubectl scale llmd scales groups
     assert "scaled" in kubectl(cluster, "scale", "llmd/big", "-n", ns, "--replicas", "3")
-    wait_for(lambda: kube.get("LeaderWorkerSet", ns, "big")["spec"]["replicas"] == 3,
-             what="3 groups")
+    wait_for(
+        lambda: kube.get("LeaderWorkerSet", ns, "big")["spec"]["replicas"] == 3, what="3 groups"
+    )
     # what the LWS controller would report: two of three groups ready
     generation = kube.get("LeaderWorkerSet", ns, "big")["metadata"]["generation"]
-    kube.patch("LeaderWorkerSet", ns, "big", {"status": {
-        "replicas": 3, "readyReplicas": 2, "updatedReplicas": 3, "observedGeneration": generation}},
-        subresource="status")
+    kube.patch(
+        "LeaderWorkerSet",
+        ns,
+        "big",
+        {
+            "status": {
+                "replicas": 3,
+                "readyReplicas": 2,
+                "updatedReplicas": 3,
+                "observedGeneration": generation,
+            }
+        },
+        subresource="status",
+    )
     status = lambda: kube.get("LLMDeployment", ns, "big").get("status") or {}  # noqa: E731
     wait_for(lambda: status().get("ready") == "2/3", what="2/3 ready groups in the status")
     assert status()["readyReplicas"] == 2 and f"{WORKER_INDEX_LABEL}=0" in status()["selector"]
@@ -63,7 +82,8 @@ def test_leader_worker_set_follows_the_spec(cluster, ns):
     assert WORKER_INDEX_LABEL not in kube.get("Service", ns, "big")["spec"]["selector"]
     calls = cluster.api_calls(OPERATOR_AGENTS, since=mark)
     assert all(rbac.allows(*call) for call in calls), sorted(
-        c for c in calls if not rbac.allows(*c))
+        c for c in calls if not rbac.allows(*c)
+    )
     # RBAC grants exactly the verbs the operator uses on them (kopf's list/watch since its start)
     used = {c.verb for c in cluster.api_calls(OPERATOR_AGENTS) if c.resource == "leaderworkersets"}
     (rule,) = [r for r in rbac.NAMESPACED if r.resource == "leaderworkersets"]
@@ -79,8 +99,11 @@ def test_bad_layout_gets_a_condition_and_an_event(cluster, ns):
     wait_for(lambda: reconciled().get("status") == "False", what="Reconciled=False")
     assert reconciled()["reason"] == "InvalidSpec"
     assert "12 ranks do not fill whole nodes of spec.gpusPerNode=8" in reconciled()["message"]
-    events = lambda: [e for e in cluster.objects("Event", ns)  # noqa: E731
-                      if e["involvedObject"]["name"] == "odd" and e["type"] == "Warning"]
+    events = lambda: [
+        e
+        for e in cluster.objects("Event", ns)  # noqa: E731
+        if e["involvedObject"]["name"] == "odd" and e["type"] == "Warning"
+    ]
     wait_for(events, what="a Warning Event")
     assert "gpusPerNode" in events()[0]["message"]
     assert kube.get("LeaderWorkerSet", ns, "odd") is None

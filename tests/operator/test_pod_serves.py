@@ -5,6 +5,7 @@ mounted (here: temporary folders at the mount paths' place), the readiness probe
 and termination is SIGTERM within terminationGracePeriodSeconds. Then the official openai client
 talks to it on the Service's port.
 """
+
 import os
 import pathlib
 import shutil
@@ -23,8 +24,12 @@ from pagedserve.operator.config import OperatorConfig
 from pagedserve.operator.manifests import desired_children
 from pagedserve.operator.spec import parse_spec
 
-pytestmark = [pytest.mark.slow,  # a real server process: torch import, model load, drain
-              pytest.mark.skipif("serve" not in SUBCOMMANDS, reason="`pagedserve serve` (the server issue) has not landed")]
+pytestmark = [
+    pytest.mark.slow,  # a real server process: torch import, model load, drain
+    pytest.mark.skipif(
+        "serve" not in SUBCOMMANDS, reason="`pagedserve serve` (the server issue) has not landed"
+    ),
+]
 API_KEY = "sk-operator-test-7d2e"
 SECRETS = {("api", "key"): API_KEY}
 
@@ -36,13 +41,24 @@ def free_port() -> int:
 
 
 def rendered_pod(port: int) -> dict:
-    owner = {"apiVersion": "pagedserve.io/v1alpha1", "kind": "LLMDeployment",
-             "metadata": {"name": "stories", "namespace": "demo", "uid": "u-1"},
-             "spec": {"model": "stories260K", "accelerator": "cpu", "service": {"port": port},
-                      "apiKeySecret": {"name": "api", "key": "key"},
-                      "engine": {"kvCacheMemory": "8Mi", "maxNumSeqs": 8}, "shutdownTimeoutSeconds": 5}}
+    owner = {
+        "apiVersion": "pagedserve.io/v1alpha1",
+        "kind": "LLMDeployment",
+        "metadata": {"name": "stories", "namespace": "demo", "uid": "u-1"},
+        "spec": {
+            "model": "stories260K",
+            "accelerator": "cpu",
+            "service": {"port": port},
+            "apiKeySecret": {"name": "api", "key": "key"},
+            "engine": {"kvCacheMemory": "8Mi", "maxNumSeqs": 8},
+            "shutdownTimeoutSeconds": 5,
+        },
+    }
     children = desired_children(owner, parse_spec(owner["spec"]), OperatorConfig.from_env({}))
-    return {"pod": children["Deployment"]["spec"]["template"]["spec"], "service": children["Service"]["spec"]}
+    return {
+        "pod": children["Deployment"]["spec"]["template"]["spec"],
+        "service": children["Service"]["spec"],
+    }
 
 
 def kubelet_env(container: dict, mounts: dict[str, str]) -> dict[str, str]:
@@ -70,12 +86,20 @@ def test_rendered_cpu_pod_serves_the_openai_api(tmp_path):
     assert service_port["port"] == container_port["containerPort"] == port
     bin_dir = str(pathlib.Path(sys.executable).parent)
     program = shutil.which(container["command"][0], path=bin_dir)
-    env = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "HOME": str(tmp_path),
-           "PYTHONUNBUFFERED": "1", **kubelet_env(container, mounts)}
+    env = {
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+        "HOME": str(tmp_path),
+        "PYTHONUNBUFFERED": "1",
+        **kubelet_env(container, mounts),
+    }
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([program, *container["command"][1:], *container["args"]], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [program, *container["command"][1:], *container["args"]],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         probe = container["readinessProbe"]["httpGet"]
         health = f"http://127.0.0.1:{container_port['containerPort']}{probe['path']}"
@@ -92,14 +116,20 @@ def test_rendered_cpu_pod_serves_the_openai_api(tmp_path):
         base = f"http://127.0.0.1:{service_port['port']}/v1"
         client = openai.OpenAI(base_url=base, api_key=API_KEY, max_retries=0, timeout=60)
         (model,) = [m.id for m in client.models.list().data]
-        done = client.completions.create(model=model, prompt="Once upon a time", max_tokens=24, temperature=0)
+        done = client.completions.create(
+            model=model, prompt="Once upon a time", max_tokens=24, temperature=0
+        )
         assert "Lily" in done.choices[0].text
         with pytest.raises(openai.AuthenticationError):  # the key from the Secret guards /v1
             openai.OpenAI(base_url=base, api_key="wrong", max_retries=0).models.list()
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text  # what Prometheus scrapes
+        metrics = httpx.get(
+            f"http://127.0.0.1:{port}/metrics", timeout=10
+        ).text  # what Prometheus scrapes
         assert "pagedserve:num_requests_waiting" in metrics
         proc.send_signal(signal.SIGTERM)  # after preStop, the kubelet's SIGTERM: drain, then exit
-        assert proc.wait(timeout=rendered["pod"]["terminationGracePeriodSeconds"]) == 0, log.read_text()[-3000:]
+        assert proc.wait(timeout=rendered["pod"]["terminationGracePeriodSeconds"]) == 0, (
+            log.read_text()[-3000:]
+        )
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,6 +1,7 @@
 """What the operator writes is safe: secret values never leave their Secret (pods get them
 through secretKeyRef only), the model server runs unprivileged on every accelerator (ROCm gets
 its device groups, not privileges), and the chart's RBAC names every verb and resource."""
+
 import base64
 import itertools
 import json
@@ -24,14 +25,24 @@ from tests.kube_emulator import (
 
 CONFIG = OperatorConfig.from_env({})
 CHART = Path(__file__).resolve().parents[2] / "charts" / "pagedserve"
-SECRETS = {"hfTokenSecret": {"name": "hf", "key": "token"}, "apiKeySecret": {"name": "api", "key": "key"}}
+SECRETS = {
+    "hfTokenSecret": {"name": "hf", "key": "token"},
+    "apiKeySecret": {"name": "api", "key": "key"},
+}
 VARIANTS = {
     "plain": {},
     "secrets": SECRETS,
-    "everything": {**SECRETS, "modelCache": {"size": "200Gi"}, "autoscaling": {"maxReplicas": 3},
-                   "podDisruptionBudget": {"maxUnavailable": 1}, "service": {"type": "LoadBalancer", "port": 80},
-                   "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}], "engine": {"extraArgs": ["--seed", "7"]},
-                   "resources": {"limits": {"memory": "64Gi"}}, "servedModelName": "m"},
+    "everything": {
+        **SECRETS,
+        "modelCache": {"size": "200Gi"},
+        "autoscaling": {"maxReplicas": 3},
+        "podDisruptionBudget": {"maxUnavailable": 1},
+        "service": {"type": "LoadBalancer", "port": 80},
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+        "engine": {"extraArgs": ["--seed", "7"]},
+        "resources": {"limits": {"memory": "64Gi"}},
+        "servedModelName": "m",
+    },
 }
 MATRIX = list(itertools.product(["amd", "nvidia", "cpu"], [1, 4, 8], VARIANTS))
 CREDENTIALS = {"HF_TOKEN": "hfTokenSecret", "PAGEDSERVE_API_KEY": "apiKeySecret"}
@@ -39,10 +50,18 @@ CREDENTIALS = {"HF_TOKEN": "hfTokenSecret", "PAGEDSERVE_API_KEY": "apiKeySecret"
 
 def pod_of(accelerator: str, tp: int, variant: str) -> tuple[dict, dict]:
     """(the spec, the Deployment's pod spec) the operator builds for it."""
-    spec = {"model": "meta-llama/Meta-Llama-3-70B-Instruct", "accelerator": accelerator,
-            "tensorParallelSize": tp, **VARIANTS[variant]}
-    owner = {"apiVersion": "pagedserve.io/v1alpha1", "kind": "LLMDeployment",
-             "metadata": {"name": "llm", "namespace": "serving", "uid": "uid-1", "generation": 1}, "spec": spec}
+    spec = {
+        "model": "meta-llama/Meta-Llama-3-70B-Instruct",
+        "accelerator": accelerator,
+        "tensorParallelSize": tp,
+        **VARIANTS[variant],
+    }
+    owner = {
+        "apiVersion": "pagedserve.io/v1alpha1",
+        "kind": "LLMDeployment",
+        "metadata": {"name": "llm", "namespace": "serving", "uid": "uid-1", "generation": 1},
+        "spec": spec,
+    }
     children = desired_children(owner, parse_spec(spec), CONFIG)
     return spec, strip_none(children["Deployment"]["spec"]["template"]["spec"])
 
@@ -61,7 +80,9 @@ def test_credentials_reach_the_pod_only_as_secret_refs(accelerator, tp, variant)
             assert env["name"] in user_env | {"HF_HOME"}, env
     asked = {name for name, field in CREDENTIALS.items() if field in spec}
     assert {e["name"] for e in container["env"]} & set(CREDENTIALS) == asked
-    assert not [a for a in container["args"] if "key" in a.lower() or "token" in a.lower()]  # `ps` shows args
+    assert not [
+        a for a in container["args"] if "key" in a.lower() or "token" in a.lower()
+    ]  # `ps` shows args
 
 
 @pytest.mark.parametrize("accelerator, tp, variant", MATRIX)
@@ -85,8 +106,12 @@ def test_the_server_runs_unprivileged(accelerator, tp, variant):
 
 
 def secret(name: str, key: str, value: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
-            "data": {key: base64.b64encode(value.encode()).decode()}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "data": {key: base64.b64encode(value.encode()).decode()},
+    }
 
 
 def test_secret_values_never_leave_the_secret(cluster, monkeypatch, ns):
@@ -97,47 +122,94 @@ def test_secret_values_never_leave_the_secret(cluster, monkeypatch, ns):
     config = OperatorConfig.from_env()
     cluster.kube.create("Secret", ns, secret("hf", "token", values["hf"]))
     cluster.kube.create("Secret", ns, secret("api", "key", values["api"]))
-    specs = {"rocm": dict(accelerator="amd", tensorParallelSize=4, **SECRETS),
-             "cuda": dict(accelerator="nvidia", tensorParallelSize=8, **VARIANTS["everything"]),
-             "cpu": dict(accelerator="cpu", apiKeySecret=SECRETS["apiKeySecret"])}
+    specs = {
+        "rocm": dict(accelerator="amd", tensorParallelSize=4, **SECRETS),
+        "cuda": dict(accelerator="nvidia", tensorParallelSize=8, **VARIANTS["everything"]),
+        "cpu": dict(accelerator="cpu", apiKeySecret=SECRETS["apiKeySecret"]),
+    }
     mark = len(cluster.requests())
-    with running_operator(cluster, namespaces=(ns,), debug=True) as runner:  # debug: kopf logs its patches
+    with running_operator(
+        cluster, namespaces=(ns,), debug=True
+    ) as runner:  # debug: kopf logs its patches
         for name, spec in specs.items():
             cluster.kube.create("LLMDeployment", ns, llmdeployment(name, ns, **spec))
-        cluster.kube.create("LLMDeployment", ns, llmdeployment(
-            "wrongkey", ns, hfTokenSecret={"name": "hf", "key": "nope"}))
+        cluster.kube.create(
+            "LLMDeployment",
+            ns,
+            llmdeployment("wrongkey", ns, hfTokenSecret={"name": "hf", "key": "nope"}),
+        )
         for name in specs:
-            wait_for(lambda: not diverged(cluster.kube, config, ns, name), what=f"{name}'s children")
-        wait_for(lambda: condition(cluster.kube.get("LLMDeployment", ns, "wrongkey"), "Ready").get("reason")
-                 == "SecretKeyNotFound", what="the missing key reported")
-    mine = [r for r in cluster.requests()[mark:] if r.headers.get("User-Agent", "").startswith(OPERATOR_AGENTS)]
-    assert any(r.method == "GET" and r.url.path.endswith("/secrets/hf") for r in mine)  # it had the values at hand
+            wait_for(
+                lambda name=name: not diverged(cluster.kube, config, ns, name),
+                what=f"{name}'s children",
+            )
+        wait_for(
+            lambda: (
+                condition(cluster.kube.get("LLMDeployment", ns, "wrongkey"), "Ready").get("reason")
+                == "SecretKeyNotFound"
+            ),
+            what="the missing key reported",
+        )
+    mine = [
+        r
+        for r in cluster.requests()[mark:]
+        if r.headers.get("User-Agent", "").startswith(OPERATOR_AGENTS)
+    ]
+    assert any(
+        r.method == "GET" and r.url.path.endswith("/secrets/hf") for r in mine
+    )  # it had the values at hand
     sent = b"\n".join(r.body for r in mine)
-    stored = json.dumps([cluster.objects(kind, ns) for kind in ("LLMDeployment", "Deployment", "Service", "Event",
-                                                                "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                                                                "PersistentVolumeClaim")])
+    stored = json.dumps(
+        [
+            cluster.objects(kind, ns)
+            for kind in (
+                "LLMDeployment",
+                "Deployment",
+                "Service",
+                "Event",
+                "HorizontalPodAutoscaler",
+                "PodDisruptionBudget",
+                "PersistentVolumeClaim",
+            )
+        ]
+    )
     for form in forms:
         assert form.encode() not in sent, "a secret value in a request the operator sent"
         assert form not in stored, "a secret value in an object the operator wrote"
         assert form not in runner.output, "a secret value in the operator's log"
     assert "SecretKeyNotFound" in stored  # the Event and status name the key, not the value
-    print(f"\nsecret values searched (plain and base64) in {len(mine)} operator requests ({len(sent)} body bytes), "
-          f"{len(stored)} bytes of stored objects, {len(runner.output.splitlines())} log lines: none found")
+    print(
+        f"\nsecret values searched (plain and base64) in {len(mine)} operator requests "
+        f"({len(sent)} body bytes), {len(stored)} bytes of stored objects, "
+        f"{len(runner.output.splitlines())} log lines: none found"
+    )
 
 
 def chart_rules(values: dict) -> list[dict]:
     helm = pytest.importorskip("helm_python")
     import yaml
+
     with helm.Chart.load(str(CHART)) as loaded:
         rendered = loaded.render(values, name="ps", namespace="pagedserve-system")
-    docs = [d for path, text in rendered.items() if not path.endswith("NOTES.txt")
-            for d in yaml.safe_load_all(text) if d]
+    docs = [
+        d
+        for path, text in rendered.items()
+        if not path.endswith("NOTES.txt")
+        for d in yaml.safe_load_all(text)
+        if d
+    ]
     return [rule for d in docs if d["kind"] in ("Role", "ClusterRole") for rule in d["rules"]]
 
 
-@pytest.mark.parametrize("values", [{}, {"operator": {"watchNamespaces": ["team-a"]}},
-                                    {"operator": {"peering": {"enabled": False}}}],
-                         ids=["cluster-wide", "namespaced", "standalone"])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"operator": {"watchNamespaces": ["team-a"]}},
+        {"operator": {"peering": {"enabled": False}}},
+    ],
+    ids=["cluster-wide", "namespaced", "standalone"],
+)
 def test_chart_rbac_has_no_wildcards_and_reads_secrets_only_by_name(values):
     rules = chart_rules(values)
     assert rules

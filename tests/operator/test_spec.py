@@ -1,4 +1,6 @@
-"""The LLMDeployment spec: the operator's parser agrees with the CRD, and bad values get clear errors."""
+"""The LLMDeployment spec: the operator's parser agrees with the CRD, and bad values get clear
+errors."""
+
 from decimal import Decimal
 
 import pytest
@@ -22,8 +24,15 @@ def test_minimal_spec_gets_the_documented_defaults():
 
 def test_operator_defaults_equal_the_crd_defaults(with_crd_defaults):
     # the API server fills the CRD's defaults in; the operator must reach the same spec without them
-    for raw in ({"model": "m"},
-                {"model": "m", "modelCache": {"size": "1Gi"}, "autoscaling": {"maxReplicas": 3}, "service": {}}):
+    for raw in (
+        {"model": "m"},
+        {
+            "model": "m",
+            "modelCache": {"size": "1Gi"},
+            "autoscaling": {"maxReplicas": 3},
+            "service": {},
+        },
+    ):
         defaulted = with_crd_defaults(raw)
         assert defaulted != raw
         assert parse_spec(defaulted) == parse_spec(raw)
@@ -49,46 +58,124 @@ def test_examples_are_valid_llmdeployments(examples, crd_validator):
         crd_validator.validate(body)
         spec = parse_spec(body["spec"])
         models[spec.model] = (spec.tensor_parallel_size, spec.accelerator)
-    assert models == {"Qwen/Qwen2-7B-Instruct": (1, "amd"), "01-ai/Yi-34B-Chat": (4, "amd"),
-                      "meta-llama/Meta-Llama-3-70B-Instruct": (4, "amd"), "stories260K": (1, "cpu"),
-                      "meta-llama/Llama-3.1-405B-Instruct": (8, "amd")}
+    assert models == {
+        "Qwen/Qwen2-7B-Instruct": (1, "amd"),
+        "01-ai/Yi-34B-Chat": (4, "amd"),
+        "meta-llama/Meta-Llama-3-70B-Instruct": (4, "amd"),
+        "stories260K": (1, "cpu"),
+        "meta-llama/Llama-3.1-405B-Instruct": (8, "amd"),
+    }
 
 
 def test_crd_schema_rejects_what_the_operator_rejects(crd_validator):
     import jsonschema
-    for spec in ({"model": "m", "tensorParallelSize": 0}, {"model": "m", "accelerator": "tpu"},
-                 {"model": "m", "modelCache": {"size": "lots"}}, {"model": ""}, {"model": "m", "typo": 1}):
+
+    for spec in (
+        {"model": "m", "tensorParallelSize": 0},
+        {"model": "m", "accelerator": "tpu"},
+        {"model": "m", "modelCache": {"size": "lots"}},
+        {"model": ""},
+        {"model": "m", "typo": 1},
+    ):
         with pytest.raises(jsonschema.ValidationError):
-            crd_validator.validate({"apiVersion": "pagedserve.io/v1alpha1", "kind": "LLMDeployment",
-                                    "metadata": {"name": "x"}, "spec": spec})
+            crd_validator.validate(
+                {
+                    "apiVersion": "pagedserve.io/v1alpha1",
+                    "kind": "LLMDeployment",
+                    "metadata": {"name": "x"},
+                    "spec": spec,
+                }
+            )
 
 
-@pytest.mark.parametrize("spec, reason, fragment", [
-    ({}, "InvalidSpec", "spec.model is required"),
-    ({"model": "m", "tensorParallelSize": 0}, "InvalidSpec", "tensorParallelSize must be an integer >= 1, got 0"),
-    ({"model": "m", "tensorParallelSize": "4"}, "InvalidSpec", "tensorParallelSize must be an integer, got '4'"),
-    ({"model": "m", "accelerator": "tpu"}, "InvalidSpec", "accelerator must be one of amd, nvidia, cpu, got 'tpu'"),
-    ({"model": "m", "modelCache": {"size": "lots"}}, "InvalidSpec", "modelCache.size: not a Kubernetes quantity: 'lots'"),
-    ({"model": "m", "modelCache": {}}, "InvalidSpec", "needs size"),
-    ({"model": "m", "replicas": -1}, "InvalidSpec", "replicas must be an integer >= 0"),
-    ({"model": "m", "autoscaling": {"minReplicas": 3, "maxReplicas": 2}}, "InvalidSpec", "maxReplicas (2) must be >= minReplicas (3)"),
-    ({"model": "m", "engine": {"gpuMemoryUtilization": 1.5}}, "InvalidSpec", "gpuMemoryUtilization must be in (0, 1]"),
-    ({"model": "m", "engine": {"dtype": "int3"}}, "InvalidSpec", "dtype must be one of"),
-    ({"model": "m", "engine": {"extraArgs": ["--api-key", "secret"]}}, "InvalidSpec", "may not set --api-key"),
-    ({"model": "m", "engine": {"extraArgs": ["--port=9000"]}}, "InvalidSpec", "may not set --port"),
-    ({"model": "m", "env": [{"name": "HF_TOKEN", "value": "x"}]}, "InvalidSpec", "may not set HF_TOKEN"),
-    ({"model": "m", "hfTokenSecret": {"name": "s"}}, "InvalidSpec", "needs both name and key"),
-    ({"model": "m", "tensorParallelSize": 4, "resources": {"limits": {"amd.com/gpu": 2}}}, "InvalidSpec",
-     "is 2 but each pod runs 4 ranks"),
-    ({"model": "m", "resources": {"limits": {"memory": "a lot"}}}, "InvalidSpec", "resources.limits['memory']"),
-    ({"model": "m", "podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}, "InvalidSpec", "exactly one"),
-    ({"model": "m", "service": {"port": 70000}}, "InvalidSpec", "port must be <= 65535"),
-    ({"model": "m", "tensorParalelSize": 2}, "InvalidSpec", "unknown field(s) tensorParalelSize"),
-    ({"model": "m", "replicas": True}, "InvalidSpec", "replicas must be an integer, got True"),
-    ({"model": "m", "engine": {"gpuMemoryUtilization": "high"}}, "InvalidSpec", "must be a number, got 'high'"),
-    ({"model": "m", "engine": {"kvCacheMemory": "lots"}}, "InvalidSpec", "kvCacheMemory: not a Kubernetes quantity"),
-    ({"model": "m", "service": []}, "InvalidSpec", "spec.service must be an object, got []"),
-])
+@pytest.mark.parametrize(
+    "spec, reason, fragment",
+    [
+        ({}, "InvalidSpec", "spec.model is required"),
+        (
+            {"model": "m", "tensorParallelSize": 0},
+            "InvalidSpec",
+            "tensorParallelSize must be an integer >= 1, got 0",
+        ),
+        (
+            {"model": "m", "tensorParallelSize": "4"},
+            "InvalidSpec",
+            "tensorParallelSize must be an integer, got '4'",
+        ),
+        (
+            {"model": "m", "accelerator": "tpu"},
+            "InvalidSpec",
+            "accelerator must be one of amd, nvidia, cpu, got 'tpu'",
+        ),
+        (
+            {"model": "m", "modelCache": {"size": "lots"}},
+            "InvalidSpec",
+            "modelCache.size: not a Kubernetes quantity: 'lots'",
+        ),
+        ({"model": "m", "modelCache": {}}, "InvalidSpec", "needs size"),
+        ({"model": "m", "replicas": -1}, "InvalidSpec", "replicas must be an integer >= 0"),
+        (
+            {"model": "m", "autoscaling": {"minReplicas": 3, "maxReplicas": 2}},
+            "InvalidSpec",
+            "maxReplicas (2) must be >= minReplicas (3)",
+        ),
+        (
+            {"model": "m", "engine": {"gpuMemoryUtilization": 1.5}},
+            "InvalidSpec",
+            "gpuMemoryUtilization must be in (0, 1]",
+        ),
+        ({"model": "m", "engine": {"dtype": "int3"}}, "InvalidSpec", "dtype must be one of"),
+        (
+            {"model": "m", "engine": {"extraArgs": ["--api-key", "secret"]}},
+            "InvalidSpec",
+            "may not set --api-key",
+        ),
+        (
+            {"model": "m", "engine": {"extraArgs": ["--port=9000"]}},
+            "InvalidSpec",
+            "may not set --port",
+        ),
+        (
+            {"model": "m", "env": [{"name": "HF_TOKEN", "value": "x"}]},
+            "InvalidSpec",
+            "may not set HF_TOKEN",
+        ),
+        ({"model": "m", "hfTokenSecret": {"name": "s"}}, "InvalidSpec", "needs both name and key"),
+        (
+            {"model": "m", "tensorParallelSize": 4, "resources": {"limits": {"amd.com/gpu": 2}}},
+            "InvalidSpec",
+            "is 2 but each pod runs 4 ranks",
+        ),
+        (
+            {"model": "m", "resources": {"limits": {"memory": "a lot"}}},
+            "InvalidSpec",
+            "resources.limits['memory']",
+        ),
+        (
+            {"model": "m", "podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}},
+            "InvalidSpec",
+            "exactly one",
+        ),
+        ({"model": "m", "service": {"port": 70000}}, "InvalidSpec", "port must be <= 65535"),
+        (
+            {"model": "m", "tensorParalelSize": 2},
+            "InvalidSpec",
+            "unknown field(s) tensorParalelSize",
+        ),
+        ({"model": "m", "replicas": True}, "InvalidSpec", "replicas must be an integer, got True"),
+        (
+            {"model": "m", "engine": {"gpuMemoryUtilization": "high"}},
+            "InvalidSpec",
+            "must be a number, got 'high'",
+        ),
+        (
+            {"model": "m", "engine": {"kvCacheMemory": "lots"}},
+            "InvalidSpec",
+            "kvCacheMemory: not a Kubernetes quantity",
+        ),
+        ({"model": "m", "service": []}, "InvalidSpec", "spec.service must be an object, got []"),
+    ],
+)
 def test_bad_specs_name_the_field(spec, reason, fragment):
     with pytest.raises(SpecError) as info:
         parse_spec(spec)
@@ -97,14 +184,29 @@ def test_bad_specs_name_the_field(spec, reason, fragment):
 
 
 def test_gpu_limit_equal_to_tp_is_accepted():
-    spec = parse_spec({"model": "m", "tensorParallelSize": 4, "accelerator": "nvidia",
-                       "resources": {"limits": {"nvidia.com/gpu": "4", "memory": "64Gi"}}})
+    spec = parse_spec(
+        {
+            "model": "m",
+            "tensorParallelSize": 4,
+            "accelerator": "nvidia",
+            "resources": {"limits": {"nvidia.com/gpu": "4", "memory": "64Gi"}},
+        }
+    )
     assert spec.resources["limits"]["memory"] == "64Gi"
 
 
-@pytest.mark.parametrize("text, value", [
-    ("200Gi", 200 * 2**30), ("1.5T", Decimal("1.5e12")), ("500m", Decimal("0.5")), ("4", 4),
-    ("1e3", 1000), (8, 8), ("128Mi", 128 * 2**20)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("200Gi", 200 * 2**30),
+        ("1.5T", Decimal("1.5e12")),
+        ("500m", Decimal("0.5")),
+        ("4", 4),
+        ("1e3", 1000),
+        (8, 8),
+        ("128Mi", 128 * 2**20),
+    ],
+)
 def test_quantities(text, value):
     assert parse_quantity(text) == value
 
