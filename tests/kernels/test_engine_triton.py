@@ -22,10 +22,10 @@ def greedy(path: str, backend: str, device) -> list[list[int]]:
 def test_triton_backend_matches_torch_greedy(tiny_model, kit, triton_ops, monkeypatch, arch):
     prefill_calls = []
 
-    def spy(q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale):
+    def spy(q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale, *window):
         q_lens = (query_start_loc[1:] - query_start_loc[:-1]).tolist()
         prefill_calls.append(list(zip(q_lens, seq_lens.tolist())))
-        return real(q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale)
+        return real(q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale, *window)
     real = triton_ops.paged_prefill_attention
     monkeypatch.setattr(triton_ops, "paged_prefill_attention", spy)
     path = tiny_model(arch)
