@@ -33,6 +33,20 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
                    default=d.enable_prefix_caching,
                    help="share KV blocks of common prompt prefixes")
+    _add_parallel_args(g, d)
+    g.add_argument("--device", default=d.device, help="auto, cpu or cuda (ROCm GPUs are cuda)")
+    g.add_argument("--kernel-backend", default=None,
+                   help="torch, cpu (compiled C attention) or triton; default triton on GPUs, "
+                        "cpu on CPUs")
+    g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction,
+                   default=d.enforce_eager,
+                   help="run decode eagerly; --no-enforce-eager captures CUDA/HIP graphs for "
+                        "decode (GPU with the triton backend only). Default on, unlike vLLM, "
+                        "until the graphs are verified on a GPU")
+
+
+def _add_parallel_args(g, d: SimpleNamespace) -> None:
+    """Tensor and pipeline parallelism, and ranks on several machines."""
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=d.tensor_parallel_size,
                    help="GPUs (ranks) one model is split across")
     g.add_argument("--pipeline-parallel-size", "-pp", type=int,
@@ -52,15 +66,6 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--distributed-executor-backend", default=None, choices=["uni", "mp"],
                    help="uni: one in-process rank; mp: one process per extra rank "
                         "(default for tp > 1)")
-    g.add_argument("--device", default=d.device, help="auto, cpu or cuda (ROCm GPUs are cuda)")
-    g.add_argument("--kernel-backend", default=None,
-                   help="torch, cpu (compiled C attention) or triton; default triton on GPUs, "
-                        "cpu on CPUs")
-    g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction,
-                   default=d.enforce_eager,
-                   help="run decode eagerly; --no-enforce-eager captures CUDA/HIP graphs for "
-                        "decode (GPU with the triton backend only). Default on, unlike vLLM, "
-                        "until the graphs are verified on a GPU")
 
 
 def engine_kwargs_from_args(args: argparse.Namespace) -> dict:

@@ -15,6 +15,33 @@ def add_parser(subparsers) -> None:
         "Deployments, Services, HPAs and PDBs. Uses the in-cluster service account, "
         "else $KUBECONFIG. Every setting also reads PAGEDSERVE_<SETTING> from the environment.",
     )
+    _add_scope_args(p)
+    p.add_argument(
+        "--liveness",
+        default=None,
+        metavar="URL",
+        help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
+    )
+    p.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="default: $PAGEDSERVE_LOG_LEVEL or info",
+    )
+    g = p.add_argument_group("settings")
+    for f in dataclasses.fields(OperatorConfig):
+        g.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            default=None,
+            help=f"(env PAGEDSERVE_{f.name.upper()})",
+        )
+    p.set_defaults(run=run)
+    _add_render_parser(p.add_subparsers(dest="action", metavar="{render}"))
+
+
+def _add_scope_args(p) -> None:
+    """Which namespaces this operator serves, and whether it is the only one."""
     scope = p.add_mutually_exclusive_group()
     scope.add_argument(
         "--namespace",
@@ -42,28 +69,6 @@ def add_parser(subparsers) -> None:
         metavar="NAME",
         help="kopf peering object name: of several operators, one is active",
     )
-    p.add_argument(
-        "--liveness",
-        default=None,
-        metavar="URL",
-        help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
-    )
-    p.add_argument(
-        "--log-level",
-        default=None,
-        choices=["debug", "info", "warning", "error"],
-        help="default: $PAGEDSERVE_LOG_LEVEL or info",
-    )
-    g = p.add_argument_group("settings")
-    for f in dataclasses.fields(OperatorConfig):
-        g.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            dest=f.name,
-            default=None,
-            help=f"(env PAGEDSERVE_{f.name.upper()})",
-        )
-    p.set_defaults(run=run)
-    _add_render_parser(p.add_subparsers(dest="action", metavar="{render}"))
 
 
 def _add_render_parser(subparsers) -> None:

@@ -335,6 +335,30 @@ def check_name(name: object) -> str:
     return name
 
 
+def _service(spec: Mapping) -> tuple[str, int]:
+    service = get(spec, "service", "spec", dict, {})
+    only(service, ("type", "port"), "spec.service")
+    port = integer(service, "port", "spec.service", 8000, minimum=1)
+    if port > 65535:
+        raise SpecError(f"spec.service.port must be <= 65535, got {port}")
+    return choice(service, "type", "spec.service", SERVICE_TYPES, "ClusterIP"), port
+
+
+def _node_selector(spec: Mapping) -> dict | None:
+    node_selector = get(spec, "nodeSelector", "spec", dict)
+    if node_selector and not all(isinstance(v, str) for v in node_selector.values()):
+        raise SpecError(f"spec.nodeSelector values must be strings, got {dict(node_selector)!r}")
+    return dict(node_selector) if node_selector else None
+
+
+def _optional_blocks(spec: Mapping) -> dict:
+    """modelCache, autoscaling and podDisruptionBudget: None when absent."""
+    blocks = (("modelCache", "model_cache", _cache), ("autoscaling", "autoscaling",
+              parse_autoscaling), ("podDisruptionBudget", "pod_disruption_budget", _pdb))
+    return {field: None if spec.get(key) is None else parse(get(spec, key, "spec", dict))
+            for key, field, parse in blocks}
+
+
 def parse_spec(spec: Mapping | None) -> LLMDeploymentSpec:
     """The typed spec, defaults filled in; SpecError naming the first bad field."""
     if not isinstance(spec, Mapping):
@@ -346,19 +370,8 @@ def parse_spec(spec: Mapping | None) -> LLMDeploymentSpec:
         raise SpecError("spec.model is required: a Hugging Face hub id or a path inside the pod")
     accelerator = choice(spec, "accelerator", w, tuple(GPU_RESOURCE), "amd")
     tp, pp, per_node = _layout(spec)
-    service = get(spec, "service", w, dict, {})
-    only(service, ("type", "port"), "spec.service")
-    port = integer(service, "port", "spec.service", 8000, minimum=1)
-    if port > 65535:
-        raise SpecError(f"spec.service.port must be <= 65535, got {port}")
-    node_selector = get(spec, "nodeSelector", w, dict)
-    if node_selector and not all(isinstance(v, str) for v in node_selector.values()):
-        raise SpecError(f"spec.nodeSelector values must be strings, got {dict(node_selector)!r}")
-    cache, scaling, pdb = (
-        spec.get("modelCache"),
-        spec.get("autoscaling"),
-        spec.get("podDisruptionBudget"),
-    )
+    service_type, port = _service(spec)
+    node_selector = _node_selector(spec)
     parsed = LLMDeploymentSpec(
         model=model.strip(),
         served_model_name=get(spec, "servedModelName", w, str),
@@ -369,28 +382,22 @@ def parse_spec(spec: Mapping | None) -> LLMDeploymentSpec:
         accelerator=accelerator,
         image=get(spec, "image", w, str),
         engine=_engine(get(spec, "engine", w, dict, {})),
-        model_cache=None if cache is None else _cache(get(spec, "modelCache", w, dict)),
         hf_token_secret=_secret(spec, "hfTokenSecret"),
         api_key_secret=_secret(spec, "apiKeySecret"),
         resources=_resources(
             get(spec, "resources", w, dict, {}), accelerator, min(tp * pp, per_node or tp * pp)
         ),
-        node_selector=dict(node_selector) if node_selector else None,
+        node_selector=node_selector,
         tolerations=list(get(spec, "tolerations", w, list, [])) or None,
         affinity=dict(get(spec, "affinity", w, dict, {})) or None,
         priority_class_name=get(spec, "priorityClassName", w, str),
         env=_env(get(spec, "env", w, list, [])),
-        service_type=choice(service, "type", "spec.service", SERVICE_TYPES, "ClusterIP"),
+        service_type=service_type,
         service_port=port,
-        autoscaling=None
-        if scaling is None
-        else parse_autoscaling(get(spec, "autoscaling", w, dict)),
         inference_pool=parse_inference_pool(get(spec, "inferencePool", w, dict, {})),
-        pod_disruption_budget=None
-        if pdb is None
-        else _pdb(get(spec, "podDisruptionBudget", w, dict)),
         startup_timeout_seconds=integer(spec, "startupTimeoutSeconds", w, 3600, minimum=10),
         shutdown_timeout_seconds=integer(spec, "shutdownTimeoutSeconds", w, 30, minimum=0),
+        **_optional_blocks(spec),
     )
     _check_multi_node(parsed)
     return parsed
