@@ -6,7 +6,7 @@ Deployment's status the way the Deployment controller would.
 
 import pytest
 
-from tests.kube_emulator import condition, llmdeployment, wait_for
+from tests.kube_emulator import condition, deployment_ready, llmdeployment, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -25,32 +25,7 @@ def events(cluster, ns, name):
 
 def pods_ready(cluster, ns, name, ready):
     """What the Deployment controller reports once `ready` pods pass their readiness probe."""
-    dep = child(cluster, "Deployment", ns, name)
-    want = dep["spec"]["replicas"]
-    cluster.kube.patch(
-        "Deployment",
-        ns,
-        name,
-        {
-            "status": {
-                "observedGeneration": dep["metadata"]["generation"],
-                "replicas": want,
-                "updatedReplicas": want,
-                "readyReplicas": ready,
-                "availableReplicas": ready,
-                "conditions": [
-                    {
-                        "type": "Progressing",
-                        "status": "True",
-                        "reason": "NewReplicaSetAvailable"
-                        if ready == want
-                        else "ReplicaSetUpdated",
-                    }
-                ],
-            }
-        },
-        subresource="status",
-    )
+    deployment_ready(cluster.kube, ns, name, ready)
 
 
 def args_of(deployment) -> list[str]:
