@@ -110,6 +110,8 @@ def main(args) -> int:
     from pagedserve.benchmarks import report
     from pagedserve.benchmarks.models import resolve_model
     from pagedserve.engine.arg_utils import engine_kwargs_from_args
+    if args.repeats < 1:  # no runs would leave no median to report
+        raise SystemExit(f"--repeats must be a positive integer, got {args.repeats}")
     set_threads(args.num_threads)
     backends, model = _backends(args.backend), resolve_model(args.model)
     kwargs, runs, peak = engine_kwargs_from_args(args), [], matmul_peak()

