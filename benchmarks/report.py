@@ -23,6 +23,15 @@ def machine() -> dict:
     return info
 
 
+def parse_backends(text: str | None, allowed: tuple[str, ...]) -> list[str]:
+    """--backend A,B: the names in order, each once; SystemExit names anything else."""
+    backends = list(dict.fromkeys(b.strip() for b in (text or "").split(",") if b.strip()))
+    if not backends or set(backends) - set(allowed):
+        raise SystemExit(f"--backend must be one or more of {', '.join(allowed)} "
+                         f"(comma-separated), got {text!r}")
+    return backends
+
+
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
     """columns: (key, header, format spec); a missing or None value prints as '-'."""
     cells = [[h for _, h, _ in columns]]

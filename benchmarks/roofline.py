@@ -95,13 +95,6 @@ COLUMNS = [("backend", "backend", "s"), ("batch_size", "batch", "d"),
            ("fraction_of_peak", "of peak", ".1%")]
 
 
-def _backends(text: str) -> list[str]:
-    backends = [b.strip() for b in text.split(",") if b.strip()]
-    if not backends or set(backends) - {"pagedserve", "llama.cpp"}:
-        raise SystemExit(f"--backend must be pagedserve, llama.cpp or both, got {text!r}")
-    return backends
-
-
 def main(args) -> int:
     """Each backend in turn, --repeats rounds (order alternating); medians against the best
     matmul peak measured before and after every run."""
@@ -113,7 +106,8 @@ def main(args) -> int:
     if args.repeats < 1:  # no runs would leave no median to report
         raise SystemExit(f"--repeats must be a positive integer, got {args.repeats}")
     set_threads(args.num_threads)
-    backends, model = _backends(args.backend), resolve_model(args.model)
+    backends = report.parse_backends(args.backend, ("pagedserve", "llama.cpp"))
+    model = resolve_model(args.model)
     kwargs, runs, peak = engine_kwargs_from_args(args), [], matmul_peak()
     for i in range(args.repeats):
         for b in backends if i % 2 == 0 else backends[::-1]:

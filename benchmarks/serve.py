@@ -131,7 +131,7 @@ def main(args) -> int:
     from pagedserve.engine.loader import default_model, resolve_model_path
     if args.request_rate <= 0:
         raise SystemExit("--request-rate must be positive (inf sends all at once)")
-    if args.backend:
+    if args.backend is not None:
         return _main_peers(args)
     args.base_url = args.base_url or "http://127.0.0.1:8000"
     path = resolve_model_path(resolve_model(args.tokenizer) or default_model())
@@ -169,6 +169,7 @@ def _main_peers(args) -> int:
     if given:
         raise SystemExit(f"{', '.join(given)} cannot be combined with --backend (it starts "
                          "its own servers for --model)")
+    serve_peers.parse_backends(args.backend, serve_peers.BACKENDS)  # before any work
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be a positive integer, got {args.rounds}")
     path = resolve_model_path(resolve_model(args.model) or default_model())

@@ -7,18 +7,12 @@ sides; each round's ratio compares runs minutes apart, and the medians are repor
 import asyncio
 import statistics
 
+from pagedserve.benchmarks.report import parse_backends
 from pagedserve.benchmarks.serve import run_load, served_model, summarize_results
 from pagedserve.benchmarks.servers import Server, start_llama_server, start_pagedserve
 from pagedserve.benchmarks.workload import BenchRequest
 
 BACKENDS = ("pagedserve", "llama.cpp")
-
-
-def parse_backends(text: str) -> list[str]:
-    backends = [b.strip() for b in text.split(",") if b.strip()]
-    if not backends or set(backends) - set(BACKENDS):
-        raise SystemExit(f"--backend must be some of {', '.join(BACKENDS)}, got {text!r}")
-    return backends
 
 
 def start(backend: str, model_path: str, requests: list[BenchRequest], slots: int) -> Server:
@@ -86,7 +80,7 @@ def summarize_rounds(runs: list[dict], backends: list[str]) -> list[dict]:
 
 def compare(args, model_path: str, requests: list[BenchRequest]) -> dict:
     """Start every backend, check parity, run the alternating rounds; stop them all."""
-    backends = parse_backends(args.backend)
+    backends = parse_backends(args.backend, BACKENDS)
     servers: list[Server] = []
     try:
         for b in backends:

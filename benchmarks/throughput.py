@@ -125,9 +125,7 @@ def main(args) -> int:
     from pagedserve.benchmarks.models import resolve_model
     from pagedserve.engine.arg_utils import engine_kwargs_from_args
     from pagedserve.engine.loader import default_model, resolve_model_path
-    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
-    if not backends or set(backends) - {"pagedserve", "hf"}:
-        raise SystemExit(f"--backend must be pagedserve, hf or both, got {args.backend!r}")
+    backends = report.parse_backends(args.backend, ("pagedserve", "hf"))
     set_threads(args.num_threads)
     model = resolve_model(args.model) or default_model()
     requests = load_workload_for(args, resolve_model_path(model))

@@ -42,9 +42,13 @@ def test_bench_serve_backend_refusals_name_the_flag(flags, named, no_servers):
 
 
 def test_parse_backends():
-    assert serve_peers.parse_backends(" llama.cpp, pagedserve ") == ["llama.cpp", "pagedserve"]
-    with pytest.raises(SystemExit, match="--backend"):
-        serve_peers.parse_backends(",")
+    allowed = serve_peers.BACKENDS
+    assert serve_peers.parse_backends(" llama.cpp, pagedserve ", allowed) == ["llama.cpp",
+                                                                               "pagedserve"]
+    assert serve_peers.parse_backends("pagedserve,pagedserve", allowed) == ["pagedserve"]
+    for bad in (",", "", "vllm"):
+        with pytest.raises(SystemExit, match="--backend"):
+            serve_peers.parse_backends(bad, allowed)
 
 
 @pytest.fixture

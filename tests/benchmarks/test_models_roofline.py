@@ -62,7 +62,7 @@ def test_latency_and_roofline_run(tmp_path, monkeypatch, capsys):
     roof = tmp_path / "roof.json"
     main(["bench", "roofline", "--model", "random:1M", "--batch-size", "2", "--context-len", "8",
           "--decode-steps", "2", "--output-json", str(roof)])
-    r = json.loads(roof.read_text())["results"]
+    r = json.loads(roof.read_text())["results"]["summary"][0]
     assert r["decode_gflops"] > 0 and r["matmul_peak_gflops"] > 0
     assert r["fraction_of_peak"] == pytest.approx(r["decode_gflops"] / r["matmul_peak_gflops"])
     assert (tmp_path / "llama-1M" / "config.json").exists()  # built once, in the cache folder
