@@ -5,12 +5,16 @@ the node's whole core count, while the cgroup quota lets the pod run on only a f
 threads then time-slice against each other, and a 2-thread matmul on an oversubscribed core
 was measured 10-20x slower than the same matmul on one thread. The quota is the truth.
 """
+import logging
 import math
 import os
+import time
+from dataclasses import dataclass
 
 import torch
 
 CGROUP_ROOT = "/sys/fs/cgroup"
+log = logging.getLogger(__name__)
 
 
 def _read(path: str) -> str | None:
@@ -50,3 +54,84 @@ def limit_torch_threads(share: int = 1) -> int:
         if wanted < torch.get_num_threads():
             torch.set_num_threads(wanted)
     return torch.get_num_threads()
+
+
+def _run_delay_ns() -> int:
+    """Nanoseconds this process's threads have spent runnable but waiting for a CPU."""
+    total = 0
+    for task in os.listdir("/proc/self/task"):
+        stat = _read(f"/proc/self/task/{task}/schedstat")
+        if stat:
+            total += int(stat.split()[1])
+    return total
+
+
+def _idle_cpus_ticks(stat: str | None = None) -> tuple[int, int]:
+    """(idle + iowait ticks, all ticks) over the CPUs this process may run on, from the
+    per-CPU lines of /proc/stat (on a big shared host the rest of the machine is not ours)."""
+    mine = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+    idle = total = 0
+    for line in (stat if stat is not None else _read("/proc/stat") or "").splitlines():
+        name, *fields = line.split()
+        if name in mine:
+            ticks = [int(x) for x in fields]
+            idle, total = idle + sum(ticks[3:5]), total + sum(ticks)
+    return idle, total
+
+
+@dataclass(slots=True)
+class ThreadSample:
+    wall_s: float
+    run_delay_ns: int
+    idle_ticks: int
+    all_ticks: int
+
+
+def take_sample() -> ThreadSample:
+    return ThreadSample(time.monotonic(), _run_delay_ns(), *_idle_cpus_ticks())
+
+
+def decide_threads(before: ThreadSample, after: ThreadSample, threads: int, most: int,
+                   cpus: int) -> int:
+    """The thread count for the next interval. Waiting for a CPU a quarter of the time means
+    another process holds one of our cores: a thread fewer stops the team's barriers from
+    waiting on a descheduled member (what made 2-thread steps 3-10x slower on a busy host).
+    A core's worth of idle time on our `cpus` while below `most` gives a thread back."""
+    wall = after.wall_s - before.wall_s
+    if wall <= 0:
+        return threads
+    waiting = (after.run_delay_ns - before.run_delay_ns) / 1e9 / (wall * threads)
+    ticks = after.all_ticks - before.all_ticks
+    idle_cpus = cpus * (after.idle_ticks - before.idle_ticks) / ticks if ticks else 0
+    if threads > 1 and waiting > 0.25:
+        return threads - 1
+    if threads < most and idle_cpus > 0.9 and waiting < 0.05:
+        return threads + 1
+    return threads
+
+
+class ThreadGovernor:
+    """Adapts torch's CPU threads to the cores this process really gets, checked every
+    `interval_s` from the scheduler's own accounting (/proc schedstat and stat): no timing
+    of our steps, so a slow model cannot look like a busy host. Off when the user chose
+    OMP_NUM_THREADS, or where /proc has no schedstat."""
+
+    def __init__(self, interval_s: float = 2.0) -> None:
+        self.most = torch.get_num_threads()
+        self.interval_s = interval_s
+        self.enabled = (self.most > 1 and not os.environ.get("OMP_NUM_THREADS")
+                        and os.path.exists("/proc/self/schedstat"))
+        self.last = take_sample() if self.enabled else None
+
+    def tick(self) -> None:
+        """Call once per step; samples and acts only once an interval has passed."""
+        if not self.enabled or time.monotonic() - self.last.wall_s < self.interval_s:
+            return
+        now, threads = take_sample(), torch.get_num_threads()
+        wanted = decide_threads(self.last, now, threads, self.most,
+                                len(os.sched_getaffinity(0)))
+        if wanted != threads:
+            log.info("CPU threads %d -> %d (%s)", threads, wanted,
+                     "cores busy elsewhere" if wanted < threads else "cores free again")
+            torch.set_num_threads(wanted)
+        self.last = now

@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 from pagedserve.engine.config import EngineConfig
-from pagedserve.engine.cpu_threads import limit_torch_threads, usable_cpus
+from pagedserve.engine.cpu_threads import ThreadGovernor, limit_torch_threads, usable_cpus
 from pagedserve.engine.distributed import (
     abort_group,
     check_no_group,
@@ -51,8 +51,10 @@ class UniExecutor:
 
     def __init__(self, config: EngineConfig) -> None:
         device = resolve_device(config.device)
+        self.governor = None
         if device.type == "cpu":
             limit_torch_threads()
+            self.governor = ThreadGovernor()
         self.runner = ModelRunner(config, device)
 
     def init_kv_cache(self) -> int:
@@ -61,6 +63,8 @@ class UniExecutor:
         return num_blocks
 
     def execute(self, step: StepInput) -> torch.Tensor:
+        if self.governor is not None:
+            self.governor.tick()
         return self.runner.execute(step)
 
     def check_health(self) -> None:

@@ -5,7 +5,6 @@ and every `--help` stay light.
 """
 import argparse
 import importlib
-import os
 import sys
 
 # subcommand -> module with add_parser(subparsers) and run(args)
@@ -35,10 +34,6 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Idle OpenMP threads (torch's, which the CPU attention kernel shares) sleep instead of
-    # spinning: on a shared or CPU-limited host spinning made CPU runs up to 10x slower.
-    # Read when torch loads, so it is set here, before any subcommand imports torch.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return args.run(args) or 0
 
 

@@ -68,3 +68,73 @@ def test_the_engine_applies_the_limit(stories_path, tmp_path, monkeypatch, resto
     assert torch.get_num_threads() == 1
     out = llm.generate(["Once upon a time"], SamplingParams(max_tokens=4, temperature=0))
     assert len(out[0].outputs[0].token_ids) == 4
+
+
+# --- the thread governor: decisions from the scheduler's accounting, no timing involved
+
+def _sample(wall, delay_s, idle, total):
+    return cpu_threads.ThreadSample(wall, int(delay_s * 1e9), idle, total)
+
+
+def test_governor_drops_a_thread_when_the_team_waits_for_cpus():
+    # 2 threads over 2 s waited 1.5 s in the run queue: another process holds a core
+    before, after = _sample(0, 0, 0, 0), _sample(2.0, 1.5, 0, 400)
+    assert cpu_threads.decide_threads(before, after, threads=2, most=2, cpus=2) == 1
+    assert cpu_threads.decide_threads(before, after, threads=1, most=2, cpus=2) == 1  # floor
+
+
+def test_governor_gives_a_thread_back_when_a_core_is_idle():
+    # 1 thread, no waiting, half of the 2 CPUs' ticks idle: a whole core is free
+    before, after = _sample(0, 0, 0, 0), _sample(2.0, 0.0, 200, 400)
+    assert cpu_threads.decide_threads(before, after, threads=1, most=2, cpus=2) == 2
+    assert cpu_threads.decide_threads(before, after, threads=2, most=2, cpus=2) == 2  # at most
+
+
+def test_governor_keeps_threads_on_a_quiet_or_a_full_host():
+    quiet = _sample(2.0, 0.01, 4, 400)   # busy with our own work, nobody waiting
+    assert cpu_threads.decide_threads(_sample(0, 0, 0, 0), quiet, 2, 2, 2) == 2
+    full = _sample(2.0, 0.0, 10, 400)    # 1 thread, the other core used by someone else
+    assert cpu_threads.decide_threads(_sample(0, 0, 0, 0), full, 1, 2, 2) == 1
+    assert cpu_threads.decide_threads(_sample(1, 0, 0, 0), _sample(1, 5, 0, 0), 2, 2, 2) == 2
+
+
+def test_idle_ticks_count_only_the_cpus_we_may_run_on(monkeypatch):
+    monkeypatch.setattr(cpu_threads.os, "sched_getaffinity", lambda pid: {1})
+    stat = ("cpu  10 0 10 100 5 0 0 0 0 0\n"
+            "cpu0 5 0 5 50 0 0 0 0 0 0\n"
+            "cpu1 1 0 2 30 4 0 0 0 0 0\n"
+            "intr 12345\n")
+    assert cpu_threads._idle_cpus_ticks(stat) == (34, 37)
+
+
+def test_governor_is_off_when_the_user_chose_the_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setattr(cpu_threads.torch, "get_num_threads", lambda: 2)
+    governor = cpu_threads.ThreadGovernor(interval_s=0)
+    assert not governor.enabled
+    governor.tick()  # does nothing, reads nothing
+
+
+def test_governor_acts_on_what_it_decides(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = {"n": 2}
+    monkeypatch.setattr(cpu_threads.torch, "get_num_threads", lambda: threads["n"])
+    monkeypatch.setattr(cpu_threads.torch, "set_num_threads", lambda n: threads.update(n=n))
+    samples = iter([_sample(0, 0, 0, 0), _sample(2.0, 2.0, 0, 400)])
+    monkeypatch.setattr(cpu_threads, "take_sample", lambda: next(samples))
+    monkeypatch.setattr(cpu_threads.os.path, "exists", lambda p: True)
+    governor = cpu_threads.ThreadGovernor(interval_s=0)
+    governor.tick()
+    assert threads["n"] == 1 and governor.most == 2
+
+
+def test_openmp_spins_briefly_unless_the_user_chose(tmp_path):
+    import subprocess
+    import sys
+    code = "import os, pagedserve; print(os.environ.get('GOMP_SPINCOUNT'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "30000"
+    mine = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**env, "OMP_WAIT_POLICY": "PASSIVE"})
+    assert mine.stdout.strip() == "None"  # a spin count would override the user's policy
