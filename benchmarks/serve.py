@@ -40,6 +40,19 @@ def summarize_results(results: list[RequestResult], duration_s: float) -> dict:
 
 
 async def _one(client, url: str, payload: dict, req: BenchRequest) -> RequestResult:
+    """One streamed request. A kept-alive connection the server closed while it sat in the
+    pool fails before any response; that request is sent once more on a fresh connection
+    (nothing was generated for it), as a browser or the OpenAI client would."""
+    res = await _attempt(client, url, payload, req)
+    if res.error and res.error.startswith(STALE_CONNECTION) and not res.chunk_times:
+        res = await _attempt(client, url, payload, req)
+    return res
+
+
+STALE_CONNECTION = "RemoteProtocolError: Server disconnected without sending a response"
+
+
+async def _attempt(client, url: str, payload: dict, req: BenchRequest) -> RequestResult:
     res = RequestResult(req.prompt_len)
     start = time.perf_counter()
     try:

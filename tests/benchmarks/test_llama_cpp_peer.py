@@ -204,6 +204,30 @@ def test_a_stream_without_tokens_is_an_error(body):
     assert _stream(body).error == "no tokens streamed"
 
 
+def _flaky(failures: int):
+    """A server whose first `failures` requests find their kept-alive connection closed."""
+    calls = {"n": 0}
+
+    def handle(request):
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(200, content=_sse(_text("a"), _usage(1)),
+                              headers={"content-type": "text/event-stream"})
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+            return await _one(client, "http://fake/v1/completions", {}, BenchRequest([1], 1))
+    return asyncio.run(go()), calls["n"]
+
+
+def test_a_stale_connection_is_retried_once():
+    res, calls = _flaky(1)
+    assert res.error is None and res.output_len == 1 and calls == 2
+    res, calls = _flaky(2)  # a server that keeps dropping requests is a failure
+    assert res.error.startswith("RemoteProtocolError") and calls == 2
+
+
 def test_summarize_rounds_takes_medians():
     def run(b, rate, ttft, tpot, failed=0):
         return {"backend": b, "output_tokens_per_s": rate, "ttft_ms": {"median": ttft},
