@@ -11,14 +11,7 @@ from tests.crds.validate import KEDA_CRD, LWS_CRD, POOL_CRDS
 from tests.kube_emulator import OPERATOR_AGENTS, EmulatedCluster, condition, llmdeployment, wait_for
 from tests.operator.conftest import CRD_PATH
 from tests.operator.test_kubectl import KUBECTL, kubectl
-
-BIG = dict(
-    model="meta-llama/Llama-3.1-405B-Instruct",
-    accelerator="amd",
-    tensorParallelSize=8,
-    pipelineParallelSize=2,
-    gpusPerNode=8,
-)
+from tests.operator.test_multinode_manifests import BIG
 
 
 @pytest.fixture(scope="module")
