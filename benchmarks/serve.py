@@ -146,6 +146,9 @@ def main(args) -> int:
         raise SystemExit("--request-rate must be positive (inf sends all at once)")
     if args.backend is not None:
         return _main_peers(args)
+    if args.rounds is not None:
+        raise SystemExit("--rounds needs --backend (a running server at --base-url is loaded "
+                         "once)")
     args.base_url = args.base_url or "http://127.0.0.1:8000"
     path = resolve_model_path(resolve_model(args.tokenizer) or default_model())
     requests = load_workload_for(args, path)
@@ -183,6 +186,7 @@ def _main_peers(args) -> int:
         raise SystemExit(f"{', '.join(given)} cannot be combined with --backend (it starts "
                          "its own servers for --model)")
     serve_peers.parse_backends(args.backend, serve_peers.BACKENDS)  # before any work
+    args.rounds = 3 if args.rounds is None else args.rounds
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be a positive integer, got {args.rounds}")
     path = resolve_model_path(resolve_model(args.model) or default_model())

@@ -34,6 +34,7 @@ def no_servers(monkeypatch):
     (["--backend", "llama.cpp", "--tokenizer", "random:1M"], "--tokenizer"),
     (["--backend", "pagedserve", "--structured-outputs", "json"], "--structured-outputs"),
     (["--backend", "pagedserve", "--rounds", "0"], "--rounds"),
+    (["--rounds", "2"], "--rounds needs --backend"),  # not silently one run at --base-url
 ])
 def test_bench_serve_backend_refusals_name_the_flag(flags, named, no_servers):
     with pytest.raises(SystemExit, match=re.escape(named)):
