@@ -8,6 +8,7 @@ names below. Until then they are the torch reference. Triton is imported only wh
 from pagedserve.kernels.backend import active_backend, select_backend
 from pagedserve.kernels.reference import (
                                           fused_moe,
+                                          linear,
                                           paged_attention_decode,
                                           paged_prefill_attention,
                                           rms_norm,
@@ -16,6 +17,5 @@ from pagedserve.kernels.reference import (
                                           store_kv_cache,
 )
 
-__all__ = ["select_backend", "active_backend", "store_kv_cache", "paged_attention_decode",
-           "paged_prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
-           "fused_moe"]
+__all__ = ["select_backend", "active_backend", "linear", "store_kv_cache", "paged_attention_decode",
+           "paged_prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul", "fused_moe"]

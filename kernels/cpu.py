@@ -1,4 +1,5 @@
-"""The CPU backend: paged attention compiled from csrc/paged_attention.c, torch for the rest.
+"""The CPU backend: paged attention compiled from csrc/paged_attention.c, linear layers
+through oneDNN (onednn.py), torch for the rest.
 
 The C file is built on first use with the system C compiler into a cache folder
 ($PAGEDSERVE_KERNEL_CACHE, default ~/.cache/pagedserve/kernels) under a name hashed from the
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from pagedserve.kernels import reference
+from pagedserve.kernels.onednn import linear
 from pagedserve.kernels.reference import (
     fused_moe,
     rms_norm,
@@ -27,8 +29,8 @@ from pagedserve.kernels.reference import (
     store_kv_cache,
 )
 
-__all__ = ["store_kv_cache", "paged_attention_decode", "paged_prefill_attention", "rms_norm",
-           "rotary_embedding", "silu_and_mul", "fused_moe", "load", "available"]
+__all__ = ["linear", "store_kv_cache", "paged_attention_decode", "paged_prefill_attention",
+           "rms_norm", "rotary_embedding", "silu_and_mul", "fused_moe", "load", "available"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"

@@ -13,6 +13,12 @@ import torch.nn.functional as F
 from pagedserve.kernels.utils import cdiv
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ weight.T + bias, weight [out_features, in_features] (torch's F.linear)."""
+    return F.linear(x, weight, bias)
+
+
 def store_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
                    v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """Write the step's new keys and values [T, Hkv, D] into the paged cache at their slots."""

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedserve import kernels
 from pagedserve.engine.distributed import all_reduce, gather_to_first, tp_rank, tp_size
 from pagedserve.kernels.utils import cdiv
 
@@ -33,5 +34,5 @@ class ParallelLMHead(VocabParallelEmbedding):
     """Logits for the selected positions, gathered on rank 0 (the only rank that samples)."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        logits = gather_to_first(F.linear(hidden, self.weight))
+        logits = gather_to_first(kernels.linear(hidden, self.weight))
         return None if logits is None else logits[:, :self.vocab_size]

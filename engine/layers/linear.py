@@ -1,9 +1,9 @@
 """Megatron-style linear layers. Each parameter carries a weight_loader that reads only this
 rank's shard from a safetensors slice, so no rank ever materialises the full weight."""
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pagedserve import kernels
 from pagedserve.engine.distributed import all_reduce, tp_rank, tp_size
 
 
@@ -29,7 +29,7 @@ class LinearBase(nn.Module):
 
 class ReplicatedLinear(LinearBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return kernels.linear(x, self.weight, self.bias)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -43,7 +43,7 @@ class ColumnParallelLinear(LinearBase):
         param.data.copy_(loaded[tp_rank() * size:(tp_rank() + 1) * size])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return kernels.linear(x, self.weight, self.bias)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -106,7 +106,7 @@ class RowParallelLinear(LinearBase):
         param.data.copy_(loaded[:, tp_rank() * size:(tp_rank() + 1) * size])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        y = kernels.linear(x, self.weight)
         if self.reduce_results:
             y = all_reduce(y)
         return y if self.bias is None else y + self.bias

@@ -52,19 +52,21 @@ def test_preemption_under_a_small_pool(arch, tiny_model, hf_greedy, mixed_prompt
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_prefix_caching_shares_blocks(arch, tiny_model, hf_greedy, mixed_prompts):
+def test_prefix_caching_shares_blocks(arch, tiny_model, assert_matches_hf, mixed_prompts):
+    # near-tie aware: on qwen3 the tail [8, 9] meets a 2e-6 logit gap, which sums in another
+    # order (a prefill of the tail alone, another GEMM library) may break either way
     path = tiny_model(arch)
     shared = mixed_prompts[0][3][:50]  # a 50-token prefix: three full blocks of 16
     prompts = [shared + tail for tail in ([7], [8, 9], [10, 11, 12], [300] * 20, [])]
     max_tokens = [6, 9, 4, 8, 5]
     llm = LLM(path, block_size=16, max_num_seqs=2)  # later prompts arrive after earlier ones
-    assert greedy(llm, prompts, max_tokens) == hf_greedy(path, prompts, max_tokens)
+    assert_matches_hf(path, prompts, max_tokens, greedy(llm, prompts, max_tokens))
     bm = llm.llm_engine.block_manager
     assert bm.prefix_hits >= 3 * 16 * 3, (bm.prefix_hits, bm.prefix_queries)
     assert_no_blocks_held(llm)
     # the same prompts again are served from blocks freed but still cached
     hits = bm.prefix_hits
-    assert greedy(llm, prompts[:1], [3]) == hf_greedy(path, prompts[:1], [3])
+    assert_matches_hf(path, prompts[:1], [3], greedy(llm, prompts[:1], [3]))
     assert bm.prefix_hits == hits + 48
 
 
