@@ -2,7 +2,7 @@
 import argparse
 from types import SimpleNamespace
 
-from pagedserve.engine.config import DTYPES, EngineConfig
+from pagedserve.engine.config import DTYPES, KV_CACHE_DTYPES, EngineConfig
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--kv-cache-memory", default=None,
                    help="KV cache size in bytes or like '2GiB' (overrides the GPU fraction; "
                         "CPU default 4GiB)")
+    g.add_argument("--kv-cache-dtype", default=d.kv_cache_dtype, choices=KV_CACHE_DTYPES,
+                   help="KV cache element type; auto = the model's dtype. bfloat16 halves the "
+                        "cache's memory and what decode attention reads (faster on CPUs)")
     g.add_argument("--num-kv-blocks", type=int, default=None,
                    help="exact KV block count (debugging)")
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,

@@ -12,6 +12,8 @@ DEVICES = ("auto", "cpu", "cuda")  # ROCm GPUs are "cuda" to torch
 # --dtype's names (vLLM's); the aliases name the same torch dtypes
 DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
 DTYPE_ALIASES = {"half": "float16", "float": "float32"}
+# --kv-cache-dtype's names: vLLM's, less its fp8 ones (no fp8 kernels here yet)
+KV_CACHE_DTYPES = ("auto", "bfloat16")
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
           "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tib": 2**40}
 
@@ -116,6 +118,9 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     kv_cache_memory: int | str | None = None
     num_kv_blocks: int | None = None  # exact pool size; for tests and debugging
+    # "auto": the model's dtype; "bfloat16" halves the bytes attention reads per token (on
+    # CPUs, where decode attention waits on memory, and for a float32 model on GPUs)
+    kv_cache_dtype: str = "auto"
     tensor_parallel_size: int = 1
     # contiguous stages of layers, each a tensor-parallel group (engine/pipeline.py)
     pipeline_parallel_size: int = 1
@@ -169,6 +174,9 @@ class EngineConfig:
                              f"got {self.gpu_memory_utilization!r}")
         if self.kv_cache_memory is not None:
             self.kv_cache_memory = parse_bytes(self.kv_cache_memory)
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                             f"got {self.kv_cache_dtype!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.device.split(":")[0] not in DEVICES:

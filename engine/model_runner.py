@@ -63,6 +63,8 @@ class ModelRunner:
         self.config, self.device, self.tp, self.pp = config, device, tp, pp
         mc = config.model_config
         self.dtype = resolve_dtype(config.dtype, mc.torch_dtype, device)
+        self.kv_dtype = (self.dtype if config.kv_cache_dtype == "auto"
+                         else torch_dtype(config.kv_cache_dtype))
         kernels.select_backend(device, config.kernel_backend)
         torch.manual_seed(config.seed)
         default = torch.get_default_dtype()
@@ -95,7 +97,7 @@ class ModelRunner:
 
     def kv_bytes_per_block(self) -> int:
         a = self.attn_layers[0]
-        per_token = 2 * a.num_kv_heads * a.head_size * self.dtype.itemsize
+        per_token = 2 * a.num_kv_heads * a.head_size * self.kv_dtype.itemsize
         return per_token * self.block_size * len(self.attn_layers)
 
     def decide_num_blocks(self) -> int:
@@ -137,8 +139,8 @@ class ModelRunner:
         a = self.attn_layers[0]
         shape = (num_blocks, self.block_size, a.num_kv_heads, a.head_size)
         for layer in self.attn_layers:
-            layer.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            layer.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            layer.k_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
+            layer.v_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
         self.num_blocks = num_blocks
         if num_blocks and capture and self.use_graphs:
             self._capture_graphs()

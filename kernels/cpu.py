@@ -4,8 +4,9 @@ through oneDNN (onednn.py), torch for the rest.
 The C file is built on first use with the system C compiler into a cache folder
 ($PAGEDSERVE_KERNEL_CACHE, default ~/.cache/pagedserve/kernels) under a name hashed from the
 source, flags, compiler and CPU, and loaded with ctypes. It reads K/V in place through the
-block table (the torch reference copies them out, padded). Without a working compiler, or
-for inputs it does not take (not float32, not on the CPU), the torch reference runs instead.
+block table (the torch reference copies them out, padded). Queries are float32, the cache
+float32 or bfloat16 (--kv-cache-dtype). Without a working compiler, or for inputs it does not
+take (other dtypes, not on the CPU), the torch reference runs instead.
 """
 import ctypes
 import hashlib
@@ -46,7 +47,8 @@ CACHE_ENV = "PAGEDSERVE_KERNEL_CACHE"
 _ARGTYPES = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
              ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
              ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-             ctypes.c_float, ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_void_p]
+             ctypes.c_float, ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_int,
+             ctypes.c_void_p]
 _lib: ctypes.CDLL | None = None
 _tried = False
 
@@ -123,7 +125,7 @@ def available() -> bool:
 
 def _takes(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     return (q.device.type == "cpu" and q.dtype == torch.float32
-            and k_cache.dtype == torch.float32 and q.stride(-1) == 1
+            and k_cache.dtype in (torch.float32, torch.bfloat16) and q.stride(-1) == 1
             and q.stride(-2) == q.shape[-1] and load() is not None)
 
 
@@ -133,7 +135,7 @@ def _run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
          logits_soft_cap: float | None) -> torch.Tensor | None:
     for t in (k_cache, v_cache, block_tables, seq_lens, query_start_loc):
         assert t is None or t.device.type == "cpu" and t.is_contiguous(), "CPU, contiguous"
-    assert v_cache.dtype == torch.float32 and v_cache.shape == k_cache.shape
+    assert v_cache.dtype == k_cache.dtype and v_cache.shape == k_cache.shape
     assert block_tables.dtype == seq_lens.dtype == torch.int32
     assert query_start_loc is None or query_start_loc.dtype == torch.int32
     num_tokens, num_heads, head_size = q.shape
@@ -145,7 +147,8 @@ def _run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         block_tables.data_ptr(), block_tables.stride(0), seq_lens.data_ptr(),
         None if query_start_loc is None else query_start_loc.data_ptr(), seq_lens.numel(),
         num_tokens, num_heads, k_cache.shape[2], head_size, k_cache.shape[1], scale,
-        sliding_window or 0, logits_soft_cap or 0.0, torch.get_num_threads(), None)
+        sliding_window or 0, logits_soft_cap or 0.0, k_cache.dtype == torch.bfloat16,
+        torch.get_num_threads(), None)
     return out if rc == 0 else None
 
 

@@ -25,14 +25,20 @@ def store_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
     if slot_mapping.numel() and int(slot_mapping.min()) < 0:  # padding: keep only real slots
         valid = slot_mapping >= 0
         key, value, slot_mapping = key[valid], value[valid], slot_mapping[valid]
-    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slot_mapping, key)
-    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, value)
+    # a cache of another dtype (--kv-cache-dtype) stores them rounded to it
+    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slot_mapping, key.to(k_cache.dtype))
+    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, value.to(v_cache.dtype))
 
 
 def _gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, max_len: int) -> torch.Tensor:
     """[num_seqs, max_len, Hkv, D] view of each sequence's cached tokens (padded)."""
     num_blocks = cdiv(max_len, cache.shape[1])
     return cache[block_tables[:, :num_blocks].long()].flatten(1, 2)[:, :max_len]
+
+
+def _widen(kv: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    # a cache kept in another dtype (--kv-cache-dtype) is attended to in the queries' dtype
+    return kv if kv.dtype == q.dtype else kv.to(q.dtype)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
@@ -81,8 +87,8 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     qp[seq_of_token, offset] = q
     q_pos = (seq_lens.long() - q_lens)[:, None] + torch.arange(max_q, device=q.device)
     mask = _visible(q_pos, max_kv, sliding_window)
-    k = _gather_kv(k_cache, block_tables, max_kv).transpose(1, 2)
-    v = _gather_kv(v_cache, block_tables, max_kv).transpose(1, 2)
+    k = _widen(_gather_kv(k_cache, block_tables, max_kv), q).transpose(1, 2)
+    v = _widen(_gather_kv(v_cache, block_tables, max_kv), q).transpose(1, 2)
     out = _attend(qp.transpose(1, 2), k, v, mask[:, None], scale, logits_soft_cap)
     return out.transpose(1, 2)[seq_of_token, offset]
 
@@ -95,8 +101,8 @@ def paged_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     window and soft-cap as in paged_prefill_attention)."""
     max_kv = int(seq_lens.max())
     mask = _visible(seq_lens.long() - 1, max_kv, sliding_window)
-    k = _gather_kv(k_cache, block_tables, max_kv).transpose(1, 2)
-    v = _gather_kv(v_cache, block_tables, max_kv).transpose(1, 2)
+    k = _widen(_gather_kv(k_cache, block_tables, max_kv), q).transpose(1, 2)
+    v = _widen(_gather_kv(v_cache, block_tables, max_kv), q).transpose(1, 2)
     out = _attend(q[:, :, None], k, v, mask[:, None, None], scale, logits_soft_cap)
     return out[:, :, 0]
 

@@ -56,7 +56,7 @@ def attend_tile(q, k, v, qk_mask, m, l, acc, scale_log2, FP32_DOT: tl.constexpr,
     if FP32_DOT:
         qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
     else:
-        qk = tl.dot(q, tl.trans(k))
+        qk = tl.dot(q, tl.trans(k.to(q.dtype)))  # the cache may hold another half type
     qk = tl.where(qk_mask, _soft_capped(qk, scale_log2, SOFT_CAP), float("-inf"))
     m_new = tl.maximum(m, tl.max(qk, 1))
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - -inf for unseen rows

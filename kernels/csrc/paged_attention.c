@@ -1,4 +1,5 @@
-/* Paged attention for CPUs: float32, one function for decode and (chunked) prefill.
+/* Paged attention for CPUs: float32 queries and math over a float32 or bfloat16 KV cache
+ * (kv_bf16), one function for decode and (chunked) prefill.
  *
  * Layouts are those of kernels/reference.py: k_cache/v_cache [num_blocks, block_size,
  * num_kv_heads, head_size], block_tables int32 [num_seqs, bt_stride], seq_lens int32,
@@ -19,6 +20,9 @@
 #ifdef __SSE__
 #include <xmmintrin.h>
 #endif
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 #define TILE 64          /* cached positions scored before the running max is updated */
 #define MAX_ROWS 32      /* query rows (tokens x group heads) sharing one pass over K/V */
@@ -27,10 +31,11 @@
 
 typedef struct {
     float *out;
-    const float *q, *k_cache, *v_cache;
+    const float *q;
+    const void *k_cache, *v_cache;  /* float or bfloat16 (uint16_t) elements */
     const int32_t *block_tables, *seq_lens, *query_start_loc;
     int64_t q_stride, bt_stride;
-    int num_heads, num_kv_heads, head_size, block_size, sliding_window;
+    int num_heads, num_kv_heads, head_size, block_size, sliding_window, kv_bf16;
     float scale, soft_cap;
 } Params;
 
@@ -61,37 +66,60 @@ static inline float tanh_(float x) {
 /* 8 floats at any alignment. Explicit vectors keep the head_size loops vectorized along the
  * head dimension: left alone, gcc vectorizes across tokens with slow gathers instead. */
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
+typedef int v8i __attribute__((vector_size(32)));
+typedef unsigned int v8u __attribute__((vector_size(32)));
+typedef uint16_t v8h __attribute__((vector_size(16), aligned(2)));
 
-static inline float dot(const int D, const float *restrict a, const float *restrict b) {
+/* Cache element i as float. BF (a compile-time constant in every caller) picks bfloat16,
+ * whose bits are a float's upper half: widening is a shift, so halving the bytes read costs
+ * next to nothing in a loop that waits on memory. */
+static inline float ld1(const int BF, const void *base, int64_t i) {
+    if (!BF) return ((const float *)base)[i];
+    union { uint32_t u; float f; } c = { .u = (uint32_t)((const uint16_t *)base)[i] << 16 };
+    return c.f;
+}
+
+static inline v8 ld8(const int BF, const void *base, int64_t i) {
+    if (!BF) return *(const v8 *)((const float *)base + i);
+#ifdef __AVX2__
+    const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)base + i));
+    return (v8)_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#else
+    const v8u w = __builtin_convertvector(*(const v8h *)((const uint16_t *)base + i), v8u);
+    return (v8)(w << 16);
+#endif
+}
+
+static inline float dot(const int D, const int BF, const float *restrict a, const void *k,
+                        int64_t off) {
     if (D % 8) {
         float d = 0.0f;
-        for (int e = 0; e < D; e++) d += a[e] * b[e];
+        for (int e = 0; e < D; e++) d += a[e] * ld1(BF, k, off + e);
         return d;
     }
-    v8 s = *(const v8 *)a * *(const v8 *)b;
-    for (int e = 8; e < D; e += 8) s += *(const v8 *)(a + e) * *(const v8 *)(b + e);
+    v8 s = *(const v8 *)a * ld8(BF, k, off);
+    for (int e = 8; e < D; e += 8) s += *(const v8 *)(a + e) * ld8(BF, k, off + e);
     return (s[0] + s[4]) + (s[1] + s[5]) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 
-static inline void axpy(const int D, float *restrict y, float a, const float *restrict x) {
+static inline void axpy(const int D, const int BF, float *restrict y, float a, const void *v,
+                        int64_t off) {
     if (D % 8) {
-        for (int e = 0; e < D; e++) y[e] += a * x[e];
+        for (int e = 0; e < D; e++) y[e] += a * ld1(BF, v, off + e);
         return;
     }
-    for (int e = 0; e < D; e += 8) *(v8 *)(y + e) += a * *(const v8 *)(x + e);
+    for (int e = 0; e < D; e += 8) *(v8 *)(y + e) += a * ld8(BF, v, off + e);
 }
-
-typedef int v8i __attribute__((vector_size(32)));
 
 /* Eight dot products at once: one vector of partial sums per key row, then a transposing
  * reduction, so the horizontal adds cost 3 shuffle levels per 8 scores instead of per one. */
-static inline void dot8(const int D, const float *restrict q, const float *const *k,
-                        int64_t off, float scale, float *restrict sc) {
+static inline void dot8(const int D, const int BF, const float *restrict q, const void *k,
+                        const int64_t *rows, int64_t off, float scale, float *restrict sc) {
     v8 a[8];
-    for (int j = 0; j < 8; j++) a[j] = *(const v8 *)q * *(const v8 *)(k[j] + off);
+    for (int j = 0; j < 8; j++) a[j] = *(const v8 *)q * ld8(BF, k, rows[j] + off);
     for (int e = 8; e < D; e += 8) {
         const v8 qe = *(const v8 *)(q + e);
-        for (int j = 0; j < 8; j++) a[j] += qe * *(const v8 *)(k[j] + off + e);
+        for (int j = 0; j < 8; j++) a[j] += qe * ld8(BF, k, rows[j] + off + e);
     }
     const v8i lo = {0, 8, 2, 10, 4, 12, 6, 14}, hi = {1, 9, 3, 11, 5, 13, 7, 15};
     v8 s01 = __builtin_shuffle(a[0], a[1], lo) + __builtin_shuffle(a[0], a[1], hi);
@@ -105,37 +133,86 @@ static inline void dot8(const int D, const float *restrict q, const float *const
     *(v8 *)sc = (__builtin_shuffle(s03, s47, lo3) + __builtin_shuffle(s03, s47, hi3)) * scale;
 }
 
-/* One tile of `n` rows for one query row: scores, online-softmax update, V accumulation. */
-static inline __attribute__((always_inline)) void tile_row(
-        const int D, const float *restrict qrow, const float *const *krow,
-        const float *const *vrow, int64_t kv_off, int n, float scale, float soft_cap,
-        float *restrict acc, float *restrict m, float *restrict l) {
-    float sc[TILE];
-    float mx = *m;
-    int j0 = 0;
-    if (D % 8 == 0)
-        for (; j0 + 8 <= n; j0 += 8) dot8(D, qrow, krow + j0, kv_off, scale, sc + j0);
-    for (int j = j0; j < n; j++) sc[j] = dot(D, qrow, krow[j] + kv_off) * scale;
-    if (soft_cap > 0.0f)  /* a separate loop keeps the uncapped one as it was */
-        for (int j = 0; j < n; j++) sc[j] = soft_cap * tanh_(sc[j] / soft_cap);
-    for (int j = 0; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
-    float alpha = exp_neg(*m - mx), sum = 0.0f;
-    for (int j = 0; j < n; j++) {
-        sc[j] = exp_neg(sc[j] - mx);
-        sum += sc[j];
+/* Scores of every query row against the tile's tn keys (element offsets rows_at), eight
+ * keys per pass: each group of eight key rows is read for all heads before the next group,
+ * so reads stream through whole rows (a token's KV heads are contiguous) instead of taking
+ * one head's slice from each of a tile's rows per pass, which left the loads waiting. */
+static inline __attribute__((always_inline)) void tile_scores(
+        const int D, const int BF, const Params *p, int rows, const float *const *qrow,
+        const int64_t *kv_off, const int64_t *rows_at, int tn, float (*sc)[TILE]) {
+    for (int j0 = 0; j0 < tn; j0 += 8) {
+        const int jn = tn - j0 < 8 ? tn - j0 : 8;
+        for (int r = 0; r < rows; r++) {
+            if (D % 8 == 0 && jn == 8) {
+                dot8(D, BF, qrow[r], p->k_cache, rows_at + j0, kv_off[r], p->scale, sc[r] + j0);
+                continue;
+            }
+            for (int j = j0; j < j0 + jn; j++)
+                sc[r][j] = dot(D, BF, qrow[r], p->k_cache, rows_at[j] + kv_off[r]) * p->scale;
+        }
     }
+}
+
+/* The online-softmax step of one row over its visible keys [lo, hi) of the tile: scores
+ * become weights (zero outside the range), the running max, sum and output rescale. */
+static inline __attribute__((always_inline)) void row_softmax(
+        const int D, float *restrict s, int tn, int lo, int hi, float soft_cap,
+        float *restrict acc, float *restrict m, float *restrict l) {
+    if (soft_cap > 0.0f)  /* a separate loop keeps the uncapped one as it was */
+        for (int j = lo; j < hi; j++) s[j] = soft_cap * tanh_(s[j] / soft_cap);
+    float mx = *m, sum = 0.0f;
+    for (int j = lo; j < hi; j++) mx = s[j] > mx ? s[j] : mx;
+    const float alpha = exp_neg(*m - mx);
+    for (int j = lo; j < hi; j++) {
+        s[j] = exp_neg(s[j] - mx);
+        sum += s[j];
+    }
+    for (int j = 0; j < lo; j++) s[j] = 0.0f;
+    for (int j = hi; j < tn; j++) s[j] = 0.0f;
     for (int e = 0; e < D; e++) acc[e] *= alpha;
-    for (int j = 0; j < n; j++) axpy(D, acc, sc[j], vrow[j] + kv_off);
     *l = *l * alpha + sum;
     *m = mx;
+}
+
+/* acc += sum over J keys of w[j] * V[j]: eight output lanes at a time stay in a register
+ * while the J rows are added in (J a constant where it can be, so the loop unrolls). */
+static inline __attribute__((always_inline)) void values_group(
+        const int D, const int BF, const int J, const void *v, const int64_t *rows_at,
+        int64_t off, const float *restrict w, float *restrict acc) {
+    if (D % 8) {
+        for (int j = 0; j < J; j++) axpy(D, BF, acc, w[j], v, rows_at[j] + off);
+        return;
+    }
+    for (int e = 0; e < D; e += 8) {
+        v8 a = *(const v8 *)(acc + e);
+        for (int j = 0; j < J; j++) a += w[j] * ld8(BF, v, rows_at[j] + off + e);
+        *(v8 *)(acc + e) = a;
+    }
+}
+
+/* Every row's weighted sum of the tile's values, in the same groups of eight key rows. */
+static inline __attribute__((always_inline)) void tile_values(
+        const int D, const int BF, const Params *p, int rows, const int64_t *kv_off,
+        const int64_t *rows_at, int tn, float (*sc)[TILE], float *restrict acc) {
+    for (int j0 = 0; j0 < tn; j0 += 8) {
+        const int jn = tn - j0 < 8 ? tn - j0 : 8;
+        for (int r = 0; r < rows; r++) {
+            if (jn == 8)
+                values_group(D, BF, 8, p->v_cache, rows_at + j0, kv_off[r], sc[r] + j0,
+                             acc + r * D);
+            else
+                values_group(D, BF, jn, p->v_cache, rows_at + j0, kv_off[r], sc[r] + j0,
+                             acc + r * D);
+        }
+    }
 }
 
 static inline int64_t row_offset(const Params *p, const int32_t *table, int t, int64_t stride) {
     return ((int64_t)table[t / p->block_size] * p->block_size + t % p->block_size) * stride;
 }
 
-static inline __attribute__((always_inline)) void run_chunk(const int D, const Params *p,
-                                                            Chunk c) {
+static inline __attribute__((always_inline)) void run_chunk(const int D, const int BF,
+                                                            const Params *p, Chunk c) {
     const int G = p->num_heads / p->num_kv_heads, heads = (c.h1 - c.h0) * G;
     const int seq_len = p->seq_lens[c.seq];
     const int q_start = p->query_start_loc ? p->query_start_loc[c.seq] : c.seq;
@@ -144,9 +221,9 @@ static inline __attribute__((always_inline)) void run_chunk(const int D, const P
     const int rows = (c.q1 - c.q0) * heads, n_kv = first + c.q1;
     const int32_t *table = p->block_tables + (int64_t)c.seq * p->bt_stride;
     const int64_t stride = (int64_t)p->num_kv_heads * D;
-    float acc[MAX_ROWS * MAX_HEAD], m[MAX_ROWS], l[MAX_ROWS];
-    const float *qrow[MAX_ROWS], *krow[TILE], *vrow[TILE];
-    int64_t kv_off[MAX_ROWS];
+    float acc[MAX_ROWS * MAX_HEAD], m[MAX_ROWS], l[MAX_ROWS], sc[MAX_ROWS][TILE];
+    const float *qrow[MAX_ROWS];
+    int64_t kv_off[MAX_ROWS], rows_at[TILE];
     for (int r = 0; r < rows; r++) {
         m[r] = NEG_BIG;
         l[r] = 0.0f;
@@ -160,20 +237,17 @@ static inline __attribute__((always_inline)) void run_chunk(const int D, const P
     const int t_lo = W > 0 && first + c.q0 - W + 1 > 0 ? first + c.q0 - W + 1 : 0;
     for (int t0 = t_lo; t0 < n_kv; t0 += TILE) {
         const int tn = n_kv - t0 < TILE ? n_kv - t0 : TILE;
-        for (int j = 0; j < tn; j++) {
-            const int64_t off = row_offset(p, table, t0 + j, stride);
-            krow[j] = p->k_cache + off;
-            vrow[j] = p->v_cache + off;
-        }
+        for (int j = 0; j < tn; j++) rows_at[j] = row_offset(p, table, t0 + j, stride);
+        tile_scores(D, BF, p, rows, qrow, kv_off, rows_at, tn, sc);
         for (int r = 0; r < rows; r++) {
             const int pos = first + c.q0 + r / heads;
             const int visible = pos + 1 - t0;  /* causal limit here */
             const int n = visible < tn ? visible : tn;
             const int skip = W > 0 && pos - W + 1 > t0 ? pos - W + 1 - t0 : 0;  /* window */
-            if (n > skip)
-                tile_row(D, qrow[r], krow + skip, vrow + skip, kv_off[r], n - skip, p->scale,
-                         p->soft_cap, acc + r * D, m + r, l + r);
+            row_softmax(D, sc[r], tn, skip, n > skip ? n : skip, p->soft_cap, acc + r * D,
+                        m + r, l + r);
         }
+        tile_values(D, BF, p, rows, kv_off, rows_at, tn, sc, acc);
     }
     for (int r = 0; r < rows; r++) {
         float *restrict o = p->out + ((int64_t)(q_start + c.q0 + r / heads) * p->num_heads
@@ -184,14 +258,21 @@ static inline __attribute__((always_inline)) void run_chunk(const int D, const P
 }
 
 /* Constant head sizes let the compiler unroll and vectorize the head_size loops fully. */
+#define HEAD_SIZES(BF) \
+    switch (p->head_size) { \
+    case 8: run_chunk(8, BF, p, c); break; \
+    case 16: run_chunk(16, BF, p, c); break; \
+    case 32: run_chunk(32, BF, p, c); break; \
+    case 64: run_chunk(64, BF, p, c); break; \
+    case 128: run_chunk(128, BF, p, c); break; \
+    default: run_chunk(p->head_size, BF, p, c); \
+    }
+
 static void run_item(const Params *p, Chunk c) {
-    switch (p->head_size) {
-    case 8: run_chunk(8, p, c); break;
-    case 16: run_chunk(16, p, c); break;
-    case 32: run_chunk(32, p, c); break;
-    case 64: run_chunk(64, p, c); break;
-    case 128: run_chunk(128, p, c); break;
-    default: run_chunk(p->head_size, p, c);
+    if (p->kv_bf16) {
+        HEAD_SIZES(1)
+    } else {
+        HEAD_SIZES(0)
     }
 }
 
@@ -242,18 +323,18 @@ static void work(const Params *p, const Chunk *chunks, int total, int *next) {
  * counter == NULL: threads come from OpenMP (num_threads of them, when compiled with it).
  * Otherwise the caller runs this from several threads sharing *counter (initially 0), each
  * taking the next (chunk, kv head) work item until none is left. */
-int paged_attention(float *out, const float *q, int64_t q_stride, const float *k_cache,
-                    const float *v_cache, const int32_t *block_tables, int64_t bt_stride,
+int paged_attention(float *out, const float *q, int64_t q_stride, const void *k_cache,
+                    const void *v_cache, const int32_t *block_tables, int64_t bt_stride,
                     const int32_t *seq_lens, const int32_t *query_start_loc, int num_seqs,
                     int num_tokens, int num_heads, int num_kv_heads, int head_size,
                     int block_size, float scale, int sliding_window, float soft_cap,
-                    int num_threads, int *counter) {
+                    int kv_bf16, int num_threads, int *counter) {
     if (head_size > MAX_HEAD || num_kv_heads <= 0 || num_heads % num_kv_heads
         || num_heads / num_kv_heads > MAX_ROWS)
         return -1;
     const Params p = { out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
                        q_stride, bt_stride, num_heads, num_kv_heads, head_size, block_size,
-                       sliding_window, scale, soft_cap };
+                       sliding_window, kv_bf16 != 0, scale, soft_cap };
     if (num_threads < 1) num_threads = 1;
     Chunk *chunks = malloc(sizeof(Chunk) * (size_t)(num_tokens + num_seqs) * num_kv_heads);
     if (!chunks) return -1;

@@ -41,12 +41,17 @@ def check(out: torch.Tensor, ref: torch.Tensor) -> None:
     assert err <= TOL, f"max abs error {err:.3g}"
 
 
+# a bfloat16 cache (--kv-cache-dtype) under float32 queries: the reference widens it
+CACHE_DTYPES = [torch.float32, torch.bfloat16]
+
+
 @pytest.mark.parametrize("page", [1, 16])
 @pytest.mark.parametrize("head", [8, 64, 128])
 @pytest.mark.parametrize("kv_heads,group", [(4, 1), (2, 4), (1, 8)])
-def test_decode_matches_reference(kit, page, head, kv_heads, group):
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
+def test_decode_matches_reference(kit, page, head, kv_heads, group, cache_dtype):
     seq_lens = [1, 300, 16, 17, 64, 5, 129]
-    c = kit.make_paged(seq_lens, page, kv_heads, head)
+    c = kit.make_paged(seq_lens, page, kv_heads, head, cache_dtype)
     q = fused_q(len(seq_lens), kv_heads * group, head)
     scale = head ** -0.5
     out = cpu.paged_attention_decode(q, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, scale)
@@ -63,9 +68,11 @@ PREFILL = [(0, 7), (40, 1), (21, 9), (16, 17), (0, 150), (250, 50)]
 @pytest.mark.parametrize("page", [1, 16])
 @pytest.mark.parametrize("head", [8, 64, 128])
 @pytest.mark.parametrize("kv_heads,group", [(4, 1), (2, 4), (1, 8)])
-def test_prefill_with_cached_prefix_matches_reference(kit, page, head, kv_heads, group):
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
+def test_prefill_with_cached_prefix_matches_reference(kit, page, head, kv_heads, group,
+                                                      cache_dtype):
     seq_lens = [p + n for p, n in PREFILL]
-    c = kit.make_paged(seq_lens, page, kv_heads, head)
+    c = kit.make_paged(seq_lens, page, kv_heads, head, cache_dtype)
     q_lens = [n for _, n in PREFILL]
     q = fused_q(sum(q_lens), kv_heads * group, head)
     qsl, scale = query_start_loc(q_lens), head ** -0.5
@@ -75,14 +82,26 @@ def test_prefill_with_cached_prefix_matches_reference(kit, page, head, kv_heads,
                                                  c.seq_lens, scale))
 
 
-def test_odd_head_size_and_one_thread(kit, monkeypatch):
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
+def test_odd_head_size_and_one_thread(kit, monkeypatch, cache_dtype):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    c = kit.make_paged([3, 70], 16, 2, 24)
+    c = kit.make_paged([3, 70], 16, 2, 24, cache_dtype)
     q, qsl = fused_q(5, 6, 24), query_start_loc([2, 3])
     out = cpu.paged_prefill_attention(q, c.k_cache, c.v_cache, c.block_tables, qsl,
                                       c.seq_lens, 0.2)
     check(out, reference.paged_prefill_attention(q, c.k_cache, c.v_cache, c.block_tables, qsl,
                                                  c.seq_lens, 0.2))
+
+
+def test_a_bfloat16_cache_is_read_by_the_kernel_not_the_reference(kit, monkeypatch):
+    c = kit.make_paged([9, 30], 16, 2, 64, torch.bfloat16)
+    q = torch.randn(2, 4, 64)
+    want = reference.paged_attention_decode(q, c.k_cache, c.v_cache, c.block_tables,
+                                            c.seq_lens, 0.3)
+    monkeypatch.setattr(reference, "paged_attention_decode",
+                        lambda *a: pytest.fail("fell back to the reference"))
+    check(cpu.paged_attention_decode(q, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, 0.3),
+          want)
 
 
 def test_other_dtypes_and_shapes_fall_back_to_the_reference(kit, monkeypatch):

@@ -9,9 +9,9 @@ def kv_heads(group: int) -> int:
     return 1 if group >= 8 else 2  # few heads: each is a program in the interpreter
 
 
-def run(kit, triton_ops, seq_lens, page, group, head, dtype, num_splits):
+def run(kit, triton_ops, seq_lens, page, group, head, dtype, num_splits, cache_dtype=None):
     from pagedserve.kernels.triton_decode import decode_attention
-    c = kit.make_paged(seq_lens, page, kv_heads(group), head, dtype)
+    c = kit.make_paged(seq_lens, page, kv_heads(group), head, cache_dtype or dtype)
     q = torch.randn(len(seq_lens), kv_heads(group) * group, head, device=kit.device).to(dtype)
     scale = head ** -0.5
     out = decode_attention(q, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, scale, num_splits)
@@ -34,6 +34,12 @@ def test_ragged_contexts_and_gqa(kit, triton_ops, page, head, group, num_splits)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs(kit, triton_ops, dtype):
     run(kit, triton_ops, [16, 17, 40], 16, 4, 64, dtype, None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_bfloat16_cache_under_other_query_dtypes(kit, triton_ops, dtype):
+    # --kv-cache-dtype bfloat16 with a float32 or float16 model
+    run(kit, triton_ops, [16, 17, 40], 16, 4, 64, dtype, 3, torch.bfloat16)
 
 
 def test_more_splits_than_a_short_context_fills(kit, triton_ops):
