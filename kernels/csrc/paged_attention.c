@@ -207,8 +207,20 @@ static inline __attribute__((always_inline)) void tile_values(
     }
 }
 
-static inline int64_t row_offset(const Params *p, const int32_t *table, int t, int64_t stride) {
-    return ((int64_t)table[t / p->block_size] * p->block_size + t % p->block_size) * stride;
+/* Element offsets of cached positions [t0, t0 + n) through the block table: one table
+ * lookup per block, not an integer division per position. */
+static inline void row_offsets(const Params *p, const int32_t *table, int t0, int n,
+                               int64_t stride, int64_t *rows_at) {
+    const int bs = p->block_size;
+    int blk = t0 / bs, off = t0 % bs;
+    int64_t base = (int64_t)table[blk] * bs;
+    for (int j = 0; j < n; j++) {
+        rows_at[j] = (base + off) * stride;
+        if (++off == bs && j + 1 < n) {
+            off = 0;
+            base = (int64_t)table[++blk] * bs;
+        }
+    }
 }
 
 static inline __attribute__((always_inline)) void run_chunk(const int D, const int BF,
@@ -237,7 +249,7 @@ static inline __attribute__((always_inline)) void run_chunk(const int D, const i
     const int t_lo = W > 0 && first + c.q0 - W + 1 > 0 ? first + c.q0 - W + 1 : 0;
     for (int t0 = t_lo; t0 < n_kv; t0 += TILE) {
         const int tn = n_kv - t0 < TILE ? n_kv - t0 : TILE;
-        for (int j = 0; j < tn; j++) rows_at[j] = row_offset(p, table, t0 + j, stride);
+        row_offsets(p, table, t0, tn, stride, rows_at);
         tile_scores(D, BF, p, rows, qrow, kv_off, rows_at, tn, sc);
         for (int r = 0; r < rows; r++) {
             const int pos = first + c.q0 + r / heads;
