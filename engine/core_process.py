@@ -4,11 +4,15 @@ sampler, detokenizer) run on two cores instead of sharing one GIL (vLLM V1's spl
 The process runs engine/core.py's loop over a pipe. It exits when told to, when the
 frontend's end of the pipe closes (the frontend died: no orphans), or after sending the
 error a step raised.
+
+On a CPU device the core keeps every usable core, as an offline run does: the thread governor
+(cpu_threads.py) gives one up while the frontend's HTTP and streaming work keeps ours waiting
+for a CPU, and takes it back when that pauses. A fixed `cores - 1` left one of two cores to a
+frontend that needs a fraction of one (benchmarks/README.md has the numbers).
 """
 import atexit
 import logging
 import multiprocessing as mp
-import os
 import signal
 from multiprocessing.connection import Connection
 
@@ -18,24 +22,10 @@ from pagedserve.engine.core import CoreCommands, CoreFailed, CoreOutputs, run_co
 logger = logging.getLogger(__name__)
 
 
-def _leave_a_core_to_the_frontend(config: EngineConfig) -> None:
-    """On a CPU device torch would use every usable core, and the frontend process (HTTP,
-    streaming) would have to take CPU from its threads. An explicit OMP_NUM_THREADS wins."""
-    import torch
-
-    from pagedserve.engine.cpu_threads import usable_cpus
-    from pagedserve.engine.model_runner import resolve_device
-    cores = usable_cpus()
-    if (not os.environ.get("OMP_NUM_THREADS") and cores > 1
-            and resolve_device(config.device).type == "cpu"):
-        torch.set_num_threads(cores - 1)
-
-
 def run_engine_core(config: EngineConfig, conn: Connection) -> None:
     """The core process's main function."""
     # Ctrl-C reaches the whole process group; the frontend decides when the core stops
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _leave_a_core_to_the_frontend(config)
     from pagedserve.engine.llm_engine import LLMEngine
     try:
         engine = LLMEngine(config)
