@@ -11,13 +11,12 @@ import asyncio
 import json
 import os
 import resource
-import signal
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
+
+from pagedserve.benchmarks.servers import start_pagedserve
+from pagedserve.engine.loader import default_model
 
 
 def _cpu_seconds(pid: int | None = None) -> float:
@@ -44,33 +43,6 @@ def _children(pid: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             pass
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server(model: str | None, engine_args: list[str],
-                  threads_env: dict) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "pagedserve.cli", "serve", *([model] if model else []),
-           "--host", "127.0.0.1", "--port", str(port), "--uvicorn-log-level", "warning",
-           *engine_args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, **threads_env})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the server did not become healthy")
 
 
 async def _one(client: httpx.AsyncClient, body: dict) -> int:
@@ -138,8 +110,10 @@ def main() -> None:
         threads_env = {"OMP_NUM_THREADS": str(args.torch_threads)}
     prompts = [f"Story {i}: Once upon a time" for i in range(args.num_requests)]
     offline = _offline(args.model, {"kv_cache_memory": args.kv_cache_memory})
-    proc, url = _start_server(args.model, ["--kv-cache-memory", args.kv_cache_memory,
-                                           *args.server_args.split()], threads_env)
+    server_args = ["--kv-cache-memory", args.kv_cache_memory, *args.server_args.split()]
+    server = start_pagedserve(args.model or default_model(), server_args,
+                              {**os.environ, **threads_env})
+    proc, url = server.proc, server.url
     core = _children(proc.pid)  # the engine core process, if the engine is not in-process
     print(f"{args.num_requests} concurrent requests x {args.max_tokens} output tokens "
           f"(greedy, ignore_eos), model {args.model or 'stories260K (bundled)'}, "
@@ -162,8 +136,7 @@ def main() -> None:
                 + f"; server/offline {rates['server'] / rates['offline']:.2f}, "
                 f"streamed/offline {rates['server stream'] / rates['offline']:.2f}")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
+        server.stop()
 
 
 if __name__ == "__main__":
