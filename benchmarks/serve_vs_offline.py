@@ -62,8 +62,9 @@ async def _one(client: httpx.AsyncClient, body: dict) -> int:
 
 async def _serve_run(url: str, prompts: list[str], max_tokens: int,
                      stream: bool) -> tuple[int, float]:
-    body = {"max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": stream,
-            "stream_options": {"include_usage": True}}
+    body = {"max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": stream}
+    if stream:  # refused without stream, as by vLLM
+        body["stream_options"] = {"include_usage": True}
     limits = httpx.Limits(max_connections=len(prompts) + 4)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         await _one(client, {**body, "prompt": "warm up", "max_tokens": 4})
