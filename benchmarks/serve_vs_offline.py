@@ -87,7 +87,7 @@ def _offline(model: str | None, engine_kwargs: dict):
     return run
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="default: the bundled stories260K")
     p.add_argument("--num-requests", type=int, default=64)
@@ -103,7 +103,11 @@ def main() -> None:
                         "oversubscribed machine OpenMP spinning can slow the offline run, which "
                         "steps on the main thread, far more than the server, which steps on a "
                         "worker thread; 1 makes the two comparable there")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = _parse_args()
     threads_env = {}
     if args.torch_threads:
         import torch
