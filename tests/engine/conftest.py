@@ -6,37 +6,37 @@ import torch
 
 
 @pytest.fixture(scope="session")
-def hf_greedy():
-    """hf_greedy(path, prompts, max_tokens) -> per-prompt token ids from transformers generate."""
-    import transformers
-    models = {}
+def hf_model():
+    """hf_model(path) -> the transformers model of the folder, loaded once per session."""
+    import functools
 
+    import transformers
+    return functools.cache(lambda path: transformers.AutoModelForCausalLM.from_pretrained(
+        path).eval())
+
+
+@pytest.fixture(scope="session")
+def hf_greedy(hf_model):
+    """hf_greedy(path, prompts, max_tokens) -> per-prompt token ids from transformers generate."""
     def run(path: str, prompts: list[list[int]], max_tokens: list[int]) -> list[list[int]]:
-        if path not in models:
-            models[path] = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
         out = []
         for ids, n in zip(prompts, max_tokens):
             with torch.no_grad():
-                gen = models[path].generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n,
-                                            do_sample=False, pad_token_id=0)
+                gen = hf_model(path).generate(torch.tensor([ids]), max_new_tokens=n,
+                                              min_new_tokens=n, do_sample=False, pad_token_id=0)
             out.append(gen[0, len(ids):].tolist())
         return out
     return run
 
 
 @pytest.fixture(scope="session")
-def assert_matches_hf(hf_greedy):
+def assert_matches_hf(hf_greedy, hf_model):
     """assert_matches_hf(path, prompts, max_tokens, ours): our greedy tokens are transformers',
     except that after a near-tie (the reference's two best logits within TIE of each other,
     ours one of them) the rest is not compared: fp32 sums in another order pick either."""
-    import transformers
-    models = {}
-
     def near_tie(path: str, ids: list[int], token: int) -> bool:
-        if path not in models:
-            models[path] = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
         with torch.no_grad():
-            logits = models[path](torch.tensor([ids])).logits[0, -1]
+            logits = hf_model(path)(torch.tensor([ids])).logits[0, -1]
         top = logits.topk(2)
         return bool(top.values[0] - top.values[1] <= TIE and token in top.indices.tolist())
 
