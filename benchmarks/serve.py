@@ -4,6 +4,7 @@ Requests go out at --request-rate (Poisson arrivals; inf = all at once) with at 
 --max-concurrency in flight. Every streamed chunk is timestamped: TTFT is the first chunk,
 ITL the gaps between chunks, TPOT (e2e - TTFT) / (tokens - 1) per request.
 """
+import argparse
 import asyncio
 import json
 import random
@@ -39,50 +40,59 @@ def summarize_results(results: list[RequestResult], duration_s: float) -> dict:
             "errors": sorted({r.error for r in results if r.error})[:5]}
 
 
-async def _one(client, url: str, payload: dict, req: BenchRequest) -> RequestResult:
+async def _one(session, url: str, payload: dict, req: BenchRequest) -> RequestResult:
     """One streamed request. A kept-alive connection the server closed while it sat in the
     pool fails before any response; that request is sent once more on a fresh connection
     (nothing was generated for it), as a browser or the OpenAI client would."""
-    res = await _attempt(client, url, payload, req)
+    res = await _attempt(session, url, payload, req)
     if res.error and res.error.startswith(STALE_CONNECTION) and not res.chunk_times:
-        res = await _attempt(client, url, payload, req)
+        res = await _attempt(session, url, payload, req)
     return res
 
 
-STALE_CONNECTION = "RemoteProtocolError: Server disconnected without sending a response"
+STALE_CONNECTION = "ServerDisconnectedError"
 
 
-async def _attempt(client, url: str, payload: dict, req: BenchRequest) -> RequestResult:
+async def _attempt(session, url: str, payload: dict, req: BenchRequest) -> RequestResult:
     res = RequestResult(req.prompt_len)
     start = time.perf_counter()
     try:
-        async with client.stream("POST", url, json=payload) as resp:
-            if resp.status_code != 200:
-                body = (await resp.aread()).decode(errors="replace")
-                res.error = f"HTTP {resp.status_code}: {body[:200]}"
+        async with session.post(url, json=payload) as resp:
+            if resp.status != 200:
+                body = (await resp.read()).decode(errors="replace")
+                res.error = f"HTTP {resp.status}: {body[:200]}"
                 return res
-            async for line in resp.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
+            async for line in resp.content:  # one SSE line at a time, however it arrived
+                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                     continue
-                chunk = json.loads(line[6:])
-                if "error" in chunk:
-                    res.error = str(chunk["error"].get("message"))
+                if _read_chunk(res, json.loads(line[6:]), time.perf_counter() - start):
                     return res
-                now = time.perf_counter() - start
-                if chunk.get("usage"):
-                    res.output_len = chunk["usage"]["completion_tokens"]
-                if any(c.get("text") for c in chunk.get("choices", [])):
-                    res.chunk_times.append(now)
     except Exception as e:  # a dropped connection counts as a failed request
         res.error = f"{type(e).__name__}: {e}"
         return res
-    res.e2e = time.perf_counter() - start
+    _finish(res, time.perf_counter() - start)
+    return res
+
+
+def _read_chunk(res: RequestResult, chunk: dict, now: float) -> bool:
+    """Record one streamed chunk; True when it was an error (the request ends there)."""
+    if "error" in chunk:
+        res.error = str(chunk["error"].get("message"))
+        return True
+    if chunk.get("usage"):
+        res.output_len = chunk["usage"]["completion_tokens"]
+    if any(c.get("text") for c in chunk.get("choices", [])):
+        res.chunk_times.append(now)
+    return False
+
+
+def _finish(res: RequestResult, e2e: float) -> None:
+    res.e2e = e2e
     res.output_len = res.output_len or len(res.chunk_times)
     if not res.output_len:
         res.error = "no tokens streamed"
     else:  # tokens that decode to no text yet (partial UTF-8) show up with the next text
         res.ttft = res.chunk_times[0] if res.chunk_times else res.e2e
-    return res
 
 
 # --structured-outputs json: an array of strings, so a constrained answer runs as long as
@@ -98,20 +108,24 @@ async def run_load(base_url: str, model: str, requests: list[BenchRequest], requ
                    extra: dict | None = None) -> tuple[list[RequestResult], float]:
     """Send every request (extra: more body fields), return their results and the run's
     wall time."""
-    import httpx
+    # aiohttp, as vLLM's serving benchmark uses: on a small machine the client shares the
+    # CPUs with the server, and httpx's per-chunk cost was several times aiohttp's
+    import aiohttp
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limit = max_concurrency or len(requests)
     gate = asyncio.Semaphore(limit)
     rng = random.Random(seed)
     url = base_url.rstrip("/") + "/v1/completions"
-    limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
-    async with httpx.AsyncClient(timeout=None, headers=headers, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=limit)
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(headers=headers, connector=connector,
+                                     timeout=timeout) as session:
         async def gated(req: BenchRequest) -> RequestResult:
             payload = {"model": model, "prompt": req.prompt_token_ids, "max_tokens": req.output_len,
                        "ignore_eos": True, "temperature": temperature, "stream": True,
                        "stream_options": {"include_usage": True}, **(extra or {})}
             async with gate:
-                return await _one(client, url, payload, req)
+                return await _one(session, url, payload, req)
 
         tasks = []
         start = time.perf_counter()
@@ -190,4 +204,6 @@ def _main_peers(args) -> int:
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be a positive integer, got {args.rounds}")
     path = resolve_model_path(resolve_model(args.model) or default_model())
-    return serve_peers.main(args, path, load_workload_for(args, path))
+    return serve_peers.main(args, path, [
+        load_workload_for(argparse.Namespace(**{**vars(args), "seed": args.seed + i}), path)
+        for i in range(args.rounds)])
