@@ -78,8 +78,10 @@ def summarize_rounds(runs: list[dict], backends: list[str]) -> list[dict]:
     return rows
 
 
-def compare(args, model_path: str, requests: list[BenchRequest]) -> dict:
-    """Start every backend, check parity, run the alternating rounds; stop them all."""
+def compare(args, model_path: str, workloads: list[list[BenchRequest]]) -> dict:
+    """Start every backend, check parity, run the alternating rounds (round i loads
+    workloads[i]); stop them all."""
+    requests = workloads[0]
     backends = parse_backends(args.backend, BACKENDS)
     servers: list[Server] = []
     try:
@@ -91,7 +93,7 @@ def compare(args, model_path: str, requests: list[BenchRequest]) -> dict:
             greedy_text(s, models[s.backend], requests[1 % len(requests)].prompt_token_ids, 4)
         runs = []
         for i in range(args.rounds):
-            rows = [one_round(s, models[s.backend], requests, args)
+            rows = [one_round(s, models[s.backend], workloads[i], args)
                     for s in _round_order(servers, i)]
             rows.sort(key=lambda r: backends.index(r["backend"]))
             _print_round(i, rows)
@@ -108,12 +110,15 @@ COLUMNS = [("backend", "backend", "s"), ("rounds", "rounds", "d"),
            ("ttft_ms", "TTFT ms", ".1f"), ("tpot_ms", "TPOT ms", ".2f"), ("failed", "failed", "d")]
 
 
-def main(args, model_path: str, requests: list[BenchRequest]) -> int:
+def main(args, model_path: str, workloads: list[list[BenchRequest]]) -> int:
+    """One workload per round, each drawn with its own seed: a round that repeated the
+    previous one's prompts would be served from the prefix caches (both engines keep one)."""
     from pagedserve.benchmarks import report
+    requests = workloads[0]
     print(f"{len(requests)} requests, max concurrency {args.max_concurrency}, rate "
           f"{args.request_rate}, temperature {args.temperature}, {args.rounds} rounds; "
           f"model {model_path}; load {report.machine()['load_avg_1_5_15']}", flush=True)
-    result = compare(args, model_path, requests)
+    result = compare(args, model_path, workloads)
     report.print_table(result["summary"], COLUMNS)
     rates = {r["backend"]: r["output_tokens_per_s"] for r in result["summary"]}
     if len(rates) == 2:

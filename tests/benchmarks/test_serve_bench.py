@@ -91,3 +91,20 @@ def test_serve_bench_reports_failures(server_url, capsys):
                "--num-prompts", "2", "--input-len", "4", "--output-len", "2"])
     assert rc == 1
     assert "failed" in capsys.readouterr().out
+
+
+def test_each_round_against_peers_draws_its_own_prompts(monkeypatch):
+    # the same prompts again would be served from the previous round's prefix cache
+    from pagedserve.benchmarks import serve_peers
+    seen = {}
+    monkeypatch.setattr(serve_peers, "main",
+                        lambda args, path, workloads: seen.setdefault("w", workloads) and 0)
+    rc = main(["bench", "serve", "--backend", "pagedserve", "--rounds", "3", "--num-prompts", "5",
+               "--input-len", "8-16", "--output-len", "4"])
+    assert rc == 0
+    workloads = seen["w"]
+    assert [len(w) for w in workloads] == [5, 5, 5]
+    prompts = [tuple(tuple(r.prompt_token_ids) for r in w) for w in workloads]
+    assert len(set(prompts)) == 3
+    first = random_requests(5, (8, 16), (4, 4), 512, seed=0, exclude_ids=frozenset({0, 1, 2}))
+    assert prompts[0] == tuple(tuple(r.prompt_token_ids) for r in first)
