@@ -50,7 +50,9 @@ async def _one(session, url: str, payload: dict, req: BenchRequest) -> RequestRe
     return res
 
 
-STALE_CONNECTION = "ServerDisconnectedError"
+# how aiohttp reports a pooled connection the server had closed: at the read, or already at
+# writing the request (llama-server closes idle keep-alive connections)
+STALE_CONNECTION = ("ServerDisconnectedError", "ClientOSError")
 
 
 async def _attempt(session, url: str, payload: dict, req: BenchRequest) -> RequestResult:
