@@ -46,7 +46,10 @@ async def _one(session, url: str, payload: dict, req: BenchRequest) -> RequestRe
     (nothing was generated for it), as a browser or the OpenAI client would."""
     res = await _attempt(session, url, payload, req)
     if res.error and res.error.startswith(STALE_CONNECTION) and not res.chunk_times:
-        res = await _attempt(session, url, payload, req)
+        import aiohttp  # the pool may hold more closed connections: a session of its own
+        async with aiohttp.ClientSession(headers=session.headers,
+                                         timeout=session.timeout) as fresh:
+            res = await _attempt(fresh, url, payload, req)
     return res
 
 

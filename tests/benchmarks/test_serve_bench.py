@@ -131,6 +131,11 @@ def test_a_request_on_a_stale_connection_is_sent_once_more(monkeypatch, error, c
 
     monkeypatch.setattr(serve, "_attempt", attempt)
     req = random_requests(1, (4, 4), (3, 3), 512, seed=0)[0]
-    res = asyncio.run(serve._one(None, "http://x", {}, req))
+    import aiohttp
+
+    async def run():
+        async with aiohttp.ClientSession() as session:
+            return await serve._one(session, "http://x", {}, req)
+    res = asyncio.run(run())
     assert len(calls) == attempts
     assert (res.error is None) == (attempts == 2)
