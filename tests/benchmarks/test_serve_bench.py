@@ -109,33 +109,3 @@ def test_each_round_against_peers_draws_its_own_prompts(monkeypatch):
     first = random_requests(5, (8, 16), (4, 4), 512, seed=0, exclude_ids=frozenset({0, 1, 2}))
     assert prompts[0] == tuple(tuple(r.prompt_token_ids) for r in first)
 
-
-@pytest.mark.parametrize("error, chunks, attempts", [
-    ("ServerDisconnectedError: Server disconnected", [], 2),
-    ("ClientOSError: [Errno None] Can not write request body for http://x", [], 2),
-    ("ClientOSError: [Errno 104] Connection reset by peer", [0.1], 1),  # tokens had come
-    ("HTTP 400: bad", [], 1),
-])
-def test_a_request_on_a_stale_connection_is_sent_once_more(monkeypatch, error, chunks,
-                                                           attempts):
-    import asyncio
-
-    from pagedserve.benchmarks import serve
-    calls = []
-
-    async def attempt(session, url, payload, req):
-        calls.append(1)
-        if len(calls) == 1:
-            return RequestResult(req.prompt_len, error=error, chunk_times=list(chunks))
-        return RequestResult(req.prompt_len, output_len=3)
-
-    monkeypatch.setattr(serve, "_attempt", attempt)
-    req = random_requests(1, (4, 4), (3, 3), 512, seed=0)[0]
-    import aiohttp
-
-    async def run():
-        async with aiohttp.ClientSession() as session:
-            return await serve._one(session, "http://x", {}, req)
-    res = asyncio.run(run())
-    assert len(calls) == attempts
-    assert (res.error is None) == (attempts == 2)
