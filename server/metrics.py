@@ -141,8 +141,9 @@ class Metrics:
         self.success.labels(self.model_name, "abort").inc()
 
 
-def _gauges(prefix: str, label: list[str], stats, block_size: int):
-    """Running/waiting/KV usage and cache_config_info, under `prefix` (ours or vLLM's)."""
+def _gauges(prefix: str, label: list[str], stats, config):
+    """Running/waiting/KV usage and cache_config_info, under `prefix` (ours or vLLM's);
+    `config` is the engine's (block_size, kv_cache_dtype)."""
     for name, doc, value in (
             ("num_requests_running", "Sequences in the running batch", stats.num_running),
             ("num_requests_waiting", "Sequences waiting to be scheduled", stats.num_waiting),
@@ -150,9 +151,11 @@ def _gauges(prefix: str, label: list[str], stats, block_size: int):
         fam = GaugeMetricFamily(prefix + name, doc, labels=["model_name"])
         fam.add_metric(label, value)
         yield fam
+    # cache_dtype as the user chose it ("auto" stays "auto"), as vLLM labels it
     info = GaugeMetricFamily(prefix + "cache_config_info", "The KV cache's configuration",
-                             labels=["block_size", "num_gpu_blocks"])
-    info.add_metric([str(block_size), str(stats.num_gpu_blocks)], 1)
+                             labels=["block_size", "cache_dtype", "num_gpu_blocks"])
+    info.add_metric([str(config.block_size), str(config.kv_cache_dtype),
+                     str(stats.num_gpu_blocks)], 1)
     yield info
 
 
@@ -182,7 +185,7 @@ class _EngineCollector:
             fam.add_metric(label, value)
             return fam
         for prefix in (P, VLLM):  # one snapshot: both families agree at every scrape
-            yield from _gauges(prefix, label, stats, engine.config.block_size)
+            yield from _gauges(prefix, label, stats, engine.config)
         yield family(GaugeMetricFamily, "generation_tokens_per_second",
                      f"Generated tokens per second over the last {RATE_WINDOW_S} s",
                      self.metrics.tokens_per_second(stats.num_generation_tokens))

@@ -8,7 +8,8 @@ from pagedserve.server.metrics import Metrics
 
 
 def scrape(stats: EngineStats) -> dict:
-    engine = SimpleNamespace(stats=lambda: stats, config=SimpleNamespace(block_size=16))
+    config = SimpleNamespace(block_size=16, kv_cache_dtype="auto")
+    engine = SimpleNamespace(stats=lambda: stats, config=config)
     text = Metrics("m", lambda: engine).render().decode()
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     return {(s.name, s.labels.get("le")): s.value

@@ -1,9 +1,13 @@
 """/metrics also speaks vLLM's names, for a Gateway API Inference Extension endpoint picker,
 from the same snapshot as ours; and vLLM's per-request histogram family under our prefix."""
 import threading
+from types import SimpleNamespace
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from pagedserve.engine.llm_engine import EngineStats
+from pagedserve.server.metrics import Metrics
 
 GAUGES = ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc")
 
@@ -59,6 +63,18 @@ def test_cache_config_info(server):
         d = dict(labels)
         assert d["block_size"] == "16" and int(d["num_gpu_blocks"]) > 0
         assert d["num_gpu_blocks"] == str(int(d["num_gpu_blocks"]))
+        assert d["cache_dtype"] == "auto"  # the server runs with --kv-cache-dtype's default
+
+
+def test_cache_config_info_names_the_kv_cache_dtype_as_chosen():
+    """A bfloat16 cache is labelled as --kv-cache-dtype named it (engine stubbed out: a
+    second server process would only repeat what the one above shows)."""
+    config = SimpleNamespace(block_size=32, kv_cache_dtype="bfloat16")
+    engine = SimpleNamespace(stats=lambda: EngineStats(num_gpu_blocks=7), config=config)
+    text = Metrics("m", lambda: engine).render().decode()
+    infos = [s.labels for fam in text_string_to_metric_families(text) for s in fam.samples
+             if s.name in ("vllm:cache_config_info", "pagedserve:cache_config_info")]
+    assert infos == [{"block_size": "32", "cache_dtype": "bfloat16", "num_gpu_blocks": "7"}] * 2
 
 
 def test_request_histograms(server):
