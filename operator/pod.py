@@ -44,6 +44,7 @@ def server_args(spec: LLMDeploymentSpec) -> list[str]:
         ("--gpu-memory-utilization", e.gpu_memory_utilization),
         ("--max-queue-len", e.max_queue_len),
         ("--kv-cache-memory", e.kv_cache_memory),
+        ("--kv-cache-dtype", e.kv_cache_dtype),
     ):
         if value is not None:
             args += [flag, str(value)]

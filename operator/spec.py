@@ -22,6 +22,9 @@ from pagedserve.operator.quantity import parse_quantity
 # accelerator -> the extended resource its device plugin advertises (None: plain CPU pods)
 GPU_RESOURCE = {"amd": "amd.com/gpu", "nvidia": "nvidia.com/gpu", "cpu": None}
 DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
+# --kv-cache-dtype's choices, as the engine accepts them (engine/config.py's KV_CACHE_DTYPES,
+# not imported: the operator imports nothing of the engine; a test holds the two together)
+KV_CACHE_DTYPES = ("auto", "bfloat16")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod")
 # env vars the operator sets itself; a user's env entry may not shadow them
@@ -66,6 +69,7 @@ class EngineSpec:
     enable_prefix_caching: bool | None = None
     max_queue_len: int | None = None
     kv_cache_memory: int | None = None  # bytes
+    kv_cache_dtype: str | None = None
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -153,6 +157,7 @@ def _engine(obj: Mapping) -> EngineSpec:
             "enablePrefixCaching",
             "maxQueueLen",
             "kvCacheMemory",
+            "kvCacheDtype",
             "extraArgs",
         ),
         w,
@@ -167,16 +172,6 @@ def _engine(obj: Mapping) -> EngineSpec:
         raise SpecError(f"{w}.kvCacheMemory: {exc}") from None
     if kv is not None and kv <= 0:
         raise SpecError(f"{w}.kvCacheMemory must be positive, got {obj['kvCacheMemory']!r}")
-    extra = get(obj, "extraArgs", w, list, [])
-    for arg in extra:
-        if not isinstance(arg, str):
-            raise SpecError(f"{w}.extraArgs must be a list of strings, got {arg!r}")
-        if arg.split("=", 1)[0] in OWNED_FLAGS:
-            raise SpecError(
-                f"{w}.extraArgs may not set {arg.split('=', 1)[0]}: the operator sets it "
-                "(use tensorParallelSize, accelerator, apiKeySecret, service.port or "
-                "shutdownTimeoutSeconds)"
-            )
     return EngineSpec(
         max_model_len=integer(obj, "maxModelLen", w, minimum=1),
         max_num_seqs=integer(obj, "maxNumSeqs", w, minimum=1),
@@ -187,8 +182,23 @@ def _engine(obj: Mapping) -> EngineSpec:
         enable_prefix_caching=get(obj, "enablePrefixCaching", w, bool),
         max_queue_len=integer(obj, "maxQueueLen", w, minimum=0),
         kv_cache_memory=kv,
-        extra_args=list(extra),
+        kv_cache_dtype=choice(obj, "kvCacheDtype", w, KV_CACHE_DTYPES, None),
+        extra_args=_extra_args(obj, w),
     )
+
+
+def _extra_args(obj: Mapping, w: str) -> list[str]:
+    extra = get(obj, "extraArgs", w, list, [])
+    for arg in extra:
+        if not isinstance(arg, str):
+            raise SpecError(f"{w}.extraArgs must be a list of strings, got {arg!r}")
+        if arg.split("=", 1)[0] in OWNED_FLAGS:
+            raise SpecError(
+                f"{w}.extraArgs may not set {arg.split('=', 1)[0]}: the operator sets it "
+                "(use tensorParallelSize, accelerator, apiKeySecret, service.port or "
+                "shutdownTimeoutSeconds)"
+            )
+    return list(extra)
 
 
 def _cache(obj: Mapping) -> CacheSpec:

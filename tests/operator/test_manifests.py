@@ -39,6 +39,7 @@ VARIANTS = {
             "enablePrefixCaching": False,
             "maxQueueLen": 100,
             "kvCacheMemory": "2Gi",
+            "kvCacheDtype": "bfloat16",
             "extraArgs": ["--seed", "7"],
         },
         "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "128Gi"}},
@@ -155,6 +156,7 @@ def test_args_are_the_real_server_flags():
     assert args.kv_cache_memory == str(
         2 * 2**30
     )  # bytes: the engine reads 2GiB, not Kubernetes' 2Gi
+    assert args.kv_cache_dtype == "bfloat16"
     assert args.served_model_name == ["m"] and args.device == "cuda"
     # port 80 as a non-root user: the pod lowers the unprivileged port floor to it
     pod = children["Deployment"]["spec"]["template"]["spec"]
@@ -163,6 +165,14 @@ def test_args_are_the_real_server_flags():
     ]
     assert container["ports"] == [{"name": "http", "containerPort": 80, "protocol": "TCP"}]
     assert args.api_key is None  # never a flag: it would show in `ps` and in the pod spec
+
+
+def test_an_unset_kv_cache_dtype_is_left_to_the_server():
+    # no flag at all, so the server's own default (auto: the model's dtype) applies
+    _, children = build(engine={"maxNumSeqs": 8})
+    args = server(children)["args"]
+    assert "--kv-cache-dtype" not in args
+    assert build_parser().parse_args(args).kv_cache_dtype == "auto"
 
 
 def test_secrets_reach_the_server_as_env_from_secret_refs():

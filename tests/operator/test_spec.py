@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from pagedserve.operator.quantity import parse_quantity, same_quantity
-from pagedserve.operator.spec import SPEC_FIELDS, SpecError, parse_spec
+from pagedserve.operator.spec import KV_CACHE_DTYPES, SPEC_FIELDS, SpecError, parse_spec
 
 
 def spec_schema(crd: dict) -> dict:
@@ -51,6 +51,17 @@ def test_parser_and_crd_know_the_same_fields(crd):
             parse_spec({"model": "m", field: {"surelyNotAField": 1, **known}})
 
 
+def test_kv_cache_dtype_choices_are_the_engines(crd):
+    # the operator keeps its own copy (it imports nothing of the engine): all three must agree
+    from pagedserve.engine.config import KV_CACHE_DTYPES as ENGINE_KV_CACHE_DTYPES
+
+    engine = spec_schema(crd)["properties"]["engine"]["properties"]
+    assert tuple(engine["kvCacheDtype"]["enum"]) == KV_CACHE_DTYPES == ENGINE_KV_CACHE_DTYPES
+    chosen = parse_spec({"model": "m", "engine": {"kvCacheDtype": "bfloat16"}})
+    assert chosen.engine.kv_cache_dtype == "bfloat16"
+    assert parse_spec({"model": "m"}).engine.kv_cache_dtype is None
+
+
 def test_examples_are_valid_llmdeployments(examples, crd_validator):
     models = {}
     for path in examples:
@@ -76,6 +87,7 @@ def test_crd_schema_rejects_what_the_operator_rejects(crd_validator):
         {"model": "m", "modelCache": {"size": "lots"}},
         {"model": ""},
         {"model": "m", "typo": 1},
+        {"model": "m", "engine": {"kvCacheDtype": "fp8"}},
     ):
         with pytest.raises(jsonschema.ValidationError):
             crd_validator.validate(
@@ -125,6 +137,11 @@ def test_crd_schema_rejects_what_the_operator_rejects(crd_validator):
             "gpuMemoryUtilization must be in (0, 1]",
         ),
         ({"model": "m", "engine": {"dtype": "int3"}}, "InvalidSpec", "dtype must be one of"),
+        (
+            {"model": "m", "engine": {"kvCacheDtype": "fp8"}},
+            "InvalidSpec",
+            "kvCacheDtype must be one of auto, bfloat16, got 'fp8'",
+        ),
         (
             {"model": "m", "engine": {"extraArgs": ["--api-key", "secret"]}},
             "InvalidSpec",
