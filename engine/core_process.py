@@ -5,10 +5,11 @@ The process runs engine/core.py's loop over a pipe. It exits when told to, when 
 frontend's end of the pipe closes (the frontend died: no orphans), or after sending the
 error a step raised.
 
-On a CPU device the core keeps every usable core, as an offline run does: the thread governor
-(cpu_threads.py) gives one up while the frontend's HTTP and streaming work keeps ours waiting
-for a CPU, and takes it back when that pauses. A fixed `cores - 1` left one of two cores to a
-frontend that needs a fraction of one (benchmarks/README.md has the numbers).
+On a CPU device the core starts with every usable core, as an offline run does; the thread
+governor (cpu_threads.py) then measures whether the last thread pays while the frontend's HTTP
+and streaming work shares the cores (on 2 cores it did for a ~20M model, not for stories260K),
+and gives one up while another process keeps ours waiting for a CPU. A fixed `cores - 1`
+would have cost the ~20M model 35 % (benchmarks/README.md has the numbers).
 """
 import atexit
 import logging
@@ -20,12 +21,16 @@ from pagedserve.engine.config import EngineConfig
 from pagedserve.engine.core import CoreCommands, CoreFailed, CoreOutputs, run_core, send_error
 
 logger = logging.getLogger(__name__)
+LOG_FORMAT = "%(levelname)s %(asctime)s %(name)s: %(message)s"
 
 
-def run_engine_core(config: EngineConfig, conn: Connection) -> None:
+def run_engine_core(config: EngineConfig, conn: Connection, log_level: int) -> None:
     """The core process's main function."""
     # Ctrl-C reaches the whole process group; the frontend decides when the core stops
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a spawned process starts without the frontend's logging: the core's messages (threads
+    # given up, a failed step's traceback) would go nowhere below WARNING
+    logging.basicConfig(level=log_level, format=LOG_FORMAT)
     from pagedserve.engine.llm_engine import LLMEngine
     try:
         engine = LLMEngine(config)
@@ -46,7 +51,8 @@ class EngineCoreProcess:
         ctx = mp.get_context("spawn")
         self.conn, theirs = ctx.Pipe()
         # not a daemon: with tensor_parallel_size > 1 the core starts its own worker processes
-        self.proc = ctx.Process(target=run_engine_core, args=(config, theirs),
+        level = logging.getLogger().getEffectiveLevel()
+        self.proc = ctx.Process(target=run_engine_core, args=(config, theirs, level),
                                 name="pagedserve-engine-core", daemon=False)
         self.proc.start()
         theirs.close()  # so the core's death reads as EOF here

@@ -63,8 +63,6 @@ class UniExecutor:
         return num_blocks
 
     def execute(self, step: StepInput) -> torch.Tensor:
-        if self.governor is not None:
-            self.governor.tick()
         return self.runner.execute(step)
 
     def check_health(self) -> None:
@@ -80,6 +78,7 @@ class MPExecutor:
     A worker that dies or raises fails the engine: the step in flight (or, when idle, the
     next check_health) raises TensorParallelError naming the rank, and every worker is gone.
     """
+    governor: ThreadGovernor | None = None  # each rank's threads are set once, at start
 
     def __init__(self, config: EngineConfig) -> None:
         self.size = size = config.world_size

@@ -135,6 +135,7 @@ class LLMEngine:
         parent = self.parents.pop(request_id, None)
         if parent is None:
             return None
+        self._govern(0)
         for req in parent.children:
             if not req.finished:
                 self.scheduler.abort(req)
@@ -174,7 +175,17 @@ class LLMEngine:
                 self._append_token(req, token, lp)
                 touched[req.parent_id] = self.parents[req.parent_id]
         self.scheduler.finish_step(sched)
-        return failed + self._collect(touched)
+        outputs = failed + self._collect(touched)
+        self._govern(len(step.seq_lens))
+        return outputs
+
+    def _govern(self, rows: int) -> None:
+        # the thread governor compares rows per second of busy windows only
+        governor = self.executor.governor
+        if governor is not None:
+            governor.tick(rows)
+            if not self.parents:
+                governor.pause()
 
     def _count_iteration(self, num_tokens: int) -> None:
         bucket = bisect.bisect_left(ITERATION_TOKEN_BUCKETS, num_tokens)

@@ -5,6 +5,7 @@ import os
 
 import uvicorn
 
+from pagedserve.engine.core_process import LOG_FORMAT
 from pagedserve.server.app import build_app
 from pagedserve.server.state import ServerState, ServeSettings
 
@@ -50,8 +51,7 @@ class DrainingServer(uvicorn.Server):
 def serve(settings: ServeSettings, host: str, port: int, log_level: str = "info",
           own_log_level: str = "info") -> int:
     """Serve until drained (exit code 0) or until the engine dies or fails to load (1)."""
-    logging.basicConfig(level=own_log_level.upper(),
-                        format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=own_log_level.upper(), format=LOG_FORMAT)
     app = build_app(settings)
     state: ServerState = app.state.server
     # the drain already waited for requests; this only bounds closing the connections

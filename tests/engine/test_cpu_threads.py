@@ -112,7 +112,7 @@ def test_governor_is_off_when_the_user_chose_the_threads(monkeypatch):
     monkeypatch.setattr(cpu_threads.torch, "get_num_threads", lambda: 2)
     governor = cpu_threads.ThreadGovernor(interval_s=0)
     assert not governor.enabled
-    governor.tick()  # does nothing, reads nothing
+    governor.tick(64)  # does nothing, reads nothing
 
 
 def test_governor_acts_on_what_it_decides(monkeypatch):
@@ -124,7 +124,7 @@ def test_governor_acts_on_what_it_decides(monkeypatch):
     monkeypatch.setattr(cpu_threads, "take_sample", lambda: next(samples))
     monkeypatch.setattr(cpu_threads.os.path, "exists", lambda p: True)
     governor = cpu_threads.ThreadGovernor(interval_s=0)
-    governor.tick()
+    governor.tick(64)
     assert threads["n"] == 1 and governor.most == 2
 
 
@@ -138,3 +138,103 @@ def test_openmp_spins_briefly_unless_the_user_chose(tmp_path):
     mine = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**env, "OMP_WAIT_POLICY": "PASSIVE"})
     assert mine.stdout.strip() == "None"  # a spin count would override the user's policy
+
+
+# --- the A/B probe: what a thread buys, measured in rows per second of busy windows
+
+def test_faster_count_needs_more_than_the_margin_to_switch():
+    W = cpu_threads.Window
+    windows = [W(1, 104, 1.0), W(2, 100, 1.0), W(1, 104, 1.0), W(2, 100, 1.0)]
+    assert cpu_threads.faster_count(windows, current=2) == 2  # 4 % faster: noise
+    windows += [W(1, 130, 1.0), W(2, 100, 1.0)]
+    assert cpu_threads.faster_count(windows, current=2) == 1
+    assert cpu_threads.faster_count([W(2, 50, 0.5), W(1, 60, 1.0)], current=1) == 2  # per second
+
+
+class _Host:
+    """A fake clock and thread pool: a step of `rows` takes rows / speed[threads] seconds;
+    the scheduler's accounting shows neither waiting nor an idle core."""
+
+    def __init__(self, monkeypatch, speed: dict[int, float]) -> None:
+        self.now, self.threads, self.speed = 0.0, 2, speed
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(cpu_threads.os.path, "exists", lambda p: True)
+        monkeypatch.setattr(cpu_threads.time, "monotonic", lambda: self.now)
+        monkeypatch.setattr(cpu_threads.torch, "get_num_threads", lambda: self.threads)
+        monkeypatch.setattr(cpu_threads.torch, "set_num_threads",
+                            lambda n: setattr(self, "threads", n))
+        monkeypatch.setattr(cpu_threads, "take_sample",
+                            lambda: _sample(self.now, 0, 0, int(self.now * 1000) + 1))
+
+    def run(self, governor, seconds: float, rows: int = 64) -> list[int]:
+        """Step for `seconds`; the thread count after each step."""
+        seen, end = [], self.now + seconds
+        while self.now < end:
+            self.now += rows / self.speed[self.threads]
+            governor.tick(rows)
+            seen.append(self.threads)
+        return seen
+
+
+def test_the_probe_keeps_one_thread_where_it_steps_faster(monkeypatch):
+    # stories260K behind a busy frontend: the second thread costs more than it buys
+    host = _Host(monkeypatch, {1: 6000.0, 2: 4000.0})
+    governor = cpu_threads.ThreadGovernor(interval_s=1.0)
+    seen = host.run(governor, 12.0)
+    assert seen[0] == 2 and seen[-1] == 1 and governor.ceiling == 1
+    # the next probe tries two again and stays with one
+    assert set(host.run(governor, 60.0)) == {1, 2} and host.threads == 1
+
+
+def test_the_probe_keeps_both_threads_where_they_pay(monkeypatch):
+    host = _Host(monkeypatch, {1: 600.0, 2: 800.0})
+    governor = cpu_threads.ThreadGovernor(interval_s=1.0)
+    seen = host.run(governor, 12.0)
+    assert 1 in seen and seen[-1] == 2 and governor.ceiling == 2
+
+
+def test_an_idle_engine_interrupts_the_probe(monkeypatch):
+    host = _Host(monkeypatch, {1: 6000.0, 2: 4000.0})
+    governor = cpu_threads.ThreadGovernor(interval_s=1.0)
+    host.run(governor, cpu_threads.WARMUP_WINDOWS + 0.5)  # into the probe's first window
+    assert host.threads == 1
+    governor.pause()
+    host.now += 30.0  # nothing to do for a while: that window measures no speed
+    host.run(governor, 0.01)
+    assert host.threads == 2 and governor.ceiling == 2 and not governor.plan
+
+
+def test_an_idle_core_gives_threads_back_only_up_to_the_measured_ceiling(monkeypatch):
+    host = _Host(monkeypatch, {1: 6000.0, 2: 4000.0})
+    governor = cpu_threads.ThreadGovernor(interval_s=1.0)
+    host.run(governor, 12.0)
+    assert host.threads == 1 and governor.ceiling == 1
+    # from now on half of the 2 CPUs' ticks are idle: a whole core free, yet one thread
+    # measured faster, so the idle-core rule must not undo the probe
+    monkeypatch.setattr(cpu_threads, "take_sample",
+                        lambda: _sample(host.now, 0, int(host.now * 500), int(host.now * 1000)))
+    monkeypatch.setattr(cpu_threads.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert set(host.run(governor, 5.0)) == {1}
+    governor.ceiling = 2  # below a ceiling of two, the free core brings the thread back
+    host.run(governor, 2.0)
+    assert host.threads == 2
+
+
+def test_the_engine_reports_rows_and_idleness_to_the_governor(stories_path):
+    from pagedserve import LLM, SamplingParams
+
+    class Recorder:
+        def __init__(self):
+            self.events = []
+
+        def tick(self, rows):
+            self.events.append(rows)
+
+        def pause(self):
+            self.events.append("pause")
+
+    llm = LLM(stories_path, num_kv_blocks=40)
+    llm.llm_engine.executor.governor = recorder = Recorder()
+    llm.generate(["Once upon a time", "The cat"], SamplingParams(max_tokens=3, temperature=0))
+    # two rows per step (one prefill step, then decodes), idle once both are done
+    assert recorder.events == [2, 2, 2, "pause"]
