@@ -147,8 +147,8 @@ class ThreadGovernor:
     served 35 % faster with two. Between probes, every `interval_s`, the scheduler's own
     accounting (/proc schedstat and stat) reacts at once: waiting for a CPU drops a thread,
     an idle core gives one back up to the ceiling. Only windows in which the engine never
-    ran out of work count for either. Off when the user chose OMP_NUM_THREADS, or where /proc
-    has no schedstat."""
+    ran out of work count for either, and a probe's windows for the probe alone. Off when
+    the user chose OMP_NUM_THREADS, or where /proc has no schedstat."""
 
     def __init__(self, interval_s: float = 1.0) -> None:
         self.most = self.ceiling = torch.get_num_threads()
@@ -175,27 +175,23 @@ class ThreadGovernor:
         before, self.last = self.last, now
         window = Window(threads, self.rows, now.wall_s - before.wall_s)
         busy, self.rows, self.busy = self.busy, 0, True
-        if not busy:
-            return self._abandon_probe(threads)
+        if not busy:  # it measured idleness: a probe goes on with the next busy window
+            return
+        if self.plan:  # the probe's own windows: contention shows in their rates
+            return self._probe(threads, window)
         wanted = decide_threads(before, now, threads, self.ceiling, len(os.sched_getaffinity(0)))
         if wanted != threads:
-            self._abandon_probe(threads)
             self._set(threads, wanted, "cores busy elsewhere" if wanted < threads
                       else "cores free again")
         else:
             self._probe(threads, window)
-
-    def _abandon_probe(self, threads: int) -> None:
-        if self.plan:
-            self._set(threads, self.base, "")
-        self.plan, self.windows = [], []
 
     def _probe(self, threads: int, window: Window) -> None:
         """Advance the A/B probe by one busy window."""
         if self.plan:
             self.windows.append(window)
             if len(self.windows) < len(self.plan):
-                return self._set(threads, self.plan[len(self.windows)], "")
+                return self._set(threads, self.plan[len(self.windows)], "probe")
             self.ceiling = best = faster_count(self.windows, self.base)
             self.plan, self.windows, self.held = [], [], 0
             return self._set(threads, best, "measured faster")
@@ -203,11 +199,11 @@ class ThreadGovernor:
         other = threads - 1 if threads > 1 else threads + 1
         if self.held >= HOLD_WINDOWS and other <= self.most:
             self.base, self.plan = threads, [other, threads, other, threads]
-            self._set(threads, other, "")
+            self._set(threads, other, "probe")
 
     def _set(self, threads: int, wanted: int, why: str) -> None:
         if wanted == threads:
             return
-        if why:
-            log.info("CPU threads %d -> %d (%s)", threads, wanted, why)
+        log.log(logging.DEBUG if why == "probe" else logging.INFO, "CPU threads %d -> %d (%s)",
+                threads, wanted, why)
         torch.set_num_threads(wanted)

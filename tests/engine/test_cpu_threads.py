@@ -193,15 +193,29 @@ def test_the_probe_keeps_both_threads_where_they_pay(monkeypatch):
     assert 1 in seen and seen[-1] == 2 and governor.ceiling == 2
 
 
-def test_an_idle_engine_interrupts_the_probe(monkeypatch):
+def test_the_core_a_probe_leaves_idle_does_not_end_it(monkeypatch):
+    # a ~20M model: at one thread the other core idles, which must not cut the probe short
+    host = _Host(monkeypatch, {1: 600.0, 2: 800.0})
+    monkeypatch.setattr(cpu_threads, "take_sample", lambda: _sample(
+        host.now, 0, int(host.now * 500) if host.threads == 1 else 0, int(host.now * 1000)))
+    monkeypatch.setattr(cpu_threads.os, "sched_getaffinity", lambda pid: {0, 1})
+    governor = cpu_threads.ThreadGovernor(interval_s=1.0)
+    seen = host.run(governor, 20.0)
+    one_thread_windows = sum(1 for a, b in zip([2] + seen, seen) if (a, b) == (2, 1))
+    assert one_thread_windows == 2 and seen[-1] == 2  # the probe's two, then no more
+
+
+def test_an_idle_window_does_not_count_in_the_probe(monkeypatch):
     host = _Host(monkeypatch, {1: 6000.0, 2: 4000.0})
     governor = cpu_threads.ThreadGovernor(interval_s=1.0)
     host.run(governor, cpu_threads.WARMUP_WINDOWS + 0.5)  # into the probe's first window
-    assert host.threads == 1
+    assert host.threads == 1 and len(governor.plan) == 4
     governor.pause()
-    host.now += 30.0  # nothing to do for a while: that window measures no speed
+    host.now += 30.0  # nothing to do for a while: that window's rate would read ~0
     host.run(governor, 0.01)
-    assert host.threads == 2 and governor.ceiling == 2 and not governor.plan
+    assert host.threads == 1 and governor.windows == []
+    host.run(governor, 5.0)
+    assert host.threads == 1 and governor.ceiling == 1 and not governor.plan
 
 
 def test_an_idle_core_gives_threads_back_only_up_to_the_measured_ceiling(monkeypatch):
@@ -238,3 +252,14 @@ def test_the_engine_reports_rows_and_idleness_to_the_governor(stories_path):
     llm.generate(["Once upon a time", "The cat"], SamplingParams(max_tokens=3, temperature=0))
     # two rows per step (one prefill step, then decodes), idle once both are done
     assert recorder.events == [2, 2, 2, "pause"]
+
+
+def test_idle_gaps_between_bursts_do_not_postpone_the_probe(monkeypatch):
+    # a server loaded in short bursts (benchmark rounds) still gets its probe
+    host = _Host(monkeypatch, {1: 6000.0, 2: 4000.0})
+    governor = cpu_threads.ThreadGovernor(interval_s=1.0)
+    for _ in range(8):  # two busy windows each
+        host.run(governor, 3.0)
+        governor.pause()
+        host.now += 5.0
+    assert host.threads == 1 and governor.ceiling == 1
