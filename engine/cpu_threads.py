@@ -111,44 +111,54 @@ def decide_threads(before: ThreadSample, after: ThreadSample, threads: int, most
 
 
 # the A/B probe: busy windows at the chosen count between probes, the probe's windows
-# (alternative, current, alternative, current: a drift in the load hits both arms alike), and
-# how much faster the alternative must be to win (one-second windows differ by a few % alone)
-WARMUP_WINDOWS = 4
+# (alternative, current, alternative, current: a drift in the load hits both arms alike), how
+# much faster the alternative must be to win, and the fewest steps of shared shapes that
+# make a verdict
+WARMUP_WINDOWS = 10
 HOLD_WINDOWS = 30
 MARGIN = 0.05
+MIN_STEPS = 8
 
 
-@dataclass(slots=True)
-class Window:
-    """One interval's work: sequence rows stepped (about one output token each) in wall_s."""
-    threads: int
-    rows: int
-    wall_s: float
+def step_shape(rows: int, tokens: int) -> tuple[int, int]:
+    """Steps alike enough to compare their times: rows and tokens to the power of two."""
+    return rows.bit_length(), tokens.bit_length()
 
 
-def faster_count(windows: list[Window], current: int, margin: float = MARGIN) -> int:
-    """The thread count that stepped more rows per second over `windows`; `current` unless
-    another beat it by more than `margin`."""
-    rates = {}
-    for t in {w.threads for w in windows}:
-        mine = [w for w in windows if w.threads == t]
-        rates[t] = sum(w.rows for w in mine) / max(1e-9, sum(w.wall_s for w in mine))
-    best = max(rates, key=rates.get)
-    return best if rates[best] > rates.get(current, 0.0) * (1 + margin) else current
+def faster_count(times: dict[tuple[int, tuple[int, int]], list[float]], current: int,
+                 other: int, margin: float = MARGIN) -> int:
+    """`other` if its steps took less time than `current`'s by more than `margin`, over the
+    step shapes both ran (a window of prefills must not look slower than one of decodes);
+    `current` otherwise, or when they shared too few steps to tell. `times` maps (threads,
+    shape) to [steps, seconds]."""
+    mine = {shape: t for (n, shape), t in times.items() if n == current}
+    theirs = {shape: t for (n, shape), t in times.items() if n == other}
+    spent_mine = spent_theirs = steps = 0.0
+    for shape in mine.keys() & theirs.keys():
+        (a, sa), (b, sb) = mine[shape], theirs[shape]
+        k = min(a, b)  # as many steps of this shape on each side
+        spent_mine += k * sa / a
+        spent_theirs += k * sb / b
+        steps += k
+    if steps < MIN_STEPS:
+        return current
+    return other if spent_theirs * (1 + margin) < spent_mine else current
 
 
 class ThreadGovernor:
     """Adapts torch's CPU threads to the cores this process really gets, in two ways.
 
     What a thread buys: now and then it runs a few windows with one thread fewer (or more)
-    and keeps as its ceiling the count that stepped more rows per second. A server's core
-    shares the cores with the HTTP frontend, whose work comes in bursts too short to show as
-    waiting: on 2 cores one core thread served stories260K 47 % faster, while a ~20M model
-    served 35 % faster with two. Between probes, every `interval_s`, the scheduler's own
-    accounting (/proc schedstat and stat) reacts at once: waiting for a CPU drops a thread,
-    an idle core gives one back up to the ceiling. Only windows in which the engine never
-    ran out of work count for either, and a probe's windows for the probe alone. Off when
-    the user chose OMP_NUM_THREADS, or where /proc has no schedstat."""
+    and keeps as its ceiling the count whose steps took less time, step shapes alike. A
+    server's core shares the cores with the HTTP frontend, whose work comes in bursts too
+    short to show as waiting: on 2 cores one core thread served stories260K 47 % faster,
+    while a ~20M model served 35 % faster with two. A step's time runs from the end of the
+    one before, so what the engine does between steps (sending outputs) counts too, and a
+    step after the engine ran out of work is not timed. Between probes, every `interval_s`,
+    the scheduler's own accounting (/proc schedstat and stat) reacts at once: waiting for a
+    CPU drops a thread, an idle core gives one back up to the ceiling (in windows where the
+    engine never ran out of work). Off when the user chose OMP_NUM_THREADS, or where /proc
+    has no schedstat."""
 
     def __init__(self, interval_s: float = 1.0) -> None:
         self.most = self.ceiling = torch.get_num_threads()
@@ -156,49 +166,54 @@ class ThreadGovernor:
         self.enabled = (self.most > 1 and not os.environ.get("OMP_NUM_THREADS")
                         and os.path.exists("/proc/self/schedstat"))
         self.last = take_sample() if self.enabled else None
-        self.rows, self.busy = 0, True
+        self.last_step, self.step_busy, self.window_busy = time.monotonic(), True, True
         self.held = HOLD_WINDOWS - WARMUP_WINDOWS  # the first probe comes soon after start
-        self.base, self.plan, self.windows = 0, [], []
+        self.base, self.other, self.plan, self.done = 0, 0, [], 0
+        self.times: dict[tuple[int, tuple[int, int]], list[float]] = {}
 
     def pause(self) -> None:
-        """The engine ran out of work: the window under way measures idleness, not speed."""
-        self.busy = False
+        """The engine ran out of work: time until the next step measures idleness."""
+        self.step_busy = self.window_busy = False
 
-    def tick(self, rows: int) -> None:
-        """Call once per step with its sequence rows; acts once an interval has passed."""
+    def tick(self, rows: int, tokens: int) -> None:
+        """Call at the end of every step with its sequence rows and tokens."""
         if not self.enabled:
             return
-        self.rows += rows
-        if time.monotonic() - self.last.wall_s < self.interval_s:
+        now_s, threads = time.monotonic(), torch.get_num_threads()
+        if self.plan and self.step_busy:
+            t = self.times.setdefault((threads, step_shape(rows, tokens)), [0, 0.0])
+            t[0], t[1] = t[0] + 1, t[1] + now_s - self.last_step
+        self.last_step, self.step_busy = now_s, True
+        if now_s - self.last.wall_s < self.interval_s:
             return
-        now, threads = take_sample(), torch.get_num_threads()
+        now = take_sample()
         before, self.last = self.last, now
-        window = Window(threads, self.rows, now.wall_s - before.wall_s)
-        busy, self.rows, self.busy = self.busy, 0, True
-        if not busy:  # it measured idleness: a probe goes on with the next busy window
+        busy, self.window_busy = self.window_busy, True
+        if self.plan:
+            return self._probe(threads)
+        if not busy:  # it measured idleness, not contention
             return
-        if self.plan:  # the probe's own windows: contention shows in their rates
-            return self._probe(threads, window)
         wanted = decide_threads(before, now, threads, self.ceiling, len(os.sched_getaffinity(0)))
         if wanted != threads:
             self._set(threads, wanted, "cores busy elsewhere" if wanted < threads
                       else "cores free again")
         else:
-            self._probe(threads, window)
+            self._probe(threads)
 
-    def _probe(self, threads: int, window: Window) -> None:
-        """Advance the A/B probe by one busy window."""
+    def _probe(self, threads: int) -> None:
+        """Advance the A/B probe by one window, or start one when it is time."""
         if self.plan:
-            self.windows.append(window)
-            if len(self.windows) < len(self.plan):
-                return self._set(threads, self.plan[len(self.windows)], "probe")
-            self.ceiling = best = faster_count(self.windows, self.base)
-            self.plan, self.windows, self.held = [], [], 0
+            self.done += 1
+            if self.done < len(self.plan):
+                return self._set(threads, self.plan[self.done], "probe")
+            self.ceiling = best = faster_count(self.times, self.base, self.other)
+            self.plan, self.times, self.held = [], {}, 0
             return self._set(threads, best, "measured faster")
         self.held += 1
         other = threads - 1 if threads > 1 else threads + 1
         if self.held >= HOLD_WINDOWS and other <= self.most:
-            self.base, self.plan = threads, [other, threads, other, threads]
+            self.base, self.other, self.done = threads, other, 0
+            self.plan = [other, threads, other, threads]
             self._set(threads, other, "probe")
 
     def _set(self, threads: int, wanted: int, why: str) -> None:

@@ -51,7 +51,7 @@ class UniExecutor:
 
     def __init__(self, config: EngineConfig) -> None:
         device = resolve_device(config.device)
-        self.governor = None
+        self.governor, self._threads = None, torch.get_num_threads()
         if device.type == "cpu":
             limit_torch_threads()
             self.governor = ThreadGovernor()
@@ -69,7 +69,8 @@ class UniExecutor:
         pass
 
     def shutdown(self) -> None:
-        pass
+        # torch's thread count is the process's: the next engine here starts from the same
+        torch.set_num_threads(self._threads)
 
 
 class MPExecutor:

@@ -135,7 +135,7 @@ class LLMEngine:
         parent = self.parents.pop(request_id, None)
         if parent is None:
             return None
-        self._govern(0)
+        self._govern(0, 0)
         for req in parent.children:
             if not req.finished:
                 self.scheduler.abort(req)
@@ -176,14 +176,15 @@ class LLMEngine:
                 touched[req.parent_id] = self.parents[req.parent_id]
         self.scheduler.finish_step(sched)
         outputs = failed + self._collect(touched)
-        self._govern(len(step.seq_lens))
+        self._govern(len(step.seq_lens), len(step.input_ids))
         return outputs
 
-    def _govern(self, rows: int) -> None:
-        # the thread governor compares rows per second of busy windows only
+    def _govern(self, rows: int, tokens: int) -> None:
+        # the thread governor times steps; not the wait for work after the last one
         governor = self.executor.governor
         if governor is not None:
-            governor.tick(rows)
+            if rows:
+                governor.tick(rows, tokens)
             if not self.parents:
                 governor.pause()
 

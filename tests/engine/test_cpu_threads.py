@@ -112,7 +112,7 @@ def test_governor_is_off_when_the_user_chose_the_threads(monkeypatch):
     monkeypatch.setattr(cpu_threads.torch, "get_num_threads", lambda: 2)
     governor = cpu_threads.ThreadGovernor(interval_s=0)
     assert not governor.enabled
-    governor.tick(64)  # does nothing, reads nothing
+    governor.tick(64, 64)  # does nothing, reads nothing
 
 
 def test_governor_acts_on_what_it_decides(monkeypatch):
@@ -124,7 +124,7 @@ def test_governor_acts_on_what_it_decides(monkeypatch):
     monkeypatch.setattr(cpu_threads, "take_sample", lambda: next(samples))
     monkeypatch.setattr(cpu_threads.os.path, "exists", lambda p: True)
     governor = cpu_threads.ThreadGovernor(interval_s=0)
-    governor.tick(64)
+    governor.tick(64, 64)
     assert threads["n"] == 1 and governor.most == 2
 
 
@@ -142,13 +142,31 @@ def test_openmp_spins_briefly_unless_the_user_chose(tmp_path):
 
 # --- the A/B probe: what a thread buys, measured in rows per second of busy windows
 
+def _times(**per_arm) -> dict:
+    """{"t1": [(rows, tokens, steps, seconds), ...], "t2": ...} -> the governor's step times."""
+    out = {}
+    for arm, rows in per_arm.items():
+        for r, tokens, steps, seconds in rows:
+            out[(int(arm[1:]), cpu_threads.step_shape(r, tokens))] = [steps, seconds]
+    return out
+
+
 def test_faster_count_needs_more_than_the_margin_to_switch():
-    W = cpu_threads.Window
-    windows = [W(1, 104, 1.0), W(2, 100, 1.0), W(1, 104, 1.0), W(2, 100, 1.0)]
-    assert cpu_threads.faster_count(windows, current=2) == 2  # 4 % faster: noise
-    windows += [W(1, 130, 1.0), W(2, 100, 1.0)]
-    assert cpu_threads.faster_count(windows, current=2) == 1
-    assert cpu_threads.faster_count([W(2, 50, 0.5), W(1, 60, 1.0)], current=1) == 2  # per second
+    close = _times(t2=[(64, 64, 20, 2.0)], t1=[(64, 64, 20, 1.92)])  # 4 % faster: noise
+    assert cpu_threads.faster_count(close, current=2, other=1) == 2
+    clear = _times(t2=[(64, 64, 20, 2.0)], t1=[(64, 64, 40, 3.0)])  # 75 vs 100 ms a step
+    assert cpu_threads.faster_count(clear, current=2, other=1) == 1
+    few = _times(t2=[(64, 64, 3, 0.3)], t1=[(64, 64, 3, 0.1)])
+    assert cpu_threads.faster_count(few, current=2, other=1) == 2  # too few steps to tell
+
+
+def test_faster_count_compares_steps_of_the_same_shape():
+    # one arm ran the prefills (few rows, many tokens, long steps), the other only decodes:
+    # per step of a shape both ran, two threads were faster
+    times = _times(t2=[(64, 64, 30, 3.0), (8, 2048, 10, 5.0)],
+                   t1=[(64, 64, 30, 4.5)])
+    assert cpu_threads.faster_count(times, current=2, other=1) == 2
+    assert cpu_threads.faster_count(times, current=1, other=2) == 2
 
 
 class _Host:
@@ -171,7 +189,7 @@ class _Host:
         seen, end = [], self.now + seconds
         while self.now < end:
             self.now += rows / self.speed[self.threads]
-            governor.tick(rows)
+            governor.tick(rows, rows)
             seen.append(self.threads)
         return seen
 
@@ -180,7 +198,7 @@ def test_the_probe_keeps_one_thread_where_it_steps_faster(monkeypatch):
     # stories260K behind a busy frontend: the second thread costs more than it buys
     host = _Host(monkeypatch, {1: 6000.0, 2: 4000.0})
     governor = cpu_threads.ThreadGovernor(interval_s=1.0)
-    seen = host.run(governor, 12.0)
+    seen = host.run(governor, 20.0)
     assert seen[0] == 2 and seen[-1] == 1 and governor.ceiling == 1
     # the next probe tries two again and stays with one
     assert set(host.run(governor, 60.0)) == {1, 2} and host.threads == 1
@@ -189,7 +207,7 @@ def test_the_probe_keeps_one_thread_where_it_steps_faster(monkeypatch):
 def test_the_probe_keeps_both_threads_where_they_pay(monkeypatch):
     host = _Host(monkeypatch, {1: 600.0, 2: 800.0})
     governor = cpu_threads.ThreadGovernor(interval_s=1.0)
-    seen = host.run(governor, 12.0)
+    seen = host.run(governor, 20.0)
     assert 1 in seen and seen[-1] == 2 and governor.ceiling == 2
 
 
@@ -211,9 +229,9 @@ def test_an_idle_window_does_not_count_in_the_probe(monkeypatch):
     host.run(governor, cpu_threads.WARMUP_WINDOWS + 0.5)  # into the probe's first window
     assert host.threads == 1 and len(governor.plan) == 4
     governor.pause()
-    host.now += 30.0  # nothing to do for a while: that window's rate would read ~0
+    host.now += 30.0  # nothing to do for a while: the next step must not be timed from before
     host.run(governor, 0.01)
-    assert host.threads == 1 and governor.windows == []
+    assert all(seconds < 1.0 for _, seconds in governor.times.values())
     host.run(governor, 5.0)
     assert host.threads == 1 and governor.ceiling == 1 and not governor.plan
 
@@ -221,7 +239,7 @@ def test_an_idle_window_does_not_count_in_the_probe(monkeypatch):
 def test_an_idle_core_gives_threads_back_only_up_to_the_measured_ceiling(monkeypatch):
     host = _Host(monkeypatch, {1: 6000.0, 2: 4000.0})
     governor = cpu_threads.ThreadGovernor(interval_s=1.0)
-    host.run(governor, 12.0)
+    host.run(governor, 20.0)
     assert host.threads == 1 and governor.ceiling == 1
     # from now on half of the 2 CPUs' ticks are idle: a whole core free, yet one thread
     # measured faster, so the idle-core rule must not undo the probe
@@ -241,7 +259,7 @@ def test_the_engine_reports_rows_and_idleness_to_the_governor(stories_path):
         def __init__(self):
             self.events = []
 
-        def tick(self, rows):
+        def tick(self, rows, tokens):
             self.events.append(rows)
 
         def pause(self):
@@ -263,3 +281,14 @@ def test_idle_gaps_between_bursts_do_not_postpone_the_probe(monkeypatch):
         governor.pause()
         host.now += 5.0
     assert host.threads == 1 and governor.ceiling == 1
+
+
+def test_shutdown_gives_the_next_engine_the_threads_this_one_found(stories_path, monkeypatch,
+                                                                   restore_threads):
+    from pagedserve import LLM
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    llm = LLM(stories_path, num_kv_blocks=40)
+    torch.set_num_threads(1)  # as the governor may leave it mid-probe
+    llm.llm_engine.shutdown()
+    assert torch.get_num_threads() == 2
