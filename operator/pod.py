@@ -8,7 +8,7 @@ from the spec removes it from the Deployment too.
 import math
 
 from pagedserve.operator.config import OperatorConfig
-from pagedserve.operator.spec import LLMDeploymentSpec
+from pagedserve.operator.spec import ENGINE_FLAGS, PREFIX_CACHING_FLAGS, LLMDeploymentSpec
 
 CACHE_PATH = "/models-cache"  # the engine image's HF_HOME
 SHM_PATH = "/dev/shm"
@@ -35,24 +35,18 @@ def server_args(spec: LLMDeploymentSpec) -> list[str]:
     if spec.served_model_name:
         args += ["--served-model-name", spec.served_model_name]
     e = spec.engine
-    for flag, value in (
-        ("--dtype", e.dtype),
-        ("--max-model-len", e.max_model_len),
-        ("--max-num-seqs", e.max_num_seqs),
-        ("--max-num-batched-tokens", e.max_num_batched_tokens),
-        ("--block-size", e.block_size),
-        ("--gpu-memory-utilization", e.gpu_memory_utilization),
-        ("--max-queue-len", e.max_queue_len),
-        ("--kv-cache-memory", e.kv_cache_memory),
-        ("--kv-cache-dtype", e.kv_cache_dtype),
-    ):
+    for name, flag in ENGINE_FLAGS.items():
+        value = getattr(e, _snake(name))
         if value is not None:
             args += [flag, str(value)]
     if e.enable_prefix_caching is not None:
-        args.append(
-            "--enable-prefix-caching" if e.enable_prefix_caching else "--no-enable-prefix-caching"
-        )
+        args.append(PREFIX_CACHING_FLAGS[0 if e.enable_prefix_caching else 1])
     return args + list(e.extra_args)
+
+
+def _snake(name: str) -> str:
+    """maxModelLen -> max_model_len: the EngineSpec attribute of a spec.engine field."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
 
 
 def _secret_env(name: str, ref) -> dict:

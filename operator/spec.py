@@ -48,6 +48,20 @@ OWNED_FLAGS = (
     "--master-port",
     "--headless",
 )
+# spec.engine's fields and the server flags they render to (operator/pod.py); extraArgs may
+# set one of these only while its field is unset, or the pod would get both and the last win
+ENGINE_FLAGS = {
+    "dtype": "--dtype",
+    "maxModelLen": "--max-model-len",
+    "maxNumSeqs": "--max-num-seqs",
+    "maxNumBatchedTokens": "--max-num-batched-tokens",
+    "blockSize": "--block-size",
+    "gpuMemoryUtilization": "--gpu-memory-utilization",
+    "maxQueueLen": "--max-queue-len",
+    "kvCacheMemory": "--kv-cache-memory",
+    "kvCacheDtype": "--kv-cache-dtype",
+}
+PREFIX_CACHING_FLAGS = ("--enable-prefix-caching", "--no-enable-prefix-caching")
 
 
 @dataclass(slots=True)
@@ -189,14 +203,21 @@ def _engine(obj: Mapping) -> EngineSpec:
 
 def _extra_args(obj: Mapping, w: str) -> list[str]:
     extra = get(obj, "extraArgs", w, list, [])
+    owners = {flag: name for name, flag in ENGINE_FLAGS.items()}
+    owners.update(dict.fromkeys(PREFIX_CACHING_FLAGS, "enablePrefixCaching"))
     for arg in extra:
         if not isinstance(arg, str):
             raise SpecError(f"{w}.extraArgs must be a list of strings, got {arg!r}")
-        if arg.split("=", 1)[0] in OWNED_FLAGS:
+        flag = arg.split("=", 1)[0]
+        if flag in OWNED_FLAGS:
             raise SpecError(
-                f"{w}.extraArgs may not set {arg.split('=', 1)[0]}: the operator sets it "
+                f"{w}.extraArgs may not set {flag}: the operator sets it "
                 "(use tensorParallelSize, accelerator, apiKeySecret, service.port or "
                 "shutdownTimeoutSeconds)"
+            )
+        if flag in owners and obj.get(owners[flag]) is not None:
+            raise SpecError(
+                f"{w}.extraArgs sets {flag} and {w}.{owners[flag]} sets it too: keep one"
             )
     return list(extra)
 
