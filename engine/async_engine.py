@@ -47,7 +47,8 @@ class AsyncLLMEngine:
         # on its way can never reach a new request that reuses the id.
         self._core_ids = itertools.count()
         self._to_core: dict[str, str] = {}
-        self._from_core: dict[str, str] = {}
+        # core id -> (our request id, prompt, prompt ids): the pipe does not carry the prompts
+        self._from_core: dict[str, tuple[str, str | None, list[int]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
 
@@ -109,7 +110,8 @@ class AsyncLLMEngine:
 
     def _submit(self, req: EngineCoreRequest) -> None:
         core_id = f"{req.request_id}#{next(self._core_ids)}"
-        self._to_core[req.request_id], self._from_core[core_id] = core_id, req.request_id
+        self._to_core[req.request_id] = core_id
+        self._from_core[core_id] = req.request_id, req.prompt, req.prompt_token_ids
         req.request_id = core_id
         if req.params.output_kind is RequestOutputKind.CUMULATIVE:  # the collector adds up
             req.params = req.params.with_output_kind(RequestOutputKind.DELTA)
@@ -155,9 +157,12 @@ class AsyncLLMEngine:
             return
         self._stats = msg.stats  # first: a consumer woken below sees them current
         for out in msg.outputs:
-            rid = self._from_core.get(out.request_id)
-            if rid is None:
+            known = self._from_core.get(out.request_id)
+            if known is None:
                 continue  # aborted meanwhile
+            rid = known[0]
+            if out.prompt_token_ids is None:  # came over the pipe (core.CoreOutputs)
+                out.prompt, out.prompt_token_ids = known[1], known[2]
             if out.finished:
                 del self._from_core[out.request_id], self._to_core[rid]
             out.request_id = rid

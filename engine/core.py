@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pagedserve.engine.llm_engine import EngineStats, LLMEngine
-from pagedserve.engine.outputs import RequestOutput
+from pagedserve.engine.outputs import RequestOutput, pack_outputs, unpack_outputs
 from pagedserve.engine.processor import EngineCoreRequest
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,15 @@ class CoreOutputs:
     """One step's outputs and the engine's stats after it (the first one says: loaded)."""
     outputs: list[RequestOutput]
     stats: EngineStats
+
+    def __reduce__(self):
+        # sent every step: the outputs travel as plain tuples (outputs.pack_outputs), without
+        # the prompts, which the frontend sent and puts back (async_engine.AsyncLLMEngine)
+        return _unpack_core_outputs, (pack_outputs(self.outputs, prompts=False), self.stats)
+
+
+def _unpack_core_outputs(packed: list[tuple], stats: EngineStats) -> CoreOutputs:
+    return CoreOutputs(unpack_outputs(packed), stats)
 
 
 @dataclass(slots=True)

@@ -64,6 +64,10 @@ def test_output_kinds_match_the_in_process_engine(stories_path):
     assert "".join(o.outputs[0].text for o in deltas) == greedy.text
     assert sum((o.outputs[0].token_ids for o in deltas), []) == greedy.token_ids
     assert len(finals) == 1 and finals[0].finished and finals[0].outputs[0].text == greedy.text
+    # the pipe leaves the prompts out; every output still has them, as in-process
+    for out in cum + deltas + finals:
+        assert out.prompt == prompt
+        assert out.prompt_token_ids == expected["greedy"].prompt_token_ids
 
 
 def test_load_error_is_raised_by_from_config(stories_path):
@@ -125,3 +129,25 @@ def test_core_ends_with_its_frontend(stories_path, tmp_path, ending):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_outputs_cross_the_pipe_as_tuples_without_the_prompts():
+    import pickle
+
+    from pagedserve.engine.core import CoreOutputs
+    from pagedserve.engine.outputs import (
+        CompletionOutput,
+        RequestMetrics,
+        RequestOutput,
+        pack_outputs,
+        unpack_outputs,
+    )
+    out = RequestOutput("r1", "Once", [1, 2, 3], [
+        CompletionOutput(0, " upon", [7], None, None, [{7: -0.5}], -0.5),
+        CompletionOutput(1, " a", [9], "stop", 9, None, None)], False,
+        RequestMetrics(1.0, 1.5, 2.0, None, 2), [None, {2: -1.0}, {3: -2.0}])
+    assert unpack_outputs(pack_outputs([out])) == [out]  # every field, in its place
+    sent = pickle.loads(pickle.dumps(CoreOutputs([out], None)))
+    assert sent.outputs[0].prompt is None and sent.outputs[0].prompt_token_ids is None
+    sent.outputs[0].prompt, sent.outputs[0].prompt_token_ids = out.prompt, out.prompt_token_ids
+    assert sent.outputs == [out]
