@@ -94,11 +94,19 @@ def one_run(backend: str, model: str, args, engine_kwargs: dict) -> dict:
             "decode_gflops": flops / elapsed / 1e9}
 
 
-COLUMNS = [("backend", "backend", "s"), ("batch_size", "batch", "d"),
+COLUMNS = [("backend", "backend", "s"), ("batch_size", "batch", "d"), ("kv_cache", "KV cache", "s"),
            ("decode_tokens_per_s", "decode tok/s", ".1f"),
            ("decode_gflops", "decode GFLOP/s", ".2f"),
            ("matmul_peak_gflops", "matmul peak GFLOP/s", ".2f"),
            ("fraction_of_peak", "of peak", ".1%")]
+
+
+def kv_cache_of(backend: str, args) -> str:
+    """What each side keeps its KV cache in: the ratio means little without it."""
+    if backend == "llama.cpp":
+        return "f16 (its default)"
+    dtype = getattr(args, "kv_cache_dtype", "auto")
+    return "model dtype" if dtype == "auto" else dtype
 
 
 def main(args) -> int:
@@ -126,7 +134,8 @@ def main(args) -> int:
         row = {**mine[0], "decode_tokens_per_s": statistics.median(
             r["decode_tokens_per_s"] for r in mine), "decode_gflops": statistics.median(
             r["decode_gflops"] for r in mine), "matmul_peak_gflops": peak / 1e9}
-        rows.append({**row, "fraction_of_peak": row["decode_gflops"] * 1e9 / peak})
+        rows.append({**row, "fraction_of_peak": row["decode_gflops"] * 1e9 / peak,
+                     "kv_cache": kv_cache_of(b, args)})
     print(f"load {report.machine()['load_avg_1_5_15']}, "
           f"torch threads {report.machine().get('torch_threads')}")
     report.print_table(rows, COLUMNS)

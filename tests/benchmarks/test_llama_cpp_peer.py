@@ -89,7 +89,10 @@ def test_roofline_repeats_alternate_and_report_medians(fake_roofline, tmp_path, 
     assert rows["pagedserve"]["decode_tokens_per_s"] == 20.0
     assert rows["llama.cpp"]["decode_tokens_per_s"] == 3.0
     assert rows["llama.cpp"]["fraction_of_peak"] == pytest.approx(0.3e9 / 4e9)
-    assert "6.67x" in capsys.readouterr().out
+    assert rows["llama.cpp"]["kv_cache"] == "f16 (its default)"
+    assert rows["pagedserve"]["kv_cache"] == "model dtype"  # --kv-cache-dtype auto
+    printed = capsys.readouterr().out
+    assert "6.67x" in printed and "f16 (its default)" in printed
 
 
 def test_build_jobs_is_never_empty(monkeypatch):
