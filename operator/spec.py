@@ -431,4 +431,12 @@ def parse_spec(spec: Mapping | None) -> LLMDeploymentSpec:
         **_optional_blocks(spec),
     )
     _check_multi_node(parsed)
+    _check_served_name(parsed)
     return parsed
+
+
+def _check_served_name(spec: LLMDeploymentSpec) -> None:
+    flags = {arg.split("=", 1)[0] for arg in spec.engine.extra_args}
+    if spec.served_model_name and "--served-model-name" in flags:
+        raise SpecError("spec.engine.extraArgs sets --served-model-name and "
+                        "spec.servedModelName sets it too: keep one")

@@ -170,6 +170,12 @@ def test_crd_schema_rejects_what_the_operator_rejects(crd_validator):
             "extraArgs sets --enable-prefix-caching and spec.engine.enablePrefixCaching",
         ),
         (
+            {"model": "m", "servedModelName": "a",
+             "engine": {"extraArgs": ["--served-model-name", "b"]}},
+            "InvalidSpec",
+            "extraArgs sets --served-model-name and spec.servedModelName sets it too",
+        ),
+        (
             {"model": "m", "env": [{"name": "HF_TOKEN", "value": "x"}]},
             "InvalidSpec",
             "may not set HF_TOKEN",
