@@ -116,6 +116,7 @@ def decide_threads(before: ThreadSample, after: ThreadSample, threads: int, most
 # make a verdict
 WARMUP_WINDOWS = 10
 HOLD_WINDOWS = 30
+RECHECK_WINDOWS = 3  # after the run-queue rule dropped a thread: was it worth it?
 MARGIN = 0.05
 MIN_STEPS = 8
 
@@ -156,9 +157,9 @@ class ThreadGovernor:
     one before, so what the engine does between steps (sending outputs) counts too, and a
     step after the engine ran out of work is not timed. Between probes, every `interval_s`,
     the scheduler's own accounting (/proc schedstat and stat) reacts at once: waiting for a
-    CPU drops a thread, an idle core gives one back up to the ceiling (in windows where the
-    engine never ran out of work). Off when the user chose OMP_NUM_THREADS, or where /proc
-    has no schedstat."""
+    CPU drops a thread (and brings the next probe close), an idle core gives one back up to
+    the ceiling (in windows where the engine never ran out of work). Off when the user chose
+    OMP_NUM_THREADS, or where /proc has no schedstat."""
 
     def __init__(self, interval_s: float = 1.0) -> None:
         self.most = self.ceiling = torch.get_num_threads()
@@ -194,9 +195,11 @@ class ThreadGovernor:
         if not busy:  # it measured idleness, not contention
             return
         wanted = decide_threads(before, now, threads, self.ceiling, len(os.sched_getaffinity(0)))
-        if wanted != threads:
-            self._set(threads, wanted, "cores busy elsewhere" if wanted < threads
-                      else "cores free again")
+        if wanted < threads:  # a burst (e.g. requests arriving) can look like a busy host
+            self.held = max(self.held, HOLD_WINDOWS - RECHECK_WINDOWS)
+            self._set(threads, wanted, "cores busy elsewhere")
+        elif wanted > threads:
+            self._set(threads, wanted, "cores free again")
         else:
             self._probe(threads)
 

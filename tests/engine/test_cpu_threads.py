@@ -292,3 +292,17 @@ def test_shutdown_gives_the_next_engine_the_threads_this_one_found(stories_path,
     torch.set_num_threads(1)  # as the governor may leave it mid-probe
     llm.llm_engine.shutdown()
     assert torch.get_num_threads() == 2
+
+
+def test_a_drop_for_a_passing_burst_is_soon_undone_where_two_threads_pay(monkeypatch):
+    # ~20M behind a frontend: 64 requests arriving make the team wait for a moment
+    host = _Host(monkeypatch, {1: 600.0, 2: 800.0})
+    governor = cpu_threads.ThreadGovernor(interval_s=1.0)
+    burst = {"on": True}
+    monkeypatch.setattr(cpu_threads, "take_sample", lambda: _sample(
+        host.now, host.now * 0.8 if burst["on"] else 0.8, 0, int(host.now * 1000) + 1))
+    host.run(governor, 1.5)
+    assert host.threads == 1  # the run-queue rule dropped one
+    burst["on"] = False
+    seen = host.run(governor, 1 + cpu_threads.RECHECK_WINDOWS + 4 + 0.5)
+    assert seen[-1] == 2 and governor.ceiling == 2  # long before the warm-up's 10 windows
