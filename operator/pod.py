@@ -8,7 +8,12 @@ from the spec removes it from the Deployment too.
 import math
 
 from pagedserve.operator.config import OperatorConfig
-from pagedserve.operator.spec import ENGINE_FLAGS, PREFIX_CACHING_FLAGS, LLMDeploymentSpec
+from pagedserve.operator.spec import (
+    ENGINE_FLAGS,
+    PREFIX_CACHING_FLAGS,
+    LLMDeploymentSpec,
+    engine_attr,
+)
 
 CACHE_PATH = "/models-cache"  # the engine image's HF_HOME
 SHM_PATH = "/dev/shm"
@@ -36,17 +41,13 @@ def server_args(spec: LLMDeploymentSpec) -> list[str]:
         args += ["--served-model-name", spec.served_model_name]
     e = spec.engine
     for name, flag in ENGINE_FLAGS.items():
-        value = getattr(e, _snake(name))
+        value = getattr(e, engine_attr(name))
         if value is not None:
             args += [flag, str(value)]
     if e.enable_prefix_caching is not None:
         args.append(PREFIX_CACHING_FLAGS[0 if e.enable_prefix_caching else 1])
     return args + list(e.extra_args)
 
-
-def _snake(name: str) -> str:
-    """maxModelLen -> max_model_len: the EngineSpec attribute of a spec.engine field."""
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
 
 
 def _secret_env(name: str, ref) -> dict:

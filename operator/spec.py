@@ -203,8 +203,6 @@ def _engine(obj: Mapping) -> EngineSpec:
 
 def _extra_args(obj: Mapping, w: str) -> list[str]:
     extra = get(obj, "extraArgs", w, list, [])
-    owners = {flag: name for name, flag in ENGINE_FLAGS.items()}
-    owners.update(dict.fromkeys(PREFIX_CACHING_FLAGS, "enablePrefixCaching"))
     for arg in extra:
         if not isinstance(arg, str):
             raise SpecError(f"{w}.extraArgs must be a list of strings, got {arg!r}")
@@ -214,10 +212,6 @@ def _extra_args(obj: Mapping, w: str) -> list[str]:
                 f"{w}.extraArgs may not set {flag}: the operator sets it "
                 "(use tensorParallelSize, accelerator, apiKeySecret, service.port or "
                 "shutdownTimeoutSeconds)"
-            )
-        if flag in owners and obj.get(owners[flag]) is not None:
-            raise SpecError(
-                f"{w}.extraArgs sets {flag} and {w}.{owners[flag]} sets it too: keep one"
             )
     return list(extra)
 
@@ -431,12 +425,26 @@ def parse_spec(spec: Mapping | None) -> LLMDeploymentSpec:
         **_optional_blocks(spec),
     )
     _check_multi_node(parsed)
-    _check_served_name(parsed)
+    _check_extra_args(parsed)
     return parsed
 
 
-def _check_served_name(spec: LLMDeploymentSpec) -> None:
-    flags = {arg.split("=", 1)[0] for arg in spec.engine.extra_args}
-    if spec.served_model_name and "--served-model-name" in flags:
-        raise SpecError("spec.engine.extraArgs sets --served-model-name and "
-                        "spec.servedModelName sets it too: keep one")
+def engine_attr(name: str) -> str:
+    """maxModelLen -> max_model_len: the EngineSpec attribute of a spec.engine field."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+def _check_extra_args(spec: LLMDeploymentSpec) -> None:
+    """An extraArgs flag that a set field renders too would reach the pod twice, and the last
+    would silently win."""
+    e = spec.engine
+    owners = {flag: (f"spec.engine.{name}", getattr(e, engine_attr(name)))
+              for name, flag in ENGINE_FLAGS.items()}
+    owners.update(dict.fromkeys(PREFIX_CACHING_FLAGS,
+                                ("spec.engine.enablePrefixCaching", e.enable_prefix_caching)))
+    owners["--served-model-name"] = ("spec.servedModelName", spec.served_model_name or None)
+    for arg in e.extra_args:
+        flag = arg.split("=", 1)[0]
+        field, value = owners.get(flag, ("", None))
+        if value is not None:
+            raise SpecError(f"spec.engine.extraArgs sets {flag} and {field} sets it too: keep one")
