@@ -160,9 +160,9 @@ class AsyncLLMEngine:
             known = self._from_core.get(out.request_id)
             if known is None:
                 continue  # aborted meanwhile
-            rid = known[0]
+            rid, prompt, prompt_ids = known
             if out.prompt_token_ids is None:  # came over the pipe (core.CoreOutputs)
-                out.prompt, out.prompt_token_ids = known[1], known[2]
+                out.prompt, out.prompt_token_ids = prompt, prompt_ids
             if out.finished:
                 del self._from_core[out.request_id], self._to_core[rid]
             out.request_id = rid

@@ -38,7 +38,7 @@ class CoreOutputs:
     def __reduce__(self):
         # sent every step: the outputs travel as plain tuples (outputs.pack_outputs), without
         # the prompts, which the frontend sent and puts back (async_engine.AsyncLLMEngine)
-        return _unpack_core_outputs, (pack_outputs(self.outputs, prompts=False), self.stats)
+        return _unpack_core_outputs, (pack_outputs(self.outputs), self.stats)
 
 
 def _unpack_core_outputs(packed: list[tuple], stats: EngineStats) -> CoreOutputs:

@@ -169,7 +169,8 @@ class ThreadGovernor:
         self.last = take_sample() if self.enabled else None
         self.last_step, self.step_busy, self.window_busy = time.monotonic(), True, True
         self.held = HOLD_WINDOWS - WARMUP_WINDOWS  # the first probe comes soon after start
-        self.base, self.other, self.plan, self.done = 0, 0, [], 0
+        self.plan: list[int] = []  # the probe's counts, window by window: other, base, ...
+        self.done = 0  # windows of the plan behind us
         self.times: dict[tuple[int, tuple[int, int]], list[float]] = {}
 
     def pause(self) -> None:
@@ -209,14 +210,14 @@ class ThreadGovernor:
             self.done += 1
             if self.done < len(self.plan):
                 return self._set(threads, self.plan[self.done], "probe")
-            self.ceiling = best = faster_count(self.times, self.base, self.other)
+            other, base = self.plan[:2]
+            self.ceiling = best = faster_count(self.times, base, other)
             self.plan, self.times, self.held = [], {}, 0
             return self._set(threads, best, "measured faster")
         self.held += 1
         other = threads - 1 if threads > 1 else threads + 1
         if self.held >= HOLD_WINDOWS and other <= self.most:
-            self.base, self.other, self.done = threads, other, 0
-            self.plan = [other, threads, other, threads]
+            self.plan, self.done = [other, threads, other, threads], 0
             self._set(threads, other, "probe")
 
     def _set(self, threads: int, wanted: int, why: str) -> None:

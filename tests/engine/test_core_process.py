@@ -146,8 +146,8 @@ def test_outputs_cross_the_pipe_as_tuples_without_the_prompts():
         CompletionOutput(0, " upon", [7], None, None, [{7: -0.5}], -0.5),
         CompletionOutput(1, " a", [9], "stop", 9, None, None)], False,
         RequestMetrics(1.0, 1.5, 2.0, None, 2), [None, {2: -1.0}, {3: -2.0}])
-    assert unpack_outputs(pack_outputs([out])) == [out]  # every field, in its place
-    sent = pickle.loads(pickle.dumps(CoreOutputs([out], None)))
-    assert sent.outputs[0].prompt is None and sent.outputs[0].prompt_token_ids is None
-    sent.outputs[0].prompt, sent.outputs[0].prompt_token_ids = out.prompt, out.prompt_token_ids
-    assert sent.outputs == [out]
+    for sent in (unpack_outputs(pack_outputs([out])),
+                 pickle.loads(pickle.dumps(CoreOutputs([out], None))).outputs):
+        assert sent[0].prompt is None and sent[0].prompt_token_ids is None
+        sent[0].prompt, sent[0].prompt_token_ids = out.prompt, out.prompt_token_ids
+        assert sent == [out]  # every other field, in its place
