@@ -6,6 +6,7 @@ Rank 0 alone receives logits and samples.
 """
 import atexit
 import contextlib
+import sys
 import threading
 import time
 from multiprocessing.connection import wait
@@ -69,8 +70,10 @@ class UniExecutor:
         pass
 
     def shutdown(self) -> None:
-        # torch's thread count is the process's: the next engine here starts from the same
-        torch.set_num_threads(self._threads)
+        # torch's thread count is the process's: the next engine here starts from the same.
+        # Not at exit (LLM.__del__), when no engine follows and torch's module may be gone.
+        if not sys.is_finalizing():
+            torch.set_num_threads(self._threads)
 
 
 class MPExecutor:

@@ -52,6 +52,7 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
+        self._stopped = False
         self.tokenizer = load_tokenizer(config.tokenizer or config.model_path,
                                         config.trust_remote_code)
         self.processor = InputProcessor(config, self.tokenizer)
@@ -246,5 +247,10 @@ class LLMEngine:
         self.executor.check_health()
 
     def shutdown(self) -> None:
+        """Stop the executor (and its workers) and the grammar compiler. Once is enough: a
+        second call, such as LLM.__del__ at exit after the user's own, does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.structured_outputs.shutdown()
         self.executor.shutdown()

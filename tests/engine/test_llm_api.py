@@ -1,4 +1,9 @@
 """The offline LLM API behaves as vLLM's does for the shapes users pass."""
+import subprocess
+import sys
+
+import pytest
+
 from pagedserve import LLM, SamplingParams
 
 TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -52,3 +57,17 @@ def test_vllm_arguments_that_would_change_the_output_are_refused(stories_path):
         with pytest.raises(ValueError, match=f"{name}={value!r} is not supported"):
             LLM(stories_path, **{name: value})
     LLM(stories_path, quantization=None, enable_chunked_prefill=True)  # what this engine does
+
+
+@pytest.mark.parametrize("shutdown", ["", "llm.llm_engine.shutdown()"])
+def test_a_script_exits_cleanly(stories_path, shutdown):
+    """An offline script ends without "Exception ignored in LLM.__del__": the engine is shut
+    down once, at exit too, and after the user's own shutdown nothing runs twice."""
+    code = (f"from pagedserve import LLM, SamplingParams\nllm = LLM({str(stories_path)!r})\n"
+            "print(llm.generate('Once', SamplingParams(max_tokens=2))[0].outputs[0].text != '')\n"
+            f"{shutdown}\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+    assert "Exception ignored" not in out.stderr and "Traceback" not in out.stderr, out.stderr
