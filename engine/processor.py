@@ -45,16 +45,24 @@ class ParentRequest:
         delta = self.output_kind is RequestOutputKind.DELTA
         prompt_lps = self._prompt_logprobs(delta)
         outs = [self._completion(i, req, delta) for i, req in enumerate(self.children)]
-        first = [r.first_token_time for r in self.children if r.first_token_time]
-        sched = [r.first_scheduled_time for r in self.children if r.first_scheduled_time]
-        metrics = RequestMetrics(self.arrival_time, min(sched, default=None),
-                                 min(first, default=None),
-                                 num_cached_tokens=max(r.num_cached_tokens for r in self.children))
+        metrics = self._metrics()
         done = all(r.finished for r in self.children)
         if done:
             metrics.finished_time = time.monotonic()
         return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, outs, done,
                              metrics, prompt_lps)
+
+    def _metrics(self) -> RequestMetrics:
+        """The earliest times of any sample; built every step for every streamed request."""
+        if len(self.children) == 1:  # the common case, without the scans below
+            r = self.children[0]
+            return RequestMetrics(self.arrival_time, r.first_scheduled_time, r.first_token_time,
+                                  None, r.num_cached_tokens)
+        first = [r.first_token_time for r in self.children if r.first_token_time]
+        sched = [r.first_scheduled_time for r in self.children if r.first_scheduled_time]
+        return RequestMetrics(self.arrival_time, min(sched, default=None),
+                              min(first, default=None),
+                              num_cached_tokens=max(r.num_cached_tokens for r in self.children))
 
     def _prompt_logprobs(self, delta: bool) -> list[dict[int, float] | None] | None:
         """Once the prompt is prefilled; a DELTA stream carries them in its first output."""
