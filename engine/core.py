@@ -74,6 +74,9 @@ def send_error(channel: Channel, error: BaseException) -> None:
 def run_core(engine: LLMEngine, channel: Channel) -> int:
     """Serve the frontend until told to stop (0), until it is gone (0), or until a step
     fails (1, after sending the error)."""
+    governor = engine.executor.governor
+    if governor is not None:
+        governor.share_cores()
     try:
         channel.send(CoreOutputs([], engine.stats()))  # ready
         _busy_loop(engine, channel)

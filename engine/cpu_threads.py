@@ -173,6 +173,12 @@ class ThreadGovernor:
         self.done = 0  # windows of the plan behind us
         self.times: dict[tuple[int, tuple[int, int]], list[float]] = {}
 
+    def share_cores(self) -> None:
+        """This engine serves a frontend whose HTTP work shares the cores (a server's core):
+        the first probe comes after RECHECK_WINDOWS busy windows instead of WARMUP_WINDOWS,
+        so a server's first seconds do not run on a thread count nobody measured."""
+        self.held = max(self.held, HOLD_WINDOWS - RECHECK_WINDOWS)
+
     def pause(self) -> None:
         """The engine ran out of work: time until the next step measures idleness."""
         self.step_busy = self.window_busy = False

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pagedserve.engine import cpu_threads
+from pagedserve.engine.config import EngineConfig
 from pagedserve.engine.cpu_threads import cgroup_cpu_limit, limit_torch_threads, usable_cpus
 
 
@@ -306,3 +307,43 @@ def test_a_drop_for_a_passing_burst_is_soon_undone_where_two_threads_pay(monkeyp
     burst["on"] = False
     seen = host.run(governor, 1 + cpu_threads.RECHECK_WINDOWS + 4 + 0.5)
     assert seen[-1] == 2 and governor.ceiling == 2  # long before the warm-up's 10 windows
+
+
+def test_a_servers_core_measures_its_threads_within_seconds(monkeypatch):
+    # stories260K behind a frontend: a fresh server's core is not left on 2 threads for the
+    # 10-window warm-up an offline engine gets
+    host = _Host(monkeypatch, {1: 6000.0, 2: 4000.0})
+    server = cpu_threads.ThreadGovernor(interval_s=1.0)
+    server.share_cores()
+    seconds = 1 + cpu_threads.RECHECK_WINDOWS + 4 + 0.5  # the warm-up, then the 4-window probe
+    assert host.run(server, seconds)[-1] == 1 and server.ceiling == 1
+    host.threads = 2
+    offline = cpu_threads.ThreadGovernor(interval_s=1.0)
+    assert host.run(offline, seconds)[-1] == 2
+
+
+def test_the_core_loop_tells_its_governor_it_shares_the_cores(stories_path, monkeypatch):
+    from pagedserve.engine.core import run_core
+    from pagedserve.engine.llm_engine import LLMEngine
+    calls = []
+    monkeypatch.setattr(cpu_threads.ThreadGovernor, "share_cores", lambda self: calls.append(1))
+
+    class Channel:  # the frontend: asks the core to stop at once
+        sent: list = []
+
+        def poll(self, timeout=0.0):
+            return True
+
+        def recv(self):
+            from pagedserve.engine.core import CoreCommands
+            return CoreCommands(shutdown=True)
+
+        def send(self, msg):
+            self.sent.append(msg)
+    engine = LLMEngine(EngineConfig(model=stories_path, num_kv_blocks=8, max_model_len=128))
+    engine.executor.governor = cpu_threads.ThreadGovernor()
+    try:
+        assert run_core(engine, Channel()) == 0
+    finally:
+        engine.shutdown()
+    assert calls == [1]
