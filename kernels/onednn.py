@@ -30,11 +30,38 @@ AVAILABLE = _probe()
 MIN_WORK = 1 << 22
 
 
+# Row counts above this are rounded up (8 sizes per doubling): oneDNN builds a primitive per
+# input shape (~0.5-1 ms, and ~0.5 MiB kept) and caches 1024. A server's prefill steps bring
+# a new row count nearly every time, so without buckets it built primitives for ever: linear
+# calls at 300 such counts took 1.6x as long, cache full, as when they were cached.
+EXACT_ROWS = 64
+
+
+def bucket_rows(rows: int) -> int:
+    """The row count oneDNN runs for `rows`: itself up to EXACT_ROWS (decode batches),
+    else rounded up to a multiple of a sixteenth of the next power of two (< 12.5 % more)."""
+    if rows <= EXACT_ROWS:
+        return rows
+    step = 1 << ((rows - 1).bit_length() - 4)
+    return -(-rows // step) * step
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    rows, k = x.numel() // x.shape[-1], x.shape[-1]
+    padded = bucket_rows(rows)
+    if padded == rows:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    buf = x.new_zeros(padded, k)
+    buf[:rows] = x.reshape(rows, k)
+    y = torch.ops.mkldnn._linear_pointwise(buf, weight, bias, "none", [], "")[:rows]
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor,
            bias: torch.Tensor | None = None) -> torch.Tensor:
     """Same as F.linear; oneDNN's matmul for fp32 CPU tensors big enough to gain from it,
     when this torch has it."""
     if (AVAILABLE and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"
             and x.numel() // weight.shape[1] * weight.numel() >= MIN_WORK):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return _onednn(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -66,3 +66,33 @@ def test_the_cpu_backend_routes_linear_layers_through_onednn():
         assert kernels.linear is reference.linear
     finally:
         kernels.select_backend("cpu", "torch")
+
+
+def test_row_counts_above_a_decode_batch_come_in_few_sizes():
+    # oneDNN builds (and keeps) a primitive per shape: a server's prefill steps must not
+    # bring a new one with nearly every step
+    sizes = [onednn.bucket_rows(m) for m in range(1, 4097)]
+    assert sizes[:onednn.EXACT_ROWS] == list(range(1, onednn.EXACT_ROWS + 1))
+    assert all(m <= s < m * 1.125 for m, s in enumerate(sizes[onednn.EXACT_ROWS:], 65))
+    assert sizes == sorted(sizes)
+    assert len(set(sizes[onednn.EXACT_ROWS:])) <= 8 * 6  # 8 per doubling, 64 -> 4096
+
+
+@pytest.mark.parametrize("rows", [65, 100, 333])
+def test_padded_row_counts_give_exactly_the_rows_asked_for(rows):
+    torch.manual_seed(4)
+    qkv, w, b = torch.randn(rows, 768), torch.randn(320, 256), torch.randn(320)
+    for x in (qkv[:, :256].contiguous(), qkv[:, 256:512], qkv[:, :256].reshape(1, rows, 256)):
+        y = onednn.linear(x, w, b)
+        assert y.shape == (*x.shape[:-1], 320)
+        torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not onednn.AVAILABLE, reason="torch without oneDNN")
+def test_onednn_runs_the_bucketed_row_count():
+    x, w = torch.randn(100, 256), torch.randn(320, 256)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                record_shapes=True) as prof:
+        onednn.linear(x, w)
+    shapes = [e.input_shapes[0] for e in prof.events() if e.name == "mkldnn::_linear_pointwise"]
+    assert shapes == [[onednn.bucket_rows(100), 256]] and onednn.bucket_rows(100) == 104
