@@ -177,7 +177,11 @@ class ThreadGovernor:
         """This engine serves a frontend whose HTTP work shares the cores (a server's core):
         the first probe comes after RECHECK_WINDOWS busy windows instead of WARMUP_WINDOWS,
         so a server's first seconds do not run on a thread count nobody measured."""
-        self.held = max(self.held, HOLD_WINDOWS - RECHECK_WINDOWS)
+        self._probe_within(RECHECK_WINDOWS)
+
+    def _probe_within(self, windows: int) -> None:
+        """Start the next probe after at most `windows` more busy windows."""
+        self.held = max(self.held, HOLD_WINDOWS - windows)
 
     def pause(self) -> None:
         """The engine ran out of work: time until the next step measures idleness."""
@@ -203,7 +207,7 @@ class ThreadGovernor:
             return
         wanted = decide_threads(before, now, threads, self.ceiling, len(os.sched_getaffinity(0)))
         if wanted < threads:  # a burst (e.g. requests arriving) can look like a busy host
-            self.held = max(self.held, HOLD_WINDOWS - RECHECK_WINDOWS)
+            self._probe_within(RECHECK_WINDOWS)
             self._set(threads, wanted, "cores busy elsewhere")
         elif wanted > threads:
             self._set(threads, wanted, "cores free again")

@@ -49,7 +49,6 @@ def server_args(spec: LLMDeploymentSpec) -> list[str]:
     return args + list(e.extra_args)
 
 
-
 def _secret_env(name: str, ref) -> dict:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 

@@ -201,12 +201,17 @@ def _engine(obj: Mapping) -> EngineSpec:
     )
 
 
+def _flag(arg: str) -> str:
+    """--max-model-len=4096 -> --max-model-len: the flag an extraArgs entry sets."""
+    return arg.split("=", 1)[0]
+
+
 def _extra_args(obj: Mapping, w: str) -> list[str]:
     extra = get(obj, "extraArgs", w, list, [])
     for arg in extra:
         if not isinstance(arg, str):
             raise SpecError(f"{w}.extraArgs must be a list of strings, got {arg!r}")
-        flag = arg.split("=", 1)[0]
+        flag = _flag(arg)
         if flag in OWNED_FLAGS:
             raise SpecError(
                 f"{w}.extraArgs may not set {flag}: the operator sets it "
@@ -444,7 +449,7 @@ def _check_extra_args(spec: LLMDeploymentSpec) -> None:
                                 ("spec.engine.enablePrefixCaching", e.enable_prefix_caching)))
     owners["--served-model-name"] = ("spec.servedModelName", spec.served_model_name or None)
     for arg in e.extra_args:
-        flag = arg.split("=", 1)[0]
+        flag = _flag(arg)
         field, value = owners.get(flag, ("", None))
         if value is not None:
             raise SpecError(f"spec.engine.extraArgs sets {flag} and {field} sets it too: keep one")
