@@ -95,7 +95,7 @@ def render_messages(state: ServerState, messages: list[ChatMessage],
     if options.add_generation_prompt and options.continue_final_message:
         raise invalid("continue_final_message and add_generation_prompt cannot both be true",
                       "continue_final_message")
-    if options.continue_final_message and messages[-1].role != "assistant":
+    if options.continue_final_message and (not messages or messages[-1].role != "assistant"):
         raise invalid("continue_final_message needs the last message to be the assistant's",
                       "continue_final_message")
     tok = state.engine.tokenizer

@@ -236,6 +236,10 @@ def test_chat_roles_echo_and_continue_final_message(client, server):
     r = server.http.post("/v1/chat/completions", json={
         "messages": msgs[:2], "continue_final_message": True, "add_generation_prompt": False})
     _error(r, "continue_final_message")
+    # no message at all has no final one to continue (found by the /tokenize fuzz test)
+    r = server.http.post("/tokenize", json={
+        "messages": [], "continue_final_message": True, "add_generation_prompt": False})
+    _error(r, "continue_final_message")
 
 
 def test_tokenize_messages_options(server, tok):
