@@ -133,7 +133,7 @@ class MPClient:
                 if isinstance(msg, CoreFailed):
                     return
         except (EOFError, OSError):
-            self.core.proc.join(1.0)
+            self.core.join(1.0)
             deliver(CoreFailed(RuntimeError(
                 f"the engine core process died ({self.core.describe_exit()})")))
 

@@ -15,6 +15,7 @@ import atexit
 import logging
 import multiprocessing as mp
 import signal
+import threading
 from multiprocessing.connection import Connection
 
 from pagedserve.engine.config import EngineConfig
@@ -56,6 +57,9 @@ class EngineCoreProcess:
                                 name="pagedserve-engine-core", daemon=False)
         self.proc.start()
         theirs.close()  # so the core's death reads as EOF here
+        # Process.join/exitcode call waitpid: from two threads at once (stop, and the reader
+        # seeing EOF) the one that lost the race read the exited core as alive and killed it
+        self._reaping = threading.Lock()
         # before multiprocessing's own exit hook, which would wait for the core forever
         atexit.register(self.stop, 5.0)
 
@@ -64,11 +68,11 @@ class EngineCoreProcess:
         try:
             msg = self.conn.recv()
         except EOFError:
-            self.proc.join()
+            self.join()
             raise RuntimeError(f"the engine core process exited while loading "
                                f"({self.describe_exit()})") from None
         if isinstance(msg, CoreFailed):
-            self.proc.join()
+            self.join()
             raise msg.error
         return msg
 
@@ -76,8 +80,14 @@ class EngineCoreProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    def join(self, timeout: float | None = None) -> None:
+        """Wait up to `timeout` s for the core to exit; safe from any thread."""
+        with self._reaping:
+            self.proc.join(timeout)
+
     def describe_exit(self) -> str:
-        code = self.proc.exitcode
+        with self._reaping:
+            code = self.proc.exitcode
         if code is None:
             return "still running"
         return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
@@ -96,8 +106,10 @@ class EngineCoreProcess:
             self.conn.send(CoreCommands(shutdown=True))
         except OSError:
             pass
-        self.proc.join(timeout)
-        if self.proc.is_alive():
+        with self._reaping:
+            self.proc.join(timeout)
+            if not self.proc.is_alive():
+                return
             logger.warning("the engine core did not stop in %.0f s; killing it", timeout)
             self.proc.kill()
             self.proc.join()

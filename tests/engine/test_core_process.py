@@ -151,3 +151,41 @@ def test_outputs_cross_the_pipe_as_tuples_without_the_prompts():
         assert sent[0].prompt is None and sent[0].prompt_token_ids is None
         sent[0].prompt, sent[0].prompt_token_ids = out.prompt, out.prompt_token_ids
         assert sent == [out]  # every other field, in its place
+
+
+def test_stop_and_the_reader_never_reap_the_core_at_once():
+    # the reader joins the core when its pipe ends while stop() joins it too: two waitpids at
+    # once made the loser see an exited core as alive ("did not stop in 10 s; killing it")
+    import threading
+
+    from pagedserve.engine.core_process import EngineCoreProcess
+
+    class Proc:
+        inside = most = 0
+        entered, release = threading.Event(), threading.Event()
+
+        def join(self, timeout=None):
+            Proc.inside += 1
+            Proc.most = max(Proc.most, Proc.inside)
+            Proc.entered.set()
+            Proc.release.wait(5.0)
+            Proc.inside -= 1
+
+        def is_alive(self):
+            return False
+
+    class Conn:
+        def send(self, msg):
+            pass
+    core = object.__new__(EngineCoreProcess)
+    core.proc, core.conn, core._reaping = Proc(), Conn(), threading.Lock()
+    reader = threading.Thread(target=core.join, args=(1.0,))
+    reader.start()
+    assert Proc.entered.wait(5.0)
+    stopper = threading.Thread(target=core.stop, args=(10.0,))
+    stopper.start()
+    stopper.join(0.5)  # stop() must wait for the reader's join, not run beside it
+    Proc.release.set()
+    reader.join(5.0)
+    stopper.join(5.0)
+    assert Proc.most == 1 and not reader.is_alive() and not stopper.is_alive()
