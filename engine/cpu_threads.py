@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pagedserve.kernels import cpu as cpu_kernels
+
 CGROUP_ROOT = "/sys/fs/cgroup"
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,18 @@ def usable_cpus(root: str | None = None) -> int:
     cpus = len(os.sched_getaffinity(0))
     limit = cgroup_cpu_limit(root)
     return cpus if limit is None else max(1, min(cpus, math.ceil(limit)))
+
+
+def set_cpu_threads(n: int | None) -> None:
+    """This process's compute threads on the CPU: torch's intra-op ones and the attention
+    kernel's; the thread governor later moves torch's count alone, below this. None: the
+    engine is done (the attention kernel follows torch's count again and lets go of the
+    last inputs it kept)."""
+    if n is not None:
+        torch.set_num_threads(n)
+    cpu_kernels.set_attention_threads(n)
+    if n is None:
+        cpu_kernels.release_inputs()
 
 
 def limit_torch_threads(share: int = 1) -> int:

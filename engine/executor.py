@@ -15,7 +15,12 @@ import torch
 import torch.multiprocessing as mp
 
 from pagedserve.engine.config import EngineConfig
-from pagedserve.engine.cpu_threads import ThreadGovernor, limit_torch_threads, usable_cpus
+from pagedserve.engine.cpu_threads import (
+    ThreadGovernor,
+    limit_torch_threads,
+    set_cpu_threads,
+    usable_cpus,
+)
 from pagedserve.engine.distributed import (
     abort_group,
     check_no_group,
@@ -54,7 +59,7 @@ class UniExecutor:
         device = resolve_device(config.device)
         self.governor, self._threads = None, torch.get_num_threads()
         if device.type == "cpu":
-            limit_torch_threads()
+            set_cpu_threads(limit_torch_threads())
             self.governor = ThreadGovernor()
         self.runner = ModelRunner(config, device)
 
@@ -74,6 +79,7 @@ class UniExecutor:
         # Not at exit (LLM.__del__), when no engine follows and torch's module may be gone.
         if not sys.is_finalizing():
             torch.set_num_threads(self._threads)
+            set_cpu_threads(None)
 
 
 class MPExecutor:
@@ -135,7 +141,7 @@ class MPExecutor:
         if self.control is not None:
             self._join_remote()
         if threads:
-            torch.set_num_threads(threads)
+            set_cpu_threads(threads)
         self.runner = make_runner(config, 0)
         self._wait_loaded()
         join_group(self.runner, self.store, 0)
@@ -276,6 +282,7 @@ class MPExecutor:
         destroy_group()
         self.store = self.runner = None
         torch.set_num_threads(self._threads)
+        set_cpu_threads(None)
 
 
 def make_executor(config: EngineConfig) -> UniExecutor | MPExecutor:

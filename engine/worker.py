@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pagedserve.engine.config import EngineConfig
+from pagedserve.engine.cpu_threads import set_cpu_threads
 from pagedserve.engine.distributed import (
     TPGroup,
     all_reduce,
@@ -105,7 +106,7 @@ def _prepare(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     if threads:
-        torch.set_num_threads(threads)
+        set_cpu_threads(threads)
 
 
 def _run(rank: int, config: EngineConfig, conn: Connection, store) -> None:

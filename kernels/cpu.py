@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -31,7 +32,8 @@ from pagedserve.kernels.reference import (
 )
 
 __all__ = ["linear", "store_kv_cache", "paged_attention_decode", "paged_prefill_attention",
-           "rms_norm", "rotary_embedding", "silu_and_mul", "fused_moe", "load", "available"]
+           "rms_norm", "rotary_embedding", "silu_and_mul", "fused_moe", "load", "available",
+           "set_attention_threads", "release_inputs"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"
@@ -39,18 +41,35 @@ COMPILER = os.environ.get("CC", "cc")
 # -ffast-math's parts, so the compiler may vectorize the dot-product and softmax sums; the C
 # code keeps every value finite, which is all -ffinite-math-only asks. Not -ffast-math itself:
 # GCC then links crtfastmath.o, which turns on flush-to-zero for the whole process on load.
-# -fopenmp: the kernel's threads come from the libgomp torch already loaded (same soname).
+# -fopenmp: the kernel's OpenMP threads come from the libgomp torch already loaded (same
+# soname); its helper pool (for cores torch's threads leave alone) is plain pthreads.
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-freciprocal-math",
-         "-fno-signed-zeros", "-fno-trapping-math", "-ffinite-math-only", "-fopenmp", "-shared",
-         "-fPIC"]
+         "-fno-signed-zeros", "-fno-trapping-math", "-ffinite-math-only", "-fopenmp", "-pthread",
+         "-shared", "-fPIC"]
 CACHE_ENV = "PAGEDSERVE_KERNEL_CACHE"
 _ARGTYPES = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
              ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
              ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
              ctypes.c_float, ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_int,
-             ctypes.c_void_p]
+             ctypes.c_int]
 _lib: ctypes.CDLL | None = None
 _tried = False
+_threads: int | None = None  # set_attention_threads; None: torch's thread count
+# the inputs of calls a helper thread may still be reading (see the C file's "Threads")
+_held: list[tuple[torch.Tensor | None, ...]] = []
+
+
+def set_attention_threads(n: int | None) -> None:
+    """The CPUs the attention kernel may use; None: as many as torch's intra-op threads.
+    While torch runs on as many threads, the kernel splits its work over them (OpenMP).
+    When a thread governor has put torch on fewer (a server's core sharing the CPUs with
+    its HTTP frontend), the kernel runs on the calling thread plus a helper per CPU torch
+    left, at the lowest priority: the caller never waits for a helper that is not running,
+    so the frontend keeps its CPU and the kernel takes only what is idle."""
+    global _threads
+    if n is not None and n < 1:
+        raise ValueError(f"attention threads must be >= 1, got {n}")
+    _threads = n
 
 
 def cache_dir() -> Path:
@@ -114,6 +133,10 @@ def load() -> ctypes.CDLL | None:
         return None
     lib.paged_attention.argtypes = _ARGTYPES
     lib.paged_attention.restype = ctypes.c_int
+    lib.pool_inside.argtypes = []
+    lib.pool_inside.restype = ctypes.c_int
+    lib.pool_threads.argtypes = []
+    lib.pool_threads.restype = ctypes.c_int
     _lib = lib
     return lib
 
@@ -139,7 +162,7 @@ def _run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     assert block_tables.dtype == seq_lens.dtype == torch.int32
     assert query_start_loc is None or query_start_loc.dtype == torch.int32
     num_tokens, num_heads, head_size = q.shape
-    out = torch.empty(q.shape, dtype=q.dtype)
+    out, threads = torch.empty(q.shape, dtype=q.dtype), torch.get_num_threads()
     if num_tokens == 0:
         return out
     rc = _lib.paged_attention(
@@ -148,8 +171,28 @@ def _run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         None if query_start_loc is None else query_start_loc.data_ptr(), seq_lens.numel(),
         num_tokens, num_heads, k_cache.shape[2], head_size, k_cache.shape[1], scale,
         sliding_window or 0, logits_soft_cap or 0.0, k_cache.dtype == torch.bfloat16,
-        torch.get_num_threads(), None)
+        threads, max(0, (_threads or threads) - threads))
+    _hold(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
     return out if rc == 0 else None
+
+
+def release_inputs(timeout_s: float = 1.0) -> None:
+    """Let go of the inputs kept for helper threads, once none is inside a call (an engine
+    shutting down frees its KV cache): a helper leaves within an item's time of running."""
+    deadline = time.monotonic() + timeout_s
+    while _held and _lib is not None and _lib.pool_inside() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    if _lib is None or not _lib.pool_inside():
+        _held.clear()
+
+
+def _hold(*inputs: torch.Tensor | None) -> None:
+    """Keep a call's inputs alive while a helper thread may still read them: one that was
+    preempted inside an item the caller took over reads them after the call returned."""
+    if _lib.pool_inside():
+        _held.append(inputs)
+    else:
+        _held.clear()
 
 
 def paged_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

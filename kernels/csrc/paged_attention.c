@@ -14,9 +14,11 @@
  * no gather, no padding. All query heads of a KV head (GQA group) and up to a few query
  * tokens share one pass over the rows, so each row is read once per group, not per head.
  */
+#define _GNU_SOURCE  /* pthread_setname_np */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #ifdef __SSE__
 #include <xmmintrin.h>
 #endif
@@ -223,8 +225,18 @@ static inline void row_offsets(const Params *p, const int32_t *table, int t0, in
     }
 }
 
+/* Where query row r of chunk c goes in an array laid out as the output. */
+static inline float *out_row(float *base, const Params *p, Chunk c, int r) {
+    const int G = p->num_heads / p->num_kv_heads, heads = (c.h1 - c.h0) * G;
+    const int q_start = p->query_start_loc ? p->query_start_loc[c.seq] : c.seq;
+    return base + ((int64_t)(q_start + c.q0 + r / heads) * p->num_heads + c.h0 * G
+                   + r % heads) * p->head_size;
+}
+
+/* Attention of one chunk, its rows written to base (p->out, or rows laid out as it). */
 static inline __attribute__((always_inline)) void run_chunk(const int D, const int BF,
-                                                            const Params *p, Chunk c) {
+                                                            const Params *p, Chunk c,
+                                                            float *base) {
     const int G = p->num_heads / p->num_kv_heads, heads = (c.h1 - c.h0) * G;
     const int seq_len = p->seq_lens[c.seq];
     const int q_start = p->query_start_loc ? p->query_start_loc[c.seq] : c.seq;
@@ -262,8 +274,7 @@ static inline __attribute__((always_inline)) void run_chunk(const int D, const i
         tile_values(D, BF, p, rows, kv_off, rows_at, tn, sc, acc);
     }
     for (int r = 0; r < rows; r++) {
-        float *restrict o = p->out + ((int64_t)(q_start + c.q0 + r / heads) * p->num_heads
-                                      + c.h0 * G + r % heads) * D;
+        float *restrict o = out_row(base, p, c, r);
         const float inv = 1.0f / l[r];
         for (int e = 0; e < D; e++) o[e] = acc[r * D + e] * inv;
     }
@@ -272,15 +283,15 @@ static inline __attribute__((always_inline)) void run_chunk(const int D, const i
 /* Constant head sizes let the compiler unroll and vectorize the head_size loops fully. */
 #define HEAD_SIZES(BF) \
     switch (p->head_size) { \
-    case 8: run_chunk(8, BF, p, c); break; \
-    case 16: run_chunk(16, BF, p, c); break; \
-    case 32: run_chunk(32, BF, p, c); break; \
-    case 64: run_chunk(64, BF, p, c); break; \
-    case 128: run_chunk(128, BF, p, c); break; \
-    default: run_chunk(p->head_size, BF, p, c); \
+    case 8: run_chunk(8, BF, p, c, base); break; \
+    case 16: run_chunk(16, BF, p, c, base); break; \
+    case 32: run_chunk(32, BF, p, c, base); break; \
+    case 64: run_chunk(64, BF, p, c, base); break; \
+    case 128: run_chunk(128, BF, p, c, base); break; \
+    default: run_chunk(p->head_size, BF, p, c, base); \
     }
 
-static void run_item(const Params *p, Chunk c) {
+static void run_item(const Params *p, Chunk c, float *base) {
     if (p->kv_bf16) {
         HEAD_SIZES(1)
     } else {
@@ -314,51 +325,238 @@ static int make_chunks(const Params *p, int num_seqs, int num_threads, Chunk *ch
     return n;
 }
 
-static void work(const Params *p, const Chunk *chunks, int total, int *next) {
-#ifdef __SSE__
-    /* flush denormals to zero in this thread (a shared library gets no -ffast-math startup
-     * code for that): products of tiny weights and values are otherwise ~100x slower */
-    const unsigned int csr = _mm_getcsr();
-    _mm_setcsr(csr | 0x8040);
-#endif
+/* ---- Threads --------------------------------------------------------------------------
+ * The calling thread never waits for a helper. A serving engine's core has one core to
+ * itself and shares the rest with its HTTP frontend, so a helper is often not running when
+ * a call starts, or is preempted halfway through an item; a barrier (OpenMP's) then stalls
+ * the whole step on it. Here every work item has a state. Helpers compute the items they
+ * take into rows of the job's own; once no item is free, the caller copies out the items
+ * helpers finished and computes again every one they have not, whatever their state.
+ * Helpers run at SCHED_IDLE: on the CPU time nobody else wants, never taking it from the
+ * caller or the frontend. A helper still inside an item the caller took over reads the
+ * inputs after the call returned: the caller keeps them alive while pool_inside() > 0
+ * (kernels/cpu.py); the job's own memory lives until its last helper leaves it. */
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+enum { FREE, BY_CALLER, BY_HELPER, HELPED };
+
+typedef struct {
+    Params p;
+    Chunk *chunks;
+    float *rows;            /* the helpers' results, laid out as the output */
+    unsigned char *state;   /* per item, atomic */
+    int total, helpers;
+    int next, joined, refs; /* atomic */
+} Job;
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    Job *job;             /* the call now running, NULL between calls */
+    unsigned long gen;    /* counts published jobs: a helper takes each one once */
+    int started;          /* helper threads started */
+    int inside;           /* helpers inside a job (atomic) */
+} pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0 };
+
+static void job_release(Job *job) {
+    if (__atomic_sub_fetch(&job->refs, 1, __ATOMIC_ACQ_REL) == 0) free(job);
+}
+
+static int take(Job *job, int i, int from, int to) {
+    unsigned char expected = (unsigned char)from;
+    return __atomic_compare_exchange_n(&job->state[i], &expected, (unsigned char)to, 0,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+static void help(Job *job) {
     for (;;) {
-        const int i = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
-        if (i >= total) break;
-        run_item(p, chunks[i]);
+        const int i = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+        if (i >= job->total) return;
+        if (!take(job, i, FREE, BY_HELPER)) continue;
+        run_item(&job->p, job->chunks[i], job->rows);
+        take(job, i, BY_HELPER, HELPED);  /* fails if the caller took it over meanwhile */
+    }
+}
+
+static void flush_denormals(void) {
+#ifdef __SSE__
+    /* a shared library gets no -ffast-math startup code for that: products of tiny weights
+     * and values are otherwise ~100x slower */
+    _mm_setcsr(_mm_getcsr() | 0x8040);
+#endif
+}
+
+static void lowest_priority(void) {
+#ifdef SCHED_IDLE
+    const struct sched_param none = { 0 };
+    if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &none) == 0) return;
+#endif
+#ifdef SYS_gettid
+    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);  /* Linux: this thread only */
+#endif
+}
+
+static void *helper_main(void *unused) {
+    (void)unused;
+    unsigned long seen = 0;
+    flush_denormals();
+    lowest_priority();
+    for (;;) {
+        pthread_mutex_lock(&pool.mu);
+        while (pool.job == NULL || pool.gen == seen) pthread_cond_wait(&pool.cv, &pool.mu);
+        Job *job = pool.job;
+        seen = pool.gen;
+        __atomic_add_fetch(&job->refs, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&pool.inside, 1, __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&pool.mu);
+        if (__atomic_add_fetch(&job->joined, 1, __ATOMIC_RELAXED) <= job->helpers) help(job);
+        __atomic_sub_fetch(&pool.inside, 1, __ATOMIC_RELEASE);
+        job_release(job);
+    }
+    return NULL;
+}
+
+/* after fork() the child has the pool's memory but none of its threads */
+static void pool_after_fork(void) {
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_cond_init(&pool.cv, NULL);
+    pool.job = NULL;
+    pool.started = pool.inside = 0;
+}
+
+static void start_helpers(int n) {
+    static int hooked;
+    if (!hooked) hooked = pthread_atfork(NULL, NULL, pool_after_fork) == 0;
+    for (; pool.started < n; pool.started++) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        const int rc = pthread_create(&t, &attr, helper_main, NULL);
+        pthread_attr_destroy(&attr);
+        if (rc) break;  /* fewer helpers, same results */
+        pthread_setname_np(t, "pagedserve-attn");  /* for top -H and py-spy */
+    }
+}
+
+static void copy_helped(const Job *job, int i) {
+    const Chunk c = job->chunks[i];
+    const int n = (c.q1 - c.q0) * (c.h1 - c.h0) * (job->p.num_heads / job->p.num_kv_heads);
+    for (int r = 0; r < n; r++)
+        memcpy(out_row(job->p.out, &job->p, c, r), out_row(job->rows, &job->p, c, r),
+               sizeof(float) * job->p.head_size);
+}
+
+/* The caller's part: free items first, then every item a helper has not finished. */
+static void run_job(Job *job) {
+    for (;;) {
+        const int i = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+        if (i >= job->total) break;
+        if (take(job, i, FREE, BY_CALLER)) run_item(&job->p, job->chunks[i], job->p.out);
+    }
+    for (int i = 0; i < job->total; i++) {
+        for (;;) {  /* again when a helper moved the item on between our load and take */
+            const int s = __atomic_load_n(&job->state[i], __ATOMIC_ACQUIRE);
+            if (s == HELPED) copy_helped(job, i);
+            else if (s != BY_CALLER && take(job, i, s, BY_CALLER))
+                run_item(&job->p, job->chunks[i], job->p.out);
+            else if (s != BY_CALLER)
+                continue;
+            break;
+        }
+    }
+}
+
+/* Helpers inside a call right now (a finished call's inputs must outlive them). */
+int pool_inside(void) {
+    return __atomic_load_n(&pool.inside, __ATOMIC_ACQUIRE);
+}
+
+/* Helper threads started so far. */
+int pool_threads(void) {
+    pthread_mutex_lock(&pool.mu);
+    const int n = pool.started;
+    pthread_mutex_unlock(&pool.mu);
+    return n;
+}
+
+static Job *new_job(const Params *p, int num_seqs, int num_tokens, int threads, int pooled) {
+    const size_t most = (size_t)(num_tokens + num_seqs) * p->num_kv_heads;
+    const size_t rows = pooled ? (size_t)num_tokens * p->num_heads * p->head_size : 0;
+    Job *job = malloc(sizeof(Job) + rows * sizeof(float) + most * (sizeof(Chunk) + 1));
+    if (!job) return NULL;
+    *job = (Job){ .p = *p, .refs = 1 };
+    job->rows = (float *)(job + 1);
+    job->chunks = (Chunk *)(job->rows + rows);
+    job->state = (unsigned char *)(job->chunks + most);
+    job->total = make_chunks(p, num_seqs, threads, job->chunks);
+    memset(job->state, FREE, (size_t)job->total);
+    job->helpers = pooled ? (threads < job->total ? threads : job->total) - 1 : 0;
+    return job;
+}
+
+/* OpenMP's threads, all running: each takes the next item until none is left. */
+static void work(Job *job) {
+#ifdef __SSE__
+    const unsigned int csr = _mm_getcsr();
+#endif
+    flush_denormals();
+    for (;;) {
+        const int i = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+        if (i >= job->total) break;
+        run_item(&job->p, job->chunks[i], job->p.out);
     }
 #ifdef __SSE__
     _mm_setcsr(csr);
 #endif
 }
 
+static void publish(Job *job) {
+    pthread_mutex_lock(&pool.mu);
+    if (job) start_helpers(job->helpers);
+    pool.job = job;
+    pool.gen += job != NULL;
+    if (job) pthread_cond_broadcast(&pool.cv);
+    pthread_mutex_unlock(&pool.mu);
+}
+
 /* Returns 0, or -1 for shapes this kernel does not take (the caller falls back).
- * counter == NULL: threads come from OpenMP (num_threads of them, when compiled with it).
- * Otherwise the caller runs this from several threads sharing *counter (initially 0), each
- * taking the next (chunk, kv head) work item until none is left. */
+ * helpers == 0: num_threads OpenMP threads (torch's, when they are all running);
+ * helpers > 0: the calling thread alone, with that many pool helpers on idle CPU time. */
 int paged_attention(float *out, const float *q, int64_t q_stride, const void *k_cache,
                     const void *v_cache, const int32_t *block_tables, int64_t bt_stride,
                     const int32_t *seq_lens, const int32_t *query_start_loc, int num_seqs,
                     int num_tokens, int num_heads, int num_kv_heads, int head_size,
                     int block_size, float scale, int sliding_window, float soft_cap,
-                    int kv_bf16, int num_threads, int *counter) {
+                    int kv_bf16, int num_threads, int helpers) {
     if (head_size > MAX_HEAD || num_kv_heads <= 0 || num_heads % num_kv_heads
         || num_heads / num_kv_heads > MAX_ROWS)
         return -1;
     const Params p = { out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
                        q_stride, bt_stride, num_heads, num_kv_heads, head_size, block_size,
                        sliding_window, kv_bf16 != 0, scale, soft_cap };
-    if (num_threads < 1) num_threads = 1;
-    Chunk *chunks = malloc(sizeof(Chunk) * (size_t)(num_tokens + num_seqs) * num_kv_heads);
-    if (!chunks) return -1;
-    const int total = make_chunks(&p, num_seqs, num_threads, chunks);
-    int next = 0;
-    if (counter) {
-        work(&p, chunks, total, counter);
+    const int pooled = helpers > 0, threads = pooled ? helpers + 1 : num_threads;
+    Job *job = new_job(&p, num_seqs, num_tokens, threads < 1 ? 1 : threads, pooled);
+    if (!job) return -1;
+    if (pooled) {
+#ifdef __SSE__
+        const unsigned int csr = _mm_getcsr();
+#endif
+        flush_denormals();
+        if (job->helpers > 0) publish(job);
+        run_job(job);
+        if (job->helpers > 0) publish(NULL);
+#ifdef __SSE__
+        _mm_setcsr(csr);
+#endif
     } else {
-        if (num_threads > total) num_threads = total;
-#pragma omp parallel num_threads(num_threads) if (num_threads > 1)
-        work(&p, chunks, total, &next);
+        const int n = threads < job->total ? threads : job->total;
+#pragma omp parallel num_threads(n) if (n > 1)
+        work(job);
     }
-    free(chunks);
+    job_release(job);
     return 0;
 }

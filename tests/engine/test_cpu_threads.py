@@ -71,6 +71,23 @@ def test_the_engine_applies_the_limit(stories_path, tmp_path, monkeypatch, resto
     assert len(out[0].outputs[0].token_ids) == 4
 
 
+def test_the_engine_gives_attention_its_cpus_and_takes_them_back(stories_path, tmp_path,
+                                                                 monkeypatch, restore_threads):
+    # the governor may later run torch on fewer threads; the attention kernel keeps the
+    # CPUs the engine was given (its helpers use what torch leaves idle)
+    from pagedserve import LLM
+    from pagedserve.kernels import cpu
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu_threads, "CGROUP_ROOT", str(tmp_path / "none"))
+    torch.set_num_threads(2)
+    llm = LLM(stories_path, num_kv_blocks=40)
+    assert cpu._threads == 2
+    torch.set_num_threads(1)  # what the governor does on a busy host
+    assert cpu._threads == 2
+    llm.llm_engine.shutdown()
+    assert cpu._threads is None and cpu._held == []
+
+
 # --- the thread governor: decisions from the scheduler's accounting, no timing involved
 
 def _sample(wall, delay_s, idle, total):

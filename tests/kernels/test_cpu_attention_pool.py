@@ -1,0 +1,158 @@
+"""The CPU attention kernel's helper pool: used when torch runs on fewer threads than the
+kernel may use (a server's core), it must give the reference's results however the helpers
+are scheduled, never keep the caller waiting for one, and keep inputs alive for a helper that
+is still inside a finished call."""
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from pagedserve.kernels import cpu, reference
+
+pytestmark = pytest.mark.skipif(shutil.which(cpu.COMPILER) is None, reason="no C compiler")
+TOL = 1e-5
+
+
+@pytest.fixture
+def pooled(monkeypatch):
+    """torch on one thread, the kernel allowed three: the caller and two helpers."""
+    assert cpu.available()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    cpu.set_attention_threads(3)
+    yield
+    cpu.set_attention_threads(None)
+    cpu.release_inputs()
+
+
+def _decode_and_prefill(kit, head: int, kv_heads: int, group: int, cache_dtype) -> float:
+    """The largest difference from the reference over one decode and one prefill call."""
+    seq_lens = [1, 300, 16, 17, 64, 5, 129, 40]
+    c = kit.make_paged(seq_lens, 16, kv_heads, head, cache_dtype)
+    q = torch.randn(len(seq_lens), kv_heads * group, head)
+    args = (q, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, head ** -0.5)
+    err = (cpu.paged_attention_decode(*args) - reference.paged_attention_decode(*args)).abs()
+    q_lens = [1, 7, 16, 17, 60, 5, 100, 40]
+    qsl = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
+    qsl[1:] = torch.tensor(q_lens).cumsum(0)
+    q = torch.randn(sum(q_lens), kv_heads * group, head)
+    args = (q, c.k_cache, c.v_cache, c.block_tables, qsl, c.seq_lens, head ** -0.5)
+    err2 = (cpu.paged_prefill_attention(*args) - reference.paged_prefill_attention(*args)).abs()
+    return max(err.max().item(), err2.max().item())
+
+
+@pytest.mark.parametrize("head,kv_heads,group", [(8, 4, 2), (64, 2, 4), (128, 1, 8)])
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+def test_helpers_share_the_work_and_match_the_reference(kit, pooled, head, kv_heads, group,
+                                                        cache_dtype):
+    errors = [_decode_and_prefill(kit, head, kv_heads, group, cache_dtype) for _ in range(10)]
+    assert max(errors) <= TOL, errors
+    assert cpu.load().pool_threads() >= 2  # the helpers exist: the pool path ran
+    if sys.platform.startswith("linux"):
+        assert _helper_threads() == cpu.load().pool_threads()
+
+
+def test_torch_on_every_allowed_thread_keeps_openmp(kit, monkeypatch):
+    # no CPU is left to helpers: the kernel splits over torch's own (OpenMP) threads
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    cpu.set_attention_threads(2)
+    try:
+        assert _decode_and_prefill(kit, 64, 2, 4, torch.float32) <= TOL
+    finally:
+        cpu.set_attention_threads(None)
+
+
+STARVED = textwrap.dedent("""
+    import os, sys, torch
+    sys.path.insert(0, sys.argv[1])
+    import conftest
+    from pagedserve.kernels import cpu, reference
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # helpers get no CPU of their own
+    torch.set_num_threads(1)
+    cpu.set_attention_threads(4)
+    c = conftest.make_paged([300, 17, 64, 129] * 4, 16, 2, 64)
+    worst = 0.0
+    for i in range(300):
+        q = torch.randn(16, 8, 64)
+        args = (q, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, 0.125)
+        out = cpu.paged_attention_decode(*args)
+        worst = max(worst, (out - reference.paged_attention_decode(*args)).abs().max().item())
+    print(cpu.load().pool_threads(), worst)
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
+def test_helpers_with_no_cpu_never_stall_the_caller():
+    # on one CPU the lowest-priority helpers run only when the caller sleeps, which it never
+    # does inside a call: it takes over whatever they took and every call still finishes
+    here = os.path.dirname(__file__)
+    done = subprocess.run([sys.executable, "-c", STARVED, here], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    threads, worst = done.stdout.split()
+    assert int(threads) == 3 and float(worst) <= TOL
+
+
+def _child(conn, args) -> None:
+    torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP team
+    err = (cpu.paged_attention_decode(*args) - reference.paged_attention_decode(*args)).abs()
+    conn.send((_helper_threads(), err.max().item()))
+
+
+def _helper_threads() -> int:
+    """The pool's threads alive in this process (they carry a name of their own)."""
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/comm") as f:
+            names.append(f.read().strip())
+    return names.count("pagedserve-attn")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork, /proc")
+def test_a_forked_child_starts_helpers_of_its_own(kit, pooled):
+    # a fork (tensor-parallel workers may be forked) copies the pool but not its threads
+    assert _decode_and_prefill(kit, 64, 2, 4, torch.float32) <= TOL
+    c = kit.make_paged([300, 17, 64], 16, 2, 64)
+    args = (torch.randn(3, 8, 64), c.k_cache, c.v_cache, c.block_tables, c.seq_lens, 0.125)
+    ours, theirs = multiprocessing.Pipe()
+    proc = multiprocessing.get_context("fork").Process(target=_child, args=(theirs, args))
+    proc.start()
+    assert ours.poll(60), "the forked child did not answer"
+    threads, err = ours.recv()
+    proc.join(10)
+    assert proc.exitcode == 0 and threads == 2 and err <= TOL
+
+
+class _FakePool:
+    def __init__(self, inside: list[int]) -> None:
+        self.inside = inside
+
+    def pool_inside(self) -> int:
+        return self.inside.pop(0) if len(self.inside) > 1 else self.inside[0]
+
+
+def test_inputs_stay_alive_while_a_helper_is_inside(monkeypatch):
+    monkeypatch.setattr(cpu, "_held", [])
+    monkeypatch.setattr(cpu, "_lib", _FakePool([1, 1, 0]))
+    a, b, c = torch.zeros(1), torch.ones(1), torch.full((1,), 2.0)
+    cpu._hold(a, None)
+    cpu._hold(b, None)
+    assert [t[0] for t in cpu._held] == [a, b]  # a helper may still read either call's
+    cpu._hold(c, None)
+    assert cpu._held == []  # none inside: nothing to keep
+
+
+def test_releasing_inputs_waits_for_the_helpers_to_leave(monkeypatch):
+    monkeypatch.setattr(cpu, "_held", [(torch.zeros(1),)])
+    monkeypatch.setattr(cpu, "_lib", _FakePool([1, 1, 1, 0]))
+    cpu.release_inputs(timeout_s=10)
+    assert cpu._held == []
+
+
+def test_attention_threads_must_be_positive():
+    with pytest.raises(ValueError, match="attention threads must be >= 1, got 0"):
+        cpu.set_attention_threads(0)
