@@ -55,9 +55,16 @@ def set_cpu_threads(n: int | None) -> None:
     last inputs it kept)."""
     if n is not None:
         torch.set_num_threads(n)
-    cpu_kernels.set_attention_threads(n)
+    cpu_kernels.set_attention_threads(n, spin=not quota_binds())
     if n is None:
         cpu_kernels.release_inputs()
+
+
+def quota_binds(root: str | None = None) -> bool:
+    """True when a cgroup CPU quota is below the CPUs this process may run on: time spent
+    on an idle one of them still uses up the quota."""
+    limit = cgroup_cpu_limit(root)
+    return limit is not None and limit < len(os.sched_getaffinity(0))
 
 
 def limit_torch_threads(share: int = 1) -> int:

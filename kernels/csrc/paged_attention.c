@@ -337,6 +337,7 @@ static int make_chunks(const Params *p, int num_seqs, int num_threads, Chunk *ch
  * inputs after the call returned: the caller keeps them alive while pool_inside() > 0
  * (kernels/cpu.py); the job's own memory lives until its last helper leaves it. */
 #include <sched.h>
+#include <time.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -348,6 +349,7 @@ typedef struct {
     Chunk *chunks;
     float *rows;            /* the helpers' results, laid out as the output */
     unsigned char *state;   /* per item, atomic */
+    int64_t spin_ns;        /* how long helpers wait for the next call before sleeping */
     int total, helpers;
     int next, joined, refs; /* atomic */
 } Job;
@@ -399,12 +401,35 @@ static void lowest_priority(void) {
 #endif
 }
 
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Spin a while for the next call before sleeping: a step's calls come a millisecond or so
+ * apart, and a helper woken from sleep comes too late for most of a call. At SCHED_IDLE the
+ * spin takes no CPU time anyone else wants (any other thread preempts it at once), but it
+ * does count against a cgroup CPU quota: the caller asks for it only where none binds. */
+static void await_job(unsigned long seen, int64_t spin_ns) {
+    if (spin_ns <= 0) return;
+    const int64_t until = now_ns() + spin_ns;
+    for (int n = 0; __atomic_load_n(&pool.gen, __ATOMIC_ACQUIRE) == seen; n++) {
+#ifdef __SSE__
+        _mm_pause();
+#endif
+        if ((n & 255) == 255 && now_ns() > until) return;
+    }
+}
+
 static void *helper_main(void *unused) {
     (void)unused;
     unsigned long seen = 0;
+    int64_t spin_ns = 0;
     flush_denormals();
     lowest_priority();
     for (;;) {
+        await_job(seen, spin_ns);
         pthread_mutex_lock(&pool.mu);
         while (pool.job == NULL || pool.gen == seen) pthread_cond_wait(&pool.cv, &pool.mu);
         Job *job = pool.job;
@@ -412,6 +437,7 @@ static void *helper_main(void *unused) {
         __atomic_add_fetch(&job->refs, 1, __ATOMIC_RELAXED);
         __atomic_add_fetch(&pool.inside, 1, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&pool.mu);
+        spin_ns = job->spin_ns;
         if (__atomic_add_fetch(&job->joined, 1, __ATOMIC_RELAXED) <= job->helpers) help(job);
         __atomic_sub_fetch(&pool.inside, 1, __ATOMIC_RELEASE);
         job_release(job);
@@ -483,12 +509,13 @@ int pool_threads(void) {
     return n;
 }
 
-static Job *new_job(const Params *p, int num_seqs, int num_tokens, int threads, int pooled) {
+static Job *new_job(const Params *p, int num_seqs, int num_tokens, int threads, int pooled,
+                    int64_t spin_ns) {
     const size_t most = (size_t)(num_tokens + num_seqs) * p->num_kv_heads;
     const size_t rows = pooled ? (size_t)num_tokens * p->num_heads * p->head_size : 0;
     Job *job = malloc(sizeof(Job) + rows * sizeof(float) + most * (sizeof(Chunk) + 1));
     if (!job) return NULL;
-    *job = (Job){ .p = *p, .refs = 1 };
+    *job = (Job){ .p = *p, .spin_ns = spin_ns, .refs = 1 };
     job->rows = (float *)(job + 1);
     job->chunks = (Chunk *)(job->rows + rows);
     job->state = (unsigned char *)(job->chunks + most);
@@ -518,20 +545,21 @@ static void publish(Job *job) {
     pthread_mutex_lock(&pool.mu);
     if (job) start_helpers(job->helpers);
     pool.job = job;
-    pool.gen += job != NULL;
+    if (job) __atomic_add_fetch(&pool.gen, 1, __ATOMIC_RELEASE);
     if (job) pthread_cond_broadcast(&pool.cv);
     pthread_mutex_unlock(&pool.mu);
 }
 
 /* Returns 0, or -1 for shapes this kernel does not take (the caller falls back).
  * helpers == 0: num_threads OpenMP threads (torch's, when they are all running);
- * helpers > 0: the calling thread alone, with that many pool helpers on idle CPU time. */
+ * helpers > 0: the calling thread, with that many pool helpers on idle CPU time, which
+ * wait up to spin_ns for the next call before they sleep. */
 int paged_attention(float *out, const float *q, int64_t q_stride, const void *k_cache,
                     const void *v_cache, const int32_t *block_tables, int64_t bt_stride,
                     const int32_t *seq_lens, const int32_t *query_start_loc, int num_seqs,
                     int num_tokens, int num_heads, int num_kv_heads, int head_size,
                     int block_size, float scale, int sliding_window, float soft_cap,
-                    int kv_bf16, int num_threads, int helpers) {
+                    int kv_bf16, int num_threads, int helpers, int64_t spin_ns) {
     if (head_size > MAX_HEAD || num_kv_heads <= 0 || num_heads % num_kv_heads
         || num_heads / num_kv_heads > MAX_ROWS)
         return -1;
@@ -539,7 +567,7 @@ int paged_attention(float *out, const float *q, int64_t q_stride, const void *k_
                        q_stride, bt_stride, num_heads, num_kv_heads, head_size, block_size,
                        sliding_window, kv_bf16 != 0, scale, soft_cap };
     const int pooled = helpers > 0, threads = pooled ? helpers + 1 : num_threads;
-    Job *job = new_job(&p, num_seqs, num_tokens, threads < 1 ? 1 : threads, pooled);
+    Job *job = new_job(&p, num_seqs, num_tokens, threads < 1 ? 1 : threads, pooled, spin_ns);
     if (!job) return -1;
     if (pooled) {
 #ifdef __SSE__

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -125,6 +126,33 @@ def test_a_forked_child_starts_helpers_of_its_own(kit, pooled):
     threads, err = ours.recv()
     proc.join(10)
     assert proc.exitcode == 0 and threads == 2 and err <= TOL
+
+
+def _helper_states() -> list[str]:
+    """The scheduler state (R running, S sleeping, ...) of each of the pool's threads."""
+    states = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/stat") as f:
+            head, _, tail = f.read().rpartition(")")
+        if head.partition("(")[2] == "pagedserve-attn":
+            states.append(tail.split()[0])
+    return states
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_helpers_sleep_once_calls_stop_coming(kit, monkeypatch):
+    # they spin a few milliseconds for the next call, then sleep: an idle engine's helpers
+    # must not keep a CPU busy
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    cpu.set_attention_threads(3, spin=True)
+    try:
+        assert _decode_and_prefill(kit, 64, 2, 4, torch.float32) <= TOL
+    finally:
+        cpu.set_attention_threads(None)
+    deadline = time.monotonic() + 30  # generous: asserts they sleep, not how soon
+    while time.monotonic() < deadline and "R" in _helper_states():
+        time.sleep(0.01)
+    assert _helper_states() and set(_helper_states()) == {"S"}
 
 
 class _FakePool:
