@@ -19,6 +19,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <sched.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #ifdef __SSE__
 #include <xmmintrin.h>
 #endif
@@ -333,14 +338,11 @@ static int make_chunks(const Params *p, int num_seqs, int num_threads, Chunk *ch
  * take into rows of the job's own; once no item is free, the caller copies out the items
  * helpers finished and computes again every one they have not, whatever their state.
  * Helpers run at SCHED_IDLE: on the CPU time nobody else wants, never taking it from the
- * caller or the frontend. A helper still inside an item the caller took over reads the
- * inputs after the call returned: the caller keeps them alive while pool_inside() > 0
- * (kernels/cpu.py); the job's own memory lives until its last helper leaves it. */
-#include <sched.h>
-#include <time.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <unistd.h>
+ * caller or the frontend; the caller only ever try-locks the lock they take. A helper still
+ * inside an item the caller took over reads the inputs after the call returned: the caller
+ * keeps them alive while pool_inside() > 0 (kernels/cpu.py); the job's own memory lives
+ * until its last helper leaves it. While torch runs on every CPU the kernel may use, its
+ * OpenMP threads are all awake anyway and split the items instead (work()). */
 
 enum { FREE, BY_CALLER, BY_HELPER, HELPED };
 
@@ -357,7 +359,7 @@ typedef struct {
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    Job *job;             /* the call now running, NULL between calls */
+    Job *job;             /* the call helpers may join (a finished one, or NULL, between) */
     unsigned long gen;    /* counts published jobs: a helper takes each one once */
     int started;          /* helper threads started */
     int inside;           /* helpers inside a job (atomic) */
@@ -541,13 +543,29 @@ static void work(Job *job) {
 #endif
 }
 
-static void publish(Job *job) {
-    pthread_mutex_lock(&pool.mu);
-    if (job) start_helpers(job->helpers);
+/* Shows job to the helpers, unless one of them holds the pool's lock right now (then the
+ * caller runs alone rather than block on a thread that may not be running). The pool keeps
+ * a reference to the job it shows: a helper arriving late finds it allocated, and done. */
+static int show(Job *job) {
+    if (pthread_mutex_trylock(&pool.mu)) return 0;
+    start_helpers(job->helpers);
+    Job *old = pool.job;
+    __atomic_add_fetch(&job->refs, 1, __ATOMIC_RELAXED);
     pool.job = job;
-    if (job) __atomic_add_fetch(&pool.gen, 1, __ATOMIC_RELEASE);
-    if (job) pthread_cond_broadcast(&pool.cv);
+    __atomic_add_fetch(&pool.gen, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&pool.cv);
     pthread_mutex_unlock(&pool.mu);
+    if (old) job_release(old);
+    return 1;
+}
+
+/* Takes a finished job off show (or leaves that to the next show(), as above). */
+static void hide(Job *job) {
+    if (pthread_mutex_trylock(&pool.mu)) return;
+    const int shown = pool.job == job;
+    if (shown) pool.job = NULL;
+    pthread_mutex_unlock(&pool.mu);
+    if (shown) job_release(job);
 }
 
 /* Returns 0, or -1 for shapes this kernel does not take (the caller falls back).
@@ -574,9 +592,9 @@ int paged_attention(float *out, const float *q, int64_t q_stride, const void *k_
         const unsigned int csr = _mm_getcsr();
 #endif
         flush_denormals();
-        if (job->helpers > 0) publish(job);
+        const int shown = job->helpers > 0 && show(job);
         run_job(job);
-        if (job->helpers > 0) publish(NULL);
+        if (shown) hide(job);
 #ifdef __SSE__
         _mm_setcsr(csr);
 #endif
