@@ -74,7 +74,7 @@ STARVED = textwrap.dedent("""
     from pagedserve.kernels import cpu, reference
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # helpers get no CPU of their own
     torch.set_num_threads(1)
-    cpu.set_attention_threads(4)
+    cpu.set_attention_threads(4, spin=sys.argv[2] == "spin")
     c = conftest.make_paged([300, 17, 64, 129] * 4, 16, 2, 64)
     worst = 0.0
     for i in range(300):
@@ -87,11 +87,12 @@ STARVED = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
-def test_helpers_with_no_cpu_never_stall_the_caller():
+@pytest.mark.parametrize("spin", ["spin", "sleep"])
+def test_helpers_with_no_cpu_never_stall_the_caller(spin):
     # on one CPU the lowest-priority helpers run only when the caller sleeps, which it never
     # does inside a call: it takes over whatever they took and every call still finishes
     here = os.path.dirname(__file__)
-    done = subprocess.run([sys.executable, "-c", STARVED, here], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", STARVED, here, spin], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     threads, worst = done.stdout.split()
