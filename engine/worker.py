@@ -4,6 +4,7 @@ Rank 0 (in the engine process) drives each worker over a pipe. Every message is 
 bytes starting with a command; a step carries its StepInput (engine/step_input.py). The
 model's own traffic between ranks goes through torch.distributed collectives.
 """
+import gc
 import os
 import signal
 import sys
@@ -81,6 +82,11 @@ def join_group(runner: ModelRunner, store, rank: int) -> None:
 def run_worker(rank: int, config: EngineConfig, host: str, port: int, conn: Connection,
                threads: int, parents_ends: list[int]) -> None:
     """Entry point of a worker: load this rank's shards, join the group, serve steps."""
+    # a forked worker inherits the parent's uncollected garbage, such as an earlier engine's
+    # gloo process group: collected here, its destructor waited forever on a condition
+    # variable whose threads stayed in the parent. What came from the parent is never
+    # collected here; what the worker makes is.
+    gc.freeze()
     close_inherited(parents_ends)
     _prepare(threads)
     _run(rank, config, conn,
