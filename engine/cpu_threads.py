@@ -48,16 +48,20 @@ def usable_cpus(root: str | None = None) -> int:
     return cpus if limit is None else max(1, min(cpus, math.ceil(limit)))
 
 
-def set_cpu_threads(n: int | None) -> None:
+def set_cpu_threads(n: int) -> None:
     """This process's compute threads on the CPU: torch's intra-op ones and the attention
-    kernel's; the thread governor later moves torch's count alone, below this. None: the
-    engine is done (the attention kernel follows torch's count again and lets go of the
-    last inputs it kept)."""
-    if n is not None:
-        torch.set_num_threads(n)
+    kernel's; the thread governor later moves torch's count alone, below this."""
+    torch.set_num_threads(n)
     cpu_kernels.set_attention_threads(n, spin=not quota_binds())
-    if n is None:
-        cpu_kernels.release_inputs()
+
+
+def reset_cpu_threads(torch_threads: int) -> None:
+    """The engine is done: torch back to `torch_threads` (the next engine in this process
+    starts from there), the attention kernel following torch's count again, and the last
+    inputs it kept for its helpers let go (they hold the KV cache)."""
+    torch.set_num_threads(torch_threads)
+    cpu_kernels.set_attention_threads(None)
+    cpu_kernels.release_inputs()
 
 
 def quota_binds(root: str | None = None) -> bool:

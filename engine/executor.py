@@ -18,6 +18,7 @@ from pagedserve.engine.config import EngineConfig
 from pagedserve.engine.cpu_threads import (
     ThreadGovernor,
     limit_torch_threads,
+    reset_cpu_threads,
     set_cpu_threads,
     usable_cpus,
 )
@@ -78,8 +79,7 @@ class UniExecutor:
         # torch's thread count is the process's: the next engine here starts from the same.
         # Not at exit (LLM.__del__), when no engine follows and torch's module may be gone.
         if not sys.is_finalizing():
-            torch.set_num_threads(self._threads)
-            set_cpu_threads(None)
+            reset_cpu_threads(self._threads)
 
 
 class MPExecutor:
@@ -281,8 +281,7 @@ class MPExecutor:
             self.control.close()
         destroy_group()
         self.store = self.runner = None
-        torch.set_num_threads(self._threads)
-        set_cpu_threads(None)
+        reset_cpu_threads(self._threads)
 
 
 def make_executor(config: EngineConfig) -> UniExecutor | MPExecutor:

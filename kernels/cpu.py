@@ -141,8 +141,6 @@ def load() -> ctypes.CDLL | None:
     lib.paged_attention.restype = ctypes.c_int
     lib.pool_inside.argtypes = []
     lib.pool_inside.restype = ctypes.c_int
-    lib.pool_threads.argtypes = []
-    lib.pool_threads.restype = ctypes.c_int
     _lib = lib
     return lib
 
@@ -171,14 +169,16 @@ def _run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     out, threads = torch.empty(q.shape, dtype=q.dtype), torch.get_num_threads()
     if num_tokens == 0:
         return out
+    helpers = max(0, (_threads or threads) - threads)
     rc = _lib.paged_attention(
         out.data_ptr(), q.data_ptr(), q.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
         block_tables.data_ptr(), block_tables.stride(0), seq_lens.data_ptr(),
         None if query_start_loc is None else query_start_loc.data_ptr(), seq_lens.numel(),
         num_tokens, num_heads, k_cache.shape[2], head_size, k_cache.shape[1], scale,
         sliding_window or 0, logits_soft_cap or 0.0, k_cache.dtype == torch.bfloat16,
-        threads, max(0, (_threads or threads) - threads), _spin_ns)
-    _hold(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
+        threads, helpers, _spin_ns)
+    if helpers or _held:  # OpenMP alone (offline) never leaves a helper inside
+        _hold(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
     return out if rc == 0 else None
 
 

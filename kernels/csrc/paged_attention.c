@@ -375,21 +375,38 @@ static int take(Job *job, int i, int from, int to) {
                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
 
+/* The next item nobody has been handed yet, or -1 when none is left. */
+static int next_item(Job *job) {
+    const int i = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+    return i < job->total ? i : -1;
+}
+
 static void help(Job *job) {
-    for (;;) {
-        const int i = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
-        if (i >= job->total) return;
+    for (int i; (i = next_item(job)) >= 0;) {
         if (!take(job, i, FREE, BY_HELPER)) continue;
         run_item(&job->p, job->chunks[i], job->rows);
         take(job, i, BY_HELPER, HELPED);  /* fails if the caller took it over meanwhile */
     }
 }
 
-static void flush_denormals(void) {
+/* Flushes denormals to zero in this thread and returns the old state, for restore_fp(): a
+ * shared library gets no -ffast-math startup code for that, and products of tiny weights and
+ * values are otherwise ~100x slower. */
+static unsigned int flush_denormals(void) {
 #ifdef __SSE__
-    /* a shared library gets no -ffast-math startup code for that: products of tiny weights
-     * and values are otherwise ~100x slower */
-    _mm_setcsr(_mm_getcsr() | 0x8040);
+    const unsigned int csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040);
+    return csr;
+#else
+    return 0;
+#endif
+}
+
+static void restore_fp(unsigned int state) {
+#ifdef __SSE__
+    _mm_setcsr(state);
+#else
+    (void)state;
 #endif
 }
 
@@ -480,11 +497,8 @@ static void copy_helped(const Job *job, int i) {
 
 /* The caller's part: free items first, then every item a helper has not finished. */
 static void run_job(Job *job) {
-    for (;;) {
-        const int i = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
-        if (i >= job->total) break;
+    for (int i; (i = next_item(job)) >= 0;)
         if (take(job, i, FREE, BY_CALLER)) run_item(&job->p, job->chunks[i], job->p.out);
-    }
     for (int i = 0; i < job->total; i++) {
         for (;;) {  /* again when a helper moved the item on between our load and take */
             const int s = __atomic_load_n(&job->state[i], __ATOMIC_ACQUIRE);
@@ -501,14 +515,6 @@ static void run_job(Job *job) {
 /* Helpers inside a call right now (a finished call's inputs must outlive them). */
 int pool_inside(void) {
     return __atomic_load_n(&pool.inside, __ATOMIC_ACQUIRE);
-}
-
-/* Helper threads started so far. */
-int pool_threads(void) {
-    pthread_mutex_lock(&pool.mu);
-    const int n = pool.started;
-    pthread_mutex_unlock(&pool.mu);
-    return n;
 }
 
 static Job *new_job(const Params *p, int num_seqs, int num_tokens, int threads, int pooled,
@@ -529,18 +535,9 @@ static Job *new_job(const Params *p, int num_seqs, int num_tokens, int threads, 
 
 /* OpenMP's threads, all running: each takes the next item until none is left. */
 static void work(Job *job) {
-#ifdef __SSE__
-    const unsigned int csr = _mm_getcsr();
-#endif
-    flush_denormals();
-    for (;;) {
-        const int i = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
-        if (i >= job->total) break;
-        run_item(&job->p, job->chunks[i], job->p.out);
-    }
-#ifdef __SSE__
-    _mm_setcsr(csr);
-#endif
+    const unsigned int fp = flush_denormals();
+    for (int i; (i = next_item(job)) >= 0;) run_item(&job->p, job->chunks[i], job->p.out);
+    restore_fp(fp);
 }
 
 /* Shows job to the helpers, unless one of them holds the pool's lock right now (then the
@@ -588,16 +585,11 @@ int paged_attention(float *out, const float *q, int64_t q_stride, const void *k_
     Job *job = new_job(&p, num_seqs, num_tokens, threads < 1 ? 1 : threads, pooled, spin_ns);
     if (!job) return -1;
     if (pooled) {
-#ifdef __SSE__
-        const unsigned int csr = _mm_getcsr();
-#endif
-        flush_denormals();
+        const unsigned int fp = flush_denormals();
         const int shown = job->helpers > 0 && show(job);
         run_job(job);
         if (shown) hide(job);
-#ifdef __SSE__
-        _mm_setcsr(csr);
-#endif
+        restore_fp(fp);
     } else {
         const int n = threads < job->total ? threads : job->total;
 #pragma omp parallel num_threads(n) if (n > 1)

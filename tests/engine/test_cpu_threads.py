@@ -105,7 +105,7 @@ def test_helpers_do_not_spin_against_a_binding_quota(tmp_path, monkeypatch, rest
     try:
         assert cpu._threads == 1 and cpu._spin_ns == 0
     finally:
-        cpu_threads.set_cpu_threads(None)
+        cpu_threads.reset_cpu_threads(1)
 
 
 # --- the thread governor: decisions from the scheduler's accounting, no timing involved

@@ -52,9 +52,8 @@ def test_helpers_share_the_work_and_match_the_reference(kit, pooled, head, kv_he
                                                         cache_dtype):
     errors = [_decode_and_prefill(kit, head, kv_heads, group, cache_dtype) for _ in range(10)]
     assert max(errors) <= TOL, errors
-    assert cpu.load().pool_threads() >= 2  # the helpers exist: the pool path ran
     if sys.platform.startswith("linux"):
-        assert _helper_threads() == cpu.load().pool_threads()
+        assert _helper_threads() >= 2  # the helpers exist: the pool path ran
 
 
 def test_torch_on_every_allowed_thread_keeps_openmp(kit, monkeypatch):
@@ -82,7 +81,9 @@ STARVED = textwrap.dedent("""
         args = (q, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, 0.125)
         out = cpu.paged_attention_decode(*args)
         worst = max(worst, (out - reference.paged_attention_decode(*args)).abs().max().item())
-    print(cpu.load().pool_threads(), worst)
+    names = [open(f"/proc/self/task/{t}/comm").read().strip()
+             for t in os.listdir("/proc/self/task")]
+    print(names.count("pagedserve-attn"), worst)
 """)
 
 
