@@ -1,5 +1,6 @@
 """What one server process knows: its settings, the engine (once loaded), metrics, lifecycle."""
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -33,6 +34,17 @@ class ServeSettings:
     reasoning_parser: str | None = None
     # settled before the server starts (server/startup.py); built from the above when absent
     engine_config: EngineConfig | None = None
+
+
+def freeze_startup_heap() -> None:
+    """What is alive once the engine is loaded (the app, the tokenizer, torch's and
+    pydantic's modules: ~320k objects) lives as long as the server process. A full
+    collection walked all of it in 120-160 ms, with every stream on the event loop stalled
+    meanwhile; frozen, the collector no longer visits it. Only in the process `pagedserve
+    serve` starts: frozen objects are never freed, which an app embedded in a longer-lived
+    process (a test run building many) must not have."""
+    gc.collect()
+    gc.freeze()
 
 
 class ServerState:
@@ -88,6 +100,7 @@ class ServerState:
             logger.exception("could not load the model %r", self.settings.model)
             self.exit(1)
             return
+        freeze_startup_heap()
         self.start_engine()
         await self.watch_engine()
 

@@ -2,6 +2,7 @@
 drain timeout, a model without a chat template, and the OpenAPI schema."""
 import asyncio
 import contextlib
+import gc
 import json
 import threading
 
@@ -160,3 +161,31 @@ def test_a_lagging_stream_adds_up_to_the_answer(stories_path):
         got = _joined(chunks, choice["index"])
         assert got == {key: choice[key] for key in got}
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+
+
+def test_loading_the_engine_freezes_the_startup_heap(stories_path):
+    """`pagedserve serve`'s path (the app loads its engine) freezes what is alive then, so a
+    full collection does not stall every stream for the ~120 ms of walking it; an app handed
+    its engine (embedded, as in these tests) leaves the collector alone."""
+    async def main():
+        async with running(stories_path):
+            assert gc.get_freeze_count() == 0
+        app = build_app(ServeSettings(model=stories_path, served_model_names=["stories260K"],
+                                      engine_in_process=True,
+                                      engine_kwargs={"num_kv_blocks": 128}))
+        state = app.state.server
+        try:
+            async with app.router.lifespan_context(app):
+                while state.engine is None:
+                    await asyncio.sleep(0.01)
+                assert state.ready
+                assert gc.get_freeze_count() > 0
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://app",
+                                             timeout=60) as client:
+                    r = await client.post("/v1/completions", json={"prompt": "Hi",
+                                                                   "max_tokens": 4})
+                    assert r.json()["usage"]["completion_tokens"] == 4
+        finally:
+            gc.unfreeze()
+    asyncio.run(main())
