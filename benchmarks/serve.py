@@ -11,6 +11,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from pagedserve.benchmarks.sse_client import SSEClient, StaleConnection
 from pagedserve.benchmarks.stats import summarize, throughput, tpot
 from pagedserve.benchmarks.workload import BenchRequest
 
@@ -40,42 +41,37 @@ def summarize_results(results: list[RequestResult], duration_s: float) -> dict:
             "errors": sorted({r.error for r in results if r.error})[:5]}
 
 
-async def _one(session, url: str, payload: dict, req: BenchRequest) -> RequestResult:
-    """One streamed request. A kept-alive connection the server closed while it sat in the
-    pool fails before any response; that request is sent once more on a fresh connection
-    (nothing was generated for it), as a browser or the OpenAI client would."""
-    res = await _attempt(session, url, payload, req)
+async def _one(client: SSEClient, payload: bytes, req: BenchRequest) -> RequestResult:
+    """One streamed request. A kept-alive connection the server closed while it sat idle
+    fails before any answer; that request is sent once more on a fresh connection (nothing
+    was generated for it), as a browser or the OpenAI client would."""
+    res = await _attempt(client, payload, req)
     if res.error and res.error.startswith(STALE_CONNECTION) and not res.chunk_times:
-        import aiohttp  # the pool may hold more closed connections: a session of its own
-        async with aiohttp.ClientSession(headers=session.headers,
-                                         timeout=session.timeout) as fresh:
-            res = await _attempt(fresh, url, payload, req)
+        res = await _attempt(client, payload, req, fresh=True)
     return res
 
 
-# how aiohttp reports a pooled connection the server had closed: at the read, or already at
-# writing the request (llama-server closes idle keep-alive connections)
-STALE_CONNECTION = ("ServerDisconnectedError", "ClientOSError")
+STALE_CONNECTION = StaleConnection.__name__
 
 
-async def _attempt(session, url: str, payload: dict, req: BenchRequest) -> RequestResult:
+async def _attempt(client: SSEClient, payload: bytes, req: BenchRequest,
+                   fresh: bool = False) -> RequestResult:
     res = RequestResult(req.prompt_len)
     start = time.perf_counter()
+
+    def on_event(data: bytes) -> bool:
+        if data.startswith(b"[DONE]"):
+            return False
+        return _read_chunk(res, json.loads(data), time.perf_counter() - start)
     try:
-        async with session.post(url, json=payload) as resp:
-            if resp.status != 200:
-                body = (await resp.read()).decode(errors="replace")
-                res.error = f"HTTP {resp.status}: {body[:200]}"
-                return res
-            async for line in resp.content:  # one SSE line at a time, however it arrived
-                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
-                    continue
-                if _read_chunk(res, json.loads(line[6:]), time.perf_counter() - start):
-                    return res
+        status, body = await client.post("/v1/completions", payload, on_event, fresh)
     except Exception as e:  # a dropped connection counts as a failed request
         res.error = f"{type(e).__name__}: {e}"
         return res
-    _finish(res, time.perf_counter() - start)
+    if status != 200:
+        res.error = f"HTTP {status}: {body.decode(errors='replace')[:200]}"
+    elif res.error is None:
+        _finish(res, time.perf_counter() - start)
     return res
 
 
@@ -113,24 +109,17 @@ async def run_load(base_url: str, model: str, requests: list[BenchRequest], requ
                    extra: dict | None = None) -> tuple[list[RequestResult], float]:
     """Send every request (extra: more body fields), return their results and the run's
     wall time."""
-    # aiohttp, as vLLM's serving benchmark uses: on a small machine the client shares the
-    # CPUs with the server; with httpx the same server measured ~13 % fewer tokens/s
-    import aiohttp
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    limit = max_concurrency or len(requests)
-    gate = asyncio.Semaphore(limit)
+    gate = asyncio.Semaphore(max_concurrency or len(requests))
     rng = random.Random(seed)
-    url = base_url.rstrip("/") + "/v1/completions"
-    connector = aiohttp.TCPConnector(limit=limit)
-    timeout = aiohttp.ClientTimeout(total=None)
-    async with aiohttp.ClientSession(headers=headers, connector=connector,
-                                     timeout=timeout) as session:
+    async with SSEClient(base_url, headers) as client:
         async def gated(req: BenchRequest) -> RequestResult:
-            payload = {"model": model, "prompt": req.prompt_token_ids, "max_tokens": req.output_len,
-                       "ignore_eos": True, "temperature": temperature, "stream": True,
-                       "stream_options": {"include_usage": True}, **(extra or {})}
+            payload = json.dumps({
+                "model": model, "prompt": req.prompt_token_ids, "max_tokens": req.output_len,
+                "ignore_eos": True, "temperature": temperature, "stream": True,
+                "stream_options": {"include_usage": True}, **(extra or {})}).encode()
             async with gate:
-                return await _one(session, url, payload, req)
+                return await _one(client, payload, req)
 
         tasks = []
         start = time.perf_counter()

@@ -1,7 +1,7 @@
 """llama.cpp as a benchmark peer, without building it: the refusals of `bench serve --backend`
-and `bench roofline --backend`, the cache and install bookkeeping on a fake cache, how one
-streamed request is counted, and the rounds/parity logic of the comparison."""
-import asyncio
+and `bench roofline --backend`, the cache and install bookkeeping on a fake cache, and the
+rounds/parity logic of the comparison (how one streamed request is counted:
+test_sse_client.py)."""
 import json
 import os
 import re
@@ -12,9 +12,7 @@ import sys
 import pytest
 
 from pagedserve.benchmarks import llama_cpp, models, roofline, serve_peers
-from pagedserve.benchmarks.serve import RequestResult, _one
 from pagedserve.benchmarks.servers import Server, wait_healthy
-from pagedserve.benchmarks.workload import BenchRequest
 from pagedserve.cli import main
 from pagedserve.engine.cpu_threads import usable_cpus
 from tests.support import free_port
@@ -164,108 +162,6 @@ def test_ensure_installed_installs_only_what_is_missing(cache, monkeypatch):
     monkeypatch.setattr(llama_cpp, "_pip", lambda *a, **k: calls.append(a))
     llama_cpp.ensure_installed()
     assert calls == [("install", "--target", str(cache / "pydeps"), *llama_cpp.CONVERTER_DEPS)]
-
-
-def _sse(*chunks: dict) -> bytes:
-    return b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
-
-
-async def _serve_and_send(handle, req: BenchRequest):
-    """One request through serve._one against a local aiohttp server running `handle`."""
-    import aiohttp
-    from aiohttp import web
-    from aiohttp.test_utils import TestServer
-    app = web.Application()
-    app.router.add_post("/v1/completions", handle)
-    async with TestServer(app, host="127.0.0.1") as server:
-        async with aiohttp.ClientSession() as session:
-            return await _one(session, str(server.make_url("/v1/completions")), {}, req)
-
-
-def _stream(body: bytes):
-    """One request against a server answering `body` as an event stream."""
-    from aiohttp import web
-
-    async def handle(request):
-        return web.Response(body=body, content_type="text/event-stream")
-    return asyncio.run(_serve_and_send(handle, BenchRequest([1, 2, 3], 5)))
-
-
-def _text(t: str) -> dict:
-    return {"choices": [{"index": 0, "text": t}]}
-
-
-def _usage(n: int) -> dict:  # the last chunk, with stream_options.include_usage
-    return {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": n}}
-
-
-def test_tokens_without_text_are_not_an_error():
-    res = _stream(_sse(*[_text("")] * 5, _usage(5)))  # e.g. half of a UTF-8 character
-    assert res.error is None and res.output_len == 5
-    assert res.chunk_times == [] and res.ttft == res.e2e
-
-
-def test_ttft_is_the_first_chunk_with_text():
-    res = _stream(_sse(_text(""), _text("ab"), _text("c"), _usage(3)))
-    assert res.error is None and res.output_len == 3
-    assert len(res.chunk_times) == 2 and res.ttft == res.chunk_times[0] <= res.e2e
-
-
-@pytest.mark.parametrize("body", [_sse(_text(""), _usage(0)), _sse(_text("")), _sse()])
-def test_a_stream_without_tokens_is_an_error(body):
-    assert _stream(body).error == "no tokens streamed"
-
-
-def _flaky(failures: int):
-    """A server that drops the connection of its first `failures` requests unanswered, as a
-    kept-alive connection closed while it sat in the pool looks to the client."""
-    from aiohttp import web
-    calls = {"n": 0}
-
-    async def handle(request):
-        calls["n"] += 1
-        if calls["n"] <= failures:
-            request.transport.close()
-            raise ConnectionResetError
-        return web.Response(body=_sse(_text("a"), _usage(1)), content_type="text/event-stream")
-    return asyncio.run(_serve_and_send(handle, BenchRequest([1], 1))), calls["n"]
-
-
-def test_a_stale_connection_is_retried_once():
-    res, calls = _flaky(1)
-    assert res.error is None and res.output_len == 1 and calls == 2
-    res, calls = _flaky(2)  # a server that keeps dropping requests is a failure
-    assert res.error.startswith("ServerDisconnectedError") and calls == 2
-
-
-@pytest.mark.parametrize("error, chunks, attempts", [
-    ("ServerDisconnectedError: Server disconnected", [], 2),
-    ("ClientOSError: [Errno None] Can not write request body for http://x", [], 2),
-    ("ClientOSError: [Errno 104] Connection reset by peer", [0.1], 1),  # tokens had come
-    ("HTTP 400: bad", [], 1),
-])
-def test_only_a_stale_connection_before_any_token_is_retried(monkeypatch, error, chunks,
-                                                             attempts):
-    # aiohttp reports a closed pooled connection at the read or already at the write; the
-    # write case is not one a local server can be made to produce, so _attempt is replaced
-    import aiohttp
-
-    from pagedserve.benchmarks import serve
-    calls = []
-
-    async def attempt(session, url, payload, req):
-        calls.append(1)
-        if len(calls) == 1:
-            return RequestResult(req.prompt_len, error=error, chunk_times=list(chunks))
-        return RequestResult(req.prompt_len, output_len=3)
-
-    async def run():
-        async with aiohttp.ClientSession() as session:
-            return await serve._one(session, "http://x", {}, BenchRequest([1], 3))
-    monkeypatch.setattr(serve, "_attempt", attempt)
-    res = asyncio.run(run())
-    assert len(calls) == attempts
-    assert (res.error is None) == (attempts == 2)
 
 
 def test_summarize_rounds_takes_medians():
