@@ -18,6 +18,34 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "30000"
 
 
+def _unshadow_hub_kernels() -> None:
+    """The checkout's kernels/ folder is also importable as a top-level `kernels` whenever
+    the repository root is on sys.path (`python -m` from the checkout; pytest, for the tests
+    package). transformers >= 5.25 depends on Hugging Face's package of that name and
+    imports it from sys.path: it found ours and failed to load any tokenizer. So in that case
+    the real one, when installed, is loaded first, with the root left out of the search."""
+    import importlib.util
+    import sys
+    ours = os.path.realpath(os.path.join(os.path.dirname(__file__), "kernels"))
+    try:
+        spec = None if "kernels" in sys.modules else importlib.util.find_spec("kernels")
+    except (ImportError, ValueError):
+        return
+    if spec is None or not spec.origin or os.path.dirname(os.path.realpath(spec.origin)) != ours:
+        return
+    root, saved = os.path.dirname(ours), sys.path[:]
+    sys.path[:] = [p for p in saved if os.path.realpath(p or os.curdir) != root]
+    try:
+        importlib.import_module("kernels")
+    except ImportError:
+        sys.modules.pop("kernels", None)  # not installed: then transformers does not ask
+    finally:
+        sys.path[:] = saved
+
+
+_unshadow_hub_kernels()
+
+
 def __getattr__(name: str):
     if name in __all__:
         from pagedserve import engine

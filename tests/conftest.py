@@ -5,6 +5,10 @@ import shutil
 
 import pytest
 
+# first, before any test imports transformers: with the checkout on sys.path, pagedserve makes
+# `kernels` Hugging Face's package rather than the checkout's folder (pagedserve/__init__.py)
+import pagedserve  # noqa: F401
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STORIES = os.path.join(REPO, "pagedserve", "models", "stories260K")
 

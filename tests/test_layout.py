@@ -88,3 +88,18 @@ def test_every_cli_help_starts_without_the_other_components_extras():
         code = f"BLOCKED = {blocked!r}\n" + blocker
         out = run_in_root(sys.executable, "-c", code, *argv)
         assert out.returncode == 0, f"pagedserve {' '.join(argv)}: {out.stderr[-2000:]}"
+
+
+def test_hugging_face_kernels_is_not_shadowed_from_the_repo_root():
+    # transformers >= 5.25 imports Hugging Face's `kernels`; kernels/ here has the same name
+    from importlib import metadata
+    try:
+        metadata.distribution("kernels")
+    except metadata.PackageNotFoundError:
+        pytest.skip("Hugging Face's kernels package is not installed (older transformers)")
+    probe = ("import pagedserve, kernels; print(kernels.__file__); "
+             "from pagedserve.engine.tokenizer import load_tokenizer; "
+             "print(load_tokenizer('pagedserve/models/stories260K', False).encode('hi'))")
+    out = run_in_root(sys.executable, "-c", probe)
+    assert out.returncode == 0, out.stderr
+    assert not out.stdout.startswith(os.path.join(REPO, "kernels", "")), out.stdout
