@@ -264,7 +264,8 @@ def test_the_core_a_probe_leaves_idle_does_not_end_it(monkeypatch):
 def test_an_idle_window_does_not_count_in_the_probe(monkeypatch):
     host = _Host(monkeypatch, {1: 6000.0, 2: 4000.0})
     governor = cpu_threads.ThreadGovernor(interval_s=1.0)
-    host.run(governor, cpu_threads.WARMUP_WINDOWS + 0.5)  # into the probe's first window
+    # into the probe's first window
+    host.run(governor, cpu_threads.WARMUP_WINDOWS + cpu_threads.PROBE_WINDOW_S / 2)
     assert host.threads == 1 and len(governor.plan) == 4
     governor.pause()
     host.now += 30.0  # nothing to do for a while: the next step must not be timed from before
@@ -352,7 +353,9 @@ def test_a_servers_core_measures_its_threads_within_seconds(monkeypatch):
     host = _Host(monkeypatch, {1: 6000.0, 2: 4000.0})
     server = cpu_threads.ThreadGovernor(interval_s=1.0)
     server.share_cores()
-    seconds = 1 + cpu_threads.RECHECK_WINDOWS + 4 + 0.5  # the warm-up, then the 4-window probe
+    # one busy window, then the probe's 4 short ones: within a benchmark's first round
+    seconds = cpu_threads.SERVER_WARMUP_WINDOWS + 4 * cpu_threads.PROBE_WINDOW_S + 0.5
+    assert seconds < 3
     assert host.run(server, seconds)[-1] == 1 and server.ceiling == 1
     host.threads = 2
     offline = cpu_threads.ThreadGovernor(interval_s=1.0)
@@ -384,3 +387,22 @@ def test_the_core_loop_tells_its_governor_it_shares_the_cores(stories_path, monk
     finally:
         engine.shutdown()
     assert calls == [1]
+
+
+def test_a_probe_window_holds_enough_steps_where_steps_are_slow(monkeypatch):
+    # a step takes 0.2 s (one thread) or 0.25 s (two): a 0.25 s window would hold one step,
+    # too few for a verdict, which keeps the count it had; each holds PROBE_STEPS instead
+    host = _Host(monkeypatch, {1: 320.0, 2: 256.0})
+    server = cpu_threads.ThreadGovernor(interval_s=5.0)
+    server.share_cores()
+    host.run(server, 5.0 + 4 * cpu_threads.PROBE_STEPS * 0.25 + 1.0)
+    assert not server.plan and server.ceiling == 1 and host.threads == 1
+
+
+def test_probe_windows_of_fast_steps_are_short(monkeypatch):
+    host = _Host(monkeypatch, {1: 6000.0, 2: 4000.0})
+    server = cpu_threads.ThreadGovernor(interval_s=1.0)
+    server.share_cores()
+    seen = host.run(server, 1.0 + 4 * cpu_threads.PROBE_WINDOW_S + 0.05)
+    switches = sum(1 for a, b in zip(seen, seen[1:]) if a != b)
+    assert switches == 5 and seen[-1] == 1  # the probe's 1, 2, 1, 2, then the verdict: 1
