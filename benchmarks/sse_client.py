@@ -29,6 +29,15 @@ class _Response:
         self.started = self.stopped = False
         self.done = asyncio.get_running_loop().create_future()
 
+    def end(self, error: Exception | None = None) -> None:
+        """The answer is over (read, given up on, or failed): post() returns or raises."""
+        if self.done.done():
+            return
+        if error is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(error)
+
 
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection, one request at a time."""
@@ -36,7 +45,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.response: _Response | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser: httptools.HttpResponseParser | None = None  # one per answer, in post()
         self.closed = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -73,8 +82,7 @@ class _Connection(asyncio.Protocol):
         r = self.response
         if not self.parser.should_keep_alive():
             self.close()
-        if not r.done.done():
-            r.done.set_result(None)
+        r.end()
 
     def _events(self, r: _Response, data: bytes) -> None:
         buf = r.buf + data
@@ -86,13 +94,11 @@ class _Connection(asyncio.Protocol):
                 if line.startswith(b"data:") and r.on_event(line[5:].lstrip(b" ")):
                     r.stopped = True  # the caller is done: the answer is not read further
                     self.close()
-                    if not r.done.done():
-                        r.done.set_result(None)
+                    r.end()
                     return
 
     def _fail(self, e: Exception) -> None:
-        if not self.response.done.done():
-            self.response.done.set_exception(e)
+        self.response.end(e)
         self.close()
 
     def close(self) -> None:
