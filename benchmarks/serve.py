@@ -158,6 +158,10 @@ def main(args) -> int:
         raise SystemExit("--rounds needs --backend (a running server at --base-url is loaded "
                          "once)")
     args.base_url = args.base_url or "http://127.0.0.1:8000"
+    try:
+        SSEClient(args.base_url)  # refuses a URL it cannot load, before anything is sent
+    except ValueError as e:
+        raise SystemExit(f"error: --base-url: {e}") from None
     path = resolve_model_path(resolve_model(args.tokenizer) or default_model())
     requests = load_workload_for(args, path)
     model = args.model or served_model(args.base_url, args.api_key)

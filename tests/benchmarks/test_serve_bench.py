@@ -109,3 +109,9 @@ def test_each_round_against_peers_draws_its_own_prompts(monkeypatch):
     first = random_requests(5, (8, 16), (4, 4), 512, seed=0, exclude_ids=frozenset({0, 1, 2}))
     assert prompts[0] == tuple(tuple(r.prompt_token_ids) for r in first)
 
+
+
+def test_a_base_url_without_a_scheme_is_refused_by_name():
+    with pytest.raises(SystemExit, match="--base-url: base URL must be http"):
+        main(["bench", "serve", "--base-url", "127.0.0.1:8000", "--model", "x",
+              "--num-prompts", "2", "--input-len", "4", "--output-len", "2"])
