@@ -50,7 +50,8 @@ class RequestOutputCollector:
         self.cumulative = output_kind is RequestOutputKind.CUMULATIVE
         self._sofar: RequestOutput | None = None  # CUMULATIVE: every delta so far, merged
         self._pending: RequestOutput | BaseException | None = None
-        self._ready = asyncio.Event()
+        # a bare future, not an asyncio.Event: this is waited on once per token of a stream
+        self._waiter: asyncio.Future | None = None
 
     def put(self, item: RequestOutput | BaseException) -> None:
         """Add the engine's next delta, or an error that ends the request."""
@@ -62,17 +63,22 @@ class RequestOutputCollector:
             self._pending = self._sofar = merge_outputs(self._sofar, item)
         else:
             self._pending = merge_outputs(self._pending, item)
-        self._ready.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def get_nowait(self) -> RequestOutput | None:
         """What arrived since the last get, or None; raises the request's error."""
         item, self._pending = self._pending, None
-        self._ready.clear()
         if isinstance(item, BaseException):
             raise item
         return item
 
     async def get(self) -> RequestOutput:
         while self._pending is None:
-            await self._ready.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         return self.get_nowait()

@@ -4,7 +4,7 @@ import functools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,7 +188,24 @@ async def until_disconnect(request: Request, work: Awaitable):
     return task.result()
 
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # pydantic's form
+def _compact_encoder() -> Callable[[Any], str]:
+    """json.dumps in pydantic's compact form, for chunks sent once per token.
+    JSONEncoder.encode builds its C encoder again on every call (about as long as encoding a
+    chunk's choice); this one is built once. Pure-Python json (no _json) keeps the plain form."""
+    base = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    make = json.encoder.c_make_encoder
+    if make is None:
+        return base.encode
+    strings = json.encoder.encode_basestring
+    # JSONEncoder.iterencode's own arguments: no circular check, no indent, NaN allowed
+    c_encode = make(None, base.default, strings, None, ":", ",", False, False, True)
+
+    def encode(o: Any) -> str:
+        return strings(o) if isinstance(o, str) else "".join(c_encode(o, 0))
+    return encode
+
+
+_encode = _compact_encoder()
 
 
 class Chunks:

@@ -72,3 +72,12 @@ def test_stream_choice_carries_tokens_whose_text_is_held_back():
         ("", [5], None), ("ab", [6, 7], None), ("c", [8], "stop")]
     assert [lp for o in sent for lp in o.logprobs] == [d.logprobs[0] for d in deltas[:4]]
     assert state.num_tokens == 4 and state.finished
+
+
+@pytest.mark.parametrize("value", [
+    [{"index": 0, "text": "a\u2028\"b\"\n\x00→", "logprobs": None, "x": -0.0}],
+    {"f": [1e100, 2.5e-8, float("nan"), float("inf")], "ok": True, "n": None, "big": 2**70},
+    "plain → text", 7, None, [], {}])
+def test_chunk_encoder_writes_what_json_dumps_writes(value):
+    from pagedserve.server.generation import _encode
+    assert _encode(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
