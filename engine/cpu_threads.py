@@ -52,7 +52,7 @@ def set_cpu_threads(n: int) -> None:
     """This process's compute threads on the CPU: torch's intra-op ones and the attention
     kernel's; the thread governor later moves torch's count alone, below this."""
     torch.set_num_threads(n)
-    cpu_kernels.set_attention_threads(n, spin=not quota_binds())
+    cpu_kernels.set_attention_threads(n)
 
 
 def reset_cpu_threads(torch_threads: int) -> None:
@@ -64,11 +64,6 @@ def reset_cpu_threads(torch_threads: int) -> None:
     cpu_kernels.release_inputs()
 
 
-def quota_binds(root: str | None = None) -> bool:
-    """True when a cgroup CPU quota is below the CPUs this process may run on: time spent
-    on an idle one of them still uses up the quota."""
-    limit = cgroup_cpu_limit(root)
-    return limit is not None and limit < len(os.sched_getaffinity(0))
 
 
 def limit_torch_threads(share: int = 1) -> int:

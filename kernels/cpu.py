@@ -51,31 +51,25 @@ _ARGTYPES = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, 
              ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
              ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
              ctypes.c_float, ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_int,
-             ctypes.c_int, ctypes.c_int64]
+             ctypes.c_int]
 _lib: ctypes.CDLL | None = None
 _tried = False
 _threads: int | None = None  # set_attention_threads; None: torch's thread count
-_spin_ns = 0
-# a step's attention calls come about a millisecond apart: helpers waiting this long for the
-# next one (instead of sleeping) took 1.75 s of a server run's attention instead of 0.49 s
-SPIN_S = 0.003
 # the inputs of calls a helper thread may still be reading (see the C file's "Threads")
 _held: list[tuple[torch.Tensor | None, ...]] = []
 
 
-def set_attention_threads(n: int | None, spin: bool = False) -> None:
+def set_attention_threads(n: int | None) -> None:
     """The CPUs the attention kernel may use; None: as many as torch's intra-op threads.
     While torch runs on as many threads, the kernel splits its work over them (OpenMP).
     When a thread governor has put torch on fewer (a server's core sharing the CPUs with
     its HTTP frontend), the kernel runs on the calling thread plus a helper per CPU torch
-    left, at the lowest priority: the caller never waits for a helper that is not running,
-    so the frontend keeps its CPU and the kernel takes only what is idle. spin: helpers
-    wait SPIN_S for the next call before sleeping, which counts against a cgroup CPU quota
-    (ask for it only where none binds)."""
-    global _threads, _spin_ns
+    left. Helpers sleep between calls and take only the work they get to: the caller never
+    waits for one that is not running, it computes what is left itself."""
+    global _threads
     if n is not None and n < 1:
         raise ValueError(f"attention threads must be >= 1, got {n}")
-    _threads, _spin_ns = n, int(SPIN_S * 1e9) if spin else 0
+    _threads = n
 
 
 def cache_dir() -> Path:
@@ -176,7 +170,7 @@ def _run(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         None if query_start_loc is None else query_start_loc.data_ptr(), seq_lens.numel(),
         num_tokens, num_heads, k_cache.shape[2], head_size, k_cache.shape[1], scale,
         sliding_window or 0, logits_soft_cap or 0.0, k_cache.dtype == torch.bfloat16,
-        threads, helpers, _spin_ns)
+        threads, helpers)
     if helpers or _held:  # OpenMP alone (offline) never leaves a helper inside
         _hold(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
     return out if rc == 0 else None

@@ -81,34 +81,12 @@ def test_the_engine_gives_attention_its_cpus_and_takes_them_back(stories_path, t
     monkeypatch.setattr(cpu_threads, "CGROUP_ROOT", str(tmp_path / "none"))
     torch.set_num_threads(2)
     llm = LLM(stories_path, num_kv_blocks=40)
-    assert cpu._threads == 2 and cpu._spin_ns > 0  # no quota here: helpers may spin
+    assert cpu._threads == 2
     torch.set_num_threads(1)  # what the governor does on a busy host
     assert cpu._threads == 2
     llm.llm_engine.shutdown()
     assert cpu._threads is None and cpu._held == []
 
-
-def test_a_quota_below_the_visible_cpus_binds(tmp_path):
-    visible = len(os.sched_getaffinity(0))
-    half = {"cpu.max": f"{50000 * visible} 100000"}
-    assert cpu_threads.quota_binds(_cgroup(tmp_path / "a", half))
-    assert not cpu_threads.quota_binds(_cgroup(tmp_path / "b", {"cpu.max": "max 100000"}))
-    assert not cpu_threads.quota_binds(_cgroup(tmp_path / "c",
-                                               {"cpu.max": f"{100000 * visible} 100000"}))
-    assert not cpu_threads.quota_binds(str(tmp_path / "none"))
-
-
-def test_helpers_do_not_spin_against_a_binding_quota(tmp_path, monkeypatch, restore_threads):
-    from pagedserve.kernels import cpu
-    monkeypatch.setattr(cpu_threads, "CGROUP_ROOT", _cgroup(tmp_path, {"cpu.max": "50000 100000"}))
-    cpu_threads.set_cpu_threads(1)
-    try:
-        assert cpu._threads == 1 and cpu._spin_ns == 0
-    finally:
-        cpu_threads.reset_cpu_threads(1)
-
-
-# --- the thread governor: decisions from the scheduler's accounting, no timing involved
 
 def _sample(wall, delay_s, idle, total):
     return cpu_threads.ThreadSample(wall, int(delay_s * 1e9), idle, total)
