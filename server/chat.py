@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from pagedserve.engine.outputs import CompletionOutput, RequestOutput
 from pagedserve.engine.tokenizer import apply_chat_template
@@ -14,6 +14,7 @@ from pagedserve.server.chat_output import ChatOutputParser, check_tool_choice, t
 from pagedserve.server.errors import check_unicode, invalid
 from pagedserve.server.generation import (
     Chunks,
+    EventStream,
     StreamChoice,
     check_length,
     final_outputs,
@@ -171,8 +172,7 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
     headers = {"X-Request-Id": rid.removeprefix("chatcmpl-")}
     gen = generate(state, ids, params, rid)
     if body.stream:
-        return StreamingResponse(_stream(state, body, ids, gen, rid, k, parsers),
-                                 media_type="text/event-stream", headers=headers)
+        return EventStream(_stream(state, body, ids, gen, rid, k, parsers), headers)
     final = (await until_disconnect(request, final_outputs([gen])))[0]
     response = _response(state, body, ids, final, rid, k, parsers)
     return JSONResponse(response.model_dump(mode="json"), headers=headers)

@@ -4,13 +4,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from pagedserve.engine.outputs import CompletionOutput, RequestOutput
 from pagedserve.engine.tokenizer import tokenize_prompt
 from pagedserve.server.errors import check_unicode, invalid
 from pagedserve.server.generation import (
     Chunks,
+    EventStream,
     StreamChoice,
     check_length,
     final_outputs,
@@ -126,8 +127,7 @@ async def create_completion(state: ServerState, body: CompletionRequest, request
     headers = {"X-Request-Id": rid.removeprefix("cmpl-")}
     gens = [generate(state, p.ids, params, f"{rid}-{i}") for i, p in enumerate(prompts)]
     if body.stream:
-        return StreamingResponse(_stream(state, body, prompts, gens, rid),
-                                 media_type="text/event-stream", headers=headers)
+        return EventStream(_stream(state, body, prompts, gens, rid), headers)
     finals = await until_disconnect(request, final_outputs(gens))
     render = _Render(state, body)
     choices = [_choice(render, prompts[i], final, o, i * body.n + o.index)

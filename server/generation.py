@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import Response
 from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
 
 from pagedserve.engine.async_engine import EngineDeadError
 from pagedserve.engine.generation_config import default_sampling_values
@@ -165,16 +167,17 @@ async def final_outputs(gens: list[AsyncIterator]) -> list[RequestOutput]:
     return finals
 
 
-async def _client_gone(request: Request) -> None:
+async def _client_gone(receive: Receive) -> None:
     # The body is read, so the next ASGI message is the disconnect (or the end of the response).
-    while (await request.receive())["type"] != "http.disconnect":
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 
-async def until_disconnect(request: Request, work: Awaitable):
-    """Await work; if the client disconnects first, cancel it, which aborts its requests."""
+async def _unless_gone(receive: Receive, work: Awaitable) -> asyncio.Task:
+    """Run work until it ends or the client disconnects (then it is cancelled, which aborts
+    its requests); returns its task, done or cancelled."""
     task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_client_gone(request))
+    gone = asyncio.ensure_future(_client_gone(receive))
     try:
         await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -184,8 +187,42 @@ async def until_disconnect(request: Request, work: Awaitable):
             await asyncio.gather(task, return_exceptions=True)
     if task.cancelled():
         logger.info("client disconnected; request aborted")
+    return task
+
+
+async def until_disconnect(request: Request, work: Awaitable):
+    """Await work; if the client disconnects first, cancel it, which aborts its requests."""
+    task = await _unless_gone(request.receive, work)
+    if task.cancelled():
         raise APIError(499, "client disconnected")
     return task.result()
+
+
+class EventStream(Response):
+    """A streamed answer (text/event-stream): Starlette's StreamingResponse without its anyio
+    task group, whose cancel scopes cost ~3 us of this process's CPU per streamed token. A
+    client that disconnects cancels the stream, and the stream's generators abort."""
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[str], headers: dict[str, str]) -> None:
+        self.events, self.status_code, self.background = events, 200, None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = await _unless_gone(receive, self._send_all(send))
+        if not task.cancelled():
+            task.result()  # a failure to send is the server's error, as for any response
+
+    async def _send_all(self, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            async for event in self.events:
+                await send({"type": "http.response.body", "body": event.encode(),
+                            "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:  # now, not whenever the collector finds it: closing it aborts the request
+            await self.events.aclose()
 
 
 def _compact_encoder() -> Callable[[Any], str]:
