@@ -225,7 +225,7 @@ class EventStream(Response):
                 await send({"type": "http.response.body", "body": event.encode(),
                             "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:  # now, not whenever the collector finds it: closing it aborts the request
+        finally:  # now, not when garbage collection finds it: closing it aborts the request
             await self.events.aclose()
 
 
