@@ -341,12 +341,11 @@ static int make_chunks(const Params *p, int num_seqs, int num_threads, Chunk *ch
  * Helpers sleep between calls and run at the caller's priority with a short scheduler slice
  * (below): woken by a call, one preempts what else runs on its CPU for the length of its
  * items, so it comes in time for most of the call, and it uses no CPU time between calls.
- * (At SCHED_IDLE, spinning between calls, they came to 60 % of a server's calls and did 27
- * % of the items; now 92 % and 39 %.) The caller only ever try-locks the lock they take. A
- * helper still
- * inside an item the caller took over reads the inputs after the call returned: the caller
- * keeps them alive while pool_inside() > 0 (kernels/cpu.py); the job's own memory lives
- * until its last helper leaves it. While torch runs on every CPU the kernel may use, its
+ * (At SCHED_IDLE, spinning between calls, they came to 60 % of a server's calls and did
+ * 27 % of the items; now 92 % and 39 %.) The caller only ever try-locks the lock they take.
+ * A helper still inside an item the caller took over reads the inputs after the call
+ * returned: the caller keeps them alive while pool_inside() > 0 (kernels/cpu.py); the job's
+ * own memory lives until its last helper leaves it. While torch runs on every CPU the kernel may use, its
  * OpenMP threads are all awake anyway and split the items instead (work()). */
 
 enum { FREE, BY_CALLER, BY_HELPER, HELPED };
