@@ -64,8 +64,6 @@ def reset_cpu_threads(torch_threads: int) -> None:
     cpu_kernels.release_inputs()
 
 
-
-
 def limit_torch_threads(share: int = 1) -> int:
     """Lower torch's intra-op threads to usable_cpus() // share (never raise them), unless
     the user chose with OMP_NUM_THREADS. Returns the thread count now in use."""

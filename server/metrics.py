@@ -8,7 +8,7 @@ import bisect
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
@@ -52,10 +52,17 @@ class LoopHistogram:
         self.sum += value * times
 
     def family(self, label: list[str]) -> HistogramMetricFamily:
-        fam = HistogramMetricFamily(self.name, self.doc, labels=["model_name"])
-        bounds = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
-        fam.add_metric(label, list(zip(bounds, itertools.accumulate(self.counts))), self.sum)
-        return fam
+        return histogram_family(self.name, self.doc, label, self.bounds, self.counts, self.sum)
+
+
+def histogram_family(name: str, doc: str, label: list[str], bounds: Sequence[float],
+                     counts: Sequence[int], total: float) -> HistogramMetricFamily:
+    """A histogram for exposition from per-bucket counts (the last one above every bound),
+    its buckets labelled as prometheus_client labels its own."""
+    fam = HistogramMetricFamily(name, doc, labels=["model_name"])
+    les = [floatToGoString(b) for b in bounds] + ["+Inf"]
+    fam.add_metric(label, list(zip(les, itertools.accumulate(counts))), total)
+    return fam
 
 
 class _RequestHistograms:
@@ -184,13 +191,9 @@ def _gauges(prefix: str, label: list[str], stats, config):
 
 def _iteration_tokens(label: list[str], stats) -> HistogramMetricFamily:
     """Tokens per engine step, from the engine's own per-step counts (vLLM's histogram)."""
-    fam = HistogramMetricFamily(P + "iteration_tokens_total", "Tokens run per engine step",
-                                labels=["model_name"])
     counts = stats.iteration_tokens or (0,) * (len(ITERATION_TOKEN_BUCKETS) + 1)
-    bounds = [str(float(b)) for b in ITERATION_TOKEN_BUCKETS] + ["+Inf"]
-    fam.add_metric(label, list(zip(bounds, itertools.accumulate(counts))),
-                   stats.iteration_tokens_sum)
-    return fam
+    return histogram_family(P + "iteration_tokens_total", "Tokens run per engine step", label,
+                            ITERATION_TOKEN_BUCKETS, counts, stats.iteration_tokens_sum)
 
 
 class _EngineCollector:

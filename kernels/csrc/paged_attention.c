@@ -345,8 +345,9 @@ static int make_chunks(const Params *p, int num_seqs, int num_threads, Chunk *ch
  * 27 % of the items; now 92 % and 39 %.) The caller only ever try-locks the lock they take.
  * A helper still inside an item the caller took over reads the inputs after the call
  * returned: the caller keeps them alive while pool_inside() > 0 (kernels/cpu.py); the job's
- * own memory lives until its last helper leaves it. While torch runs on every CPU the kernel may use, its
- * OpenMP threads are all awake anyway and split the items instead (work()). */
+ * own memory lives until its last helper leaves it. While torch runs on every CPU the
+ * kernel may use, its OpenMP threads are all awake anyway and split the items instead
+ * (work()). */
 
 enum { FREE, BY_CALLER, BY_HELPER, HELPED };
 
