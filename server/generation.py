@@ -205,6 +205,7 @@ class EventStream(Response):
     media_type = "text/event-stream"
 
     def __init__(self, events: AsyncIterator[str], headers: dict[str, str]) -> None:
+        # background: FastAPI reads it, and puts an endpoint's BackgroundTasks there
         self.events, self.status_code, self.background = events, 200, None
         self.init_headers(headers)
 
@@ -212,6 +213,8 @@ class EventStream(Response):
         task = await _unless_gone(receive, self._send_all(send))
         if not task.cancelled():
             task.result()  # a failure to send is the server's error, as for any response
+        if self.background is not None:  # after the stream, as StreamingResponse runs them
+            await self.background()
 
     async def _send_all(self, send: Send) -> None:
         try:

@@ -83,3 +83,16 @@ def test_a_failed_send_closes_the_stream_and_raises():
     with pytest.raises(OSError, match="connection reset"):
         _run(EventStream(events(), {}), send)
     assert events.closed and events.sent == 1
+
+
+def test_background_tasks_run_after_the_stream():
+    # FastAPI hands an endpoint's BackgroundTasks to the response it returns
+    from starlette.background import BackgroundTask
+    events, order = _Events(2), []
+
+    async def send(message: dict) -> None:
+        order.append("sent")
+    stream = EventStream(events(), {})
+    stream.background = BackgroundTask(lambda: order.append("background"))
+    _run(stream, send)
+    assert order == ["sent"] * 4 + ["background"]
