@@ -167,8 +167,13 @@ PRIORITY = textwrap.dedent("""
     cpu.paged_attention_decode(torch.randn(3, 8, 64), c.k_cache, c.v_cache, c.block_tables,
                                c.seq_lens, 0.125)
     granted = granted_slice()
-    (t,) = [t for t in os.listdir("/proc/self/task")
-            if open(f"/proc/self/task/{t}/comm").read().strip() == "pagedserve-attn"]
+
+    def name(task):  # a thread that just ended (the probe's) may leave as we list it
+        try:
+            return open(f"/proc/self/task/{task}/comm").read().strip()
+        except FileNotFoundError:
+            return None
+    (t,) = [t for t in os.listdir("/proc/self/task") if name(t) == "pagedserve-attn"]
 
     def slice_ns():
         return [line.split()[-1] for line in open(f"/proc/self/task/{t}/sched")
