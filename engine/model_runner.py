@@ -9,6 +9,7 @@ from pagedserve.engine.config import DTYPE_ALIASES, DTYPES, EngineConfig
 from pagedserve.engine.cuda_graph import CUDAGraphRunner, capture_sizes, graphs_unavailable
 from pagedserve.engine.distributed import TPGroup, use_group
 from pagedserve.engine.layers.attention import Attention, AttentionMetadata
+from pagedserve.engine.layers.linear import LinearBase
 from pagedserve.engine.loader import load_weights
 from pagedserve.engine.models import model_class
 from pagedserve.engine.pipeline import (
@@ -76,6 +77,9 @@ class ModelRunner:
             torch.set_default_dtype(default)
         with use_group(tp):  # each rank reads only its own shards
             load_weights(self.model, config.model_path)
+        for m in self.model.modules():
+            if isinstance(m, LinearBase):
+                m.process_weights_after_loading()
         self.model.eval()
         self.attn_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.block_size = config.block_size

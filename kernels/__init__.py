@@ -9,6 +9,7 @@ from pagedserve.kernels.backend import active_backend, select_backend
 from pagedserve.kernels.reference import (
                                           fused_moe,
                                           linear,
+                                          pack_linear_weight,
                                           paged_attention_decode,
                                           paged_prefill_attention,
                                           rms_norm,
@@ -17,5 +18,6 @@ from pagedserve.kernels.reference import (
                                           store_kv_cache,
 )
 
-__all__ = ["select_backend", "active_backend", "linear", "store_kv_cache", "paged_attention_decode",
+__all__ = ["select_backend", "active_backend", "linear", "pack_linear_weight",
+           "store_kv_cache", "paged_attention_decode",
            "paged_prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul", "fused_moe"]

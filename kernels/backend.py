@@ -11,8 +11,8 @@ import sys
 import torch
 
 BACKENDS = ("torch", "cpu", "triton")
-OPS = ("linear", "store_kv_cache", "paged_attention_decode", "paged_prefill_attention", "rms_norm",
-       "rotary_embedding", "silu_and_mul", "fused_moe")
+OPS = ("linear", "pack_linear_weight", "store_kv_cache", "paged_attention_decode",
+       "paged_prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul", "fused_moe")
 ENV_VAR = "PAGEDSERVE_KERNEL_BACKEND"
 _MODULES = {"torch": "pagedserve.kernels.reference", "cpu": "pagedserve.kernels.cpu",
             "triton": "pagedserve.kernels.triton_ops"}

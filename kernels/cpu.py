@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from pagedserve.kernels import reference
-from pagedserve.kernels.onednn import linear
+from pagedserve.kernels.onednn import linear, pack_linear_weight
 from pagedserve.kernels.reference import (
     fused_moe,
     rms_norm,
@@ -31,9 +31,9 @@ from pagedserve.kernels.reference import (
     store_kv_cache,
 )
 
-__all__ = ["linear", "store_kv_cache", "paged_attention_decode", "paged_prefill_attention",
-           "rms_norm", "rotary_embedding", "silu_and_mul", "fused_moe", "load", "available",
-           "set_attention_threads", "release_inputs"]
+__all__ = ["linear", "pack_linear_weight", "store_kv_cache", "paged_attention_decode",
+           "paged_prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul", "fused_moe",
+           "load", "available", "set_attention_threads", "release_inputs"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"

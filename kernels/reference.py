@@ -16,7 +16,15 @@ from pagedserve.kernels.utils import cdiv
 def linear(x: torch.Tensor, weight: torch.Tensor,
            bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x @ weight.T + bias, weight [out_features, in_features] (torch's F.linear)."""
+    if weight.is_mkldnn:  # packed by the CPU backend for an engine made earlier in-process
+        weight = weight.to_dense()
     return F.linear(x, weight, bias)
+
+
+def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The weight `linear` runs fastest with, once loaded; here the weight itself (the CPU
+    backend repacks it for oneDNN)."""
+    return weight
 
 
 def store_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,

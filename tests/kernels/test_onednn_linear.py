@@ -96,3 +96,37 @@ def test_onednn_runs_the_bucketed_row_count():
         onednn.linear(x, w)
     shapes = [e.input_shapes[0] for e in prof.events() if e.name == "mkldnn::_linear_pointwise"]
     assert shapes == [[onednn.bucket_rows(100), 256]] and onednn.bucket_rows(100) == 104
+
+
+needs_onednn = pytest.mark.skipif(not onednn.AVAILABLE, reason="torch without oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [1, 7, 64, 100])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_a_packed_weight_computes_what_the_plain_one_does(rows, with_bias):
+    torch.manual_seed(5)
+    x, w = torch.randn(rows, 512), torch.randn(640, 512)
+    b = torch.randn(640) if with_bias else None
+    packed = onednn.pack_linear_weight(w)
+    assert packed.is_mkldnn and packed.shape == w.shape
+    y = onednn.linear(x, packed, b)
+    assert y.shape == (rows, 640) and not y.is_mkldnn
+    torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+    # 3-d inputs and strided views of a fused projection, as the layers pass them
+    x3 = torch.randn(2, rows, 1024)[..., 256:768]
+    torch.testing.assert_close(onednn.linear(x3, packed), F.linear(x3, w), rtol=1e-5, atol=1e-4)
+
+
+def test_small_or_not_fp32_weights_stay_plain():
+    # below MIN_PACKED MKL's cheaper call wins at a few rows; other dtypes are not oneDNN's here
+    for w in (torch.randn(192, 64), torch.randn(512, 511),
+              torch.randn(1024, 512, dtype=torch.bfloat16), torch.randn(1024, 512).double()):
+        assert onednn.pack_linear_weight(w) is w
+    assert torch.randn(512, 512).numel() == onednn.MIN_PACKED
+
+
+def test_every_backend_has_a_pack_step_and_only_the_cpu_one_repacks():
+    w = torch.randn(1024, 512)
+    assert reference.pack_linear_weight(w) is w
+    assert cpu.pack_linear_weight(w).is_mkldnn == onednn.AVAILABLE
