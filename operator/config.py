@@ -2,7 +2,8 @@
 
 import os
 from dataclasses import dataclass, field, fields
-from importlib.metadata import PackageNotFoundError, version
+
+from pagedserve import __version__
 
 # accelerator -> the engine image tag suffix the Dockerfile's build recipes produce
 IMAGE_SUFFIX = {"amd": "rocm", "nvidia": "cuda", "cpu": "cpu"}
@@ -10,11 +11,7 @@ IMAGE_REPOSITORY = "ghcr.io/pagedserve/pagedserve"
 
 
 def _default_image(accelerator: str) -> str:
-    try:
-        tag = version("pagedserve")
-    except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
-        tag = "latest"
-    return f"{IMAGE_REPOSITORY}:{tag}-{IMAGE_SUFFIX[accelerator]}"
+    return f"{IMAGE_REPOSITORY}:{__version__}-{IMAGE_SUFFIX[accelerator]}"
 
 
 @dataclass(slots=True)

@@ -6,11 +6,12 @@ the operator makes goes through these five methods, which is what rbac.RULES lis
 
 import json
 import os
-from importlib.metadata import version
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+
+from pagedserve import __version__
 
 # kind -> (group, version, plural); all of them are namespaced
 KINDS = {
@@ -27,7 +28,7 @@ KINDS = {
     "Secret": ("", "v1", "secrets"),
     "Event": ("", "v1", "events"),
 }
-USER_AGENT = f"pagedserve-operator/{version('pagedserve')}"
+USER_AGENT = f"pagedserve-operator/{__version__}"
 TIMEOUT = 30.0
 
 

@@ -28,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from importlib.metadata import version
-    return f"pagedserve {version('pagedserve')}"
+    # the package's own attribute, not installed metadata: a checkout run without
+    # `pip install` (python -m pagedserve from the root, as on a bare GPU machine) has none
+    from pagedserve import __version__
+    return f"pagedserve {__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:

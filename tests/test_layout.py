@@ -62,6 +62,25 @@ def test_python_m_pagedserve_is_the_cli():
     assert out.stdout.startswith("pagedserve ")
 
 
+def test_a_source_tree_without_install_metadata_runs(tmp_path):
+    """A checkout copied to a machine and run as `python -m pagedserve` from its root (the
+    GPU check runs so) has no pagedserve.egg-info or dist-info: nothing may ask for one."""
+    os.symlink(os.path.join(REPO, "pagedserve"), tmp_path / "pagedserve")
+    probe = ("import importlib.metadata as m, sys\n"
+             "try:\n    m.version('pagedserve'); sys.exit('metadata found: not a bare tree')\n"
+             "except m.PackageNotFoundError: pass\n"
+             "from pagedserve.operator.config import OperatorConfig\n"
+             "print(OperatorConfig().image_cpu)\n"
+             "from pagedserve.cli import main\n"
+             "main(['--version'])\n")
+    out = subprocess.run([sys.executable, "-S", "-c", probe], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    import pagedserve
+    image, version = out.stdout.split()[0], out.stdout.split()[-1]
+    assert version == pagedserve.__version__ and image.endswith(f":{version}-cpu")
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_links_are_committed_as_links():
     out = run_in_root("git", "ls-files", "-s", "pagedserve/engine")
