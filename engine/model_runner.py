@@ -88,15 +88,17 @@ class ModelRunner:
         self.graphs: CUDAGraphRunner | None = None
 
     def _graphs_wanted(self) -> bool:
-        """enforce_eager=False asks for decode graphs; where they cannot run (vLLM: CPUs),
-        decode runs eagerly and rank 0 says so once."""
+        """enforce_eager=False (the default) asks for decode graphs; where they cannot run,
+        decode runs eagerly and rank 0 says so once: at INFO on a CPU, where eager is all
+        there is (as in vLLM), else as a warning (a GPU that could have run them)."""
         if self.config.enforce_eager:
             return False
         why = graphs_unavailable(self.device, kernels.active_backend())
         if why is None and self.pp.size > 1:
             why = "decode graphs do not cover pipeline parallelism yet"
         if why and self.tp.rank == 0:
-            logger.warning("enforce_eager=False: %s; decode runs eagerly", why)
+            level = logging.INFO if self.device.type == "cpu" else logging.WARNING
+            logger.log(level, "enforce_eager=False: %s; decode runs eagerly", why)
         return why is None
 
     def kv_bytes_per_block(self) -> int:
@@ -131,10 +133,10 @@ class ModelRunner:
         peak = torch.cuda.max_memory_allocated(self.device)
         # graphs captured over the profiling cache hold what the real ones will
         graph_bytes = self._capture_graphs() if self.use_graphs else 0
-        total = torch.cuda.get_device_properties(self.device).total_memory
         self.allocate_kv_cache(0)
         torch.cuda.empty_cache()
-        return int(total * c.gpu_memory_utilization) - peak - graph_bytes
+        free, total = torch.cuda.mem_get_info(self.device)
+        return kv_budget_bytes(total, free, c.gpu_memory_utilization, peak + graph_bytes)
 
     def allocate_kv_cache(self, num_blocks: int, capture: bool = True) -> None:
         """A pool of `num_blocks` blocks per layer; decode graphs (when used) are captured
@@ -223,6 +225,22 @@ class ModelRunner:
         a = self.attn_layers[0]
         seq_bytes = 2 * a.num_kv_heads * a.head_size * self.dtype.itemsize * max_seq_len
         return max(1, min(TORCH_DECODE_CHUNK, TORCH_DECODE_CHUNK_BYTES // seq_bytes))
+
+
+def kv_budget_bytes(total: int, free: int, utilization: float, used: int) -> int:
+    """The KV cache's share of a device: `utilization` of all of it (vLLM's meaning: this
+    engine's share, so two engines at 0.45 fit one GPU) less what this engine's weights, peak
+    step and graphs take. A share that is no longer free, because other processes hold it,
+    is an error naming the setting, not an out-of-memory part-way through the allocation."""
+    budget = int(total * utilization) - used
+    if budget > free:
+        gib = 2**30
+        raise ValueError(
+            f"gpu_memory_utilization={utilization} leaves {budget / gib:.1f} GiB for the KV "
+            f"cache, but only {free / gib:.1f} GiB of the device's {total / gib:.1f} GiB are "
+            f"free (other processes hold {max(0, total - free - used) / gib:.1f} GiB): lower "
+            f"gpu_memory_utilization or set kv_cache_memory")
+    return budget
 
 
 def _leading_ones(num_new: list[int]) -> int:

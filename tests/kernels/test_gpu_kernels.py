@@ -70,8 +70,9 @@ def test_engine_picks_triton_on_gpu_and_matches_torch(tiny_model, triton_ops):
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     outs = {}
     for backend in (None, "torch"):
+        # a small cache: the GPU check runs these tests on several processes at once
         llm = LLM(tiny_model(), device="cuda", dtype="float32", kernel_backend=backend,
-                  max_model_len=128, max_num_batched_tokens=32)
+                  max_model_len=128, max_num_batched_tokens=32, kv_cache_memory="64MiB")
         outs[backend or kernels.active_backend()] = [
             o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
         del llm
