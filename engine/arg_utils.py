@@ -43,9 +43,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "cpu on CPUs")
     g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction,
                    default=d.enforce_eager,
-                   help="run decode eagerly; --no-enforce-eager captures CUDA/HIP graphs for "
-                        "decode (GPU with the triton backend only). Default on, unlike vLLM, "
-                        "until the graphs are verified on a GPU")
+                   help="run decode eagerly; by default (--no-enforce-eager) decode steps are "
+                        "CUDA/HIP graphs on a GPU with the triton backend, eager elsewhere")
 
 
 def _add_parallel_args(g, d: SimpleNamespace) -> None:

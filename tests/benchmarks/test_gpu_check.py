@@ -30,7 +30,7 @@ def test_every_part_runs_on_cpu(dry_run):
     assert report["mode"] == "cpu-dry-run"
     assert list(report["parts"]) == [name for name, _ in gpu_check.PARTS]
     failed = {n: p.get("error") for n, p in report["parts"].items() if p["status"] != "ok"}
-    skipped = failed.pop("throughput_graphs")  # the one part with nothing to run on a CPU
+    skipped = failed.pop("throughput_eager")  # the one part with nothing to run on a CPU
     assert not failed and proc.returncode == 0, (failed, proc.stdout[-3000:])
     assert "GPU" in skipped
     for name, _ in gpu_check.PARTS:
@@ -59,6 +59,7 @@ def test_the_report_has_the_figures_a_gpu_run_fills_in(dry_run):
     for batch in ("batch 1", "batch 4"):  # graphs fall back to eager on CPU: same tokens
         row = parts["graphs"][batch]
         assert row["same_tokens"] == row["sequences"] and row["graphs_tok_s"] > 0
+        assert row["first_difference"] == [8] * row["sequences"]  # every token equal
     assert parts["serve"]["status"] == 200 and parts["serve"]["text"]
     summary = dry_run[1]["summary"]
     assert summary["throughput_vs_hf"] == parts["throughput"]["rows"][0]["vs_hf"]
