@@ -28,21 +28,21 @@ class Paged:
 
 
 def make_paged(seq_lens: list[int], page: int, kv_heads: int, head: int,
-               dtype: torch.dtype = torch.float32) -> Paged:
+               dtype: torch.dtype = torch.float32, device: torch.device = DEVICE) -> Paged:
     """Random caches whose blocks are handed out shuffled, with a spare block at each end of
     the pool so that reading past a sequence's table picks up unrelated numbers."""
     counts = [-(-n // page) for n in seq_lens]
     num_blocks = sum(counts) + 2
     shape = (num_blocks, page, kv_heads, head)
-    k = torch.randn(shape, device=DEVICE).to(dtype)
-    v = torch.randn(shape, device=DEVICE).to(dtype)
+    k = torch.randn(shape, device=device).to(dtype)
+    v = torch.randn(shape, device=device).to(dtype)
     ids = (torch.randperm(num_blocks - 2) + 1).tolist()
     table = torch.zeros(len(seq_lens), max(counts) + 1, dtype=torch.int32)  # one unused column
     for i, c in enumerate(counts):
         table[i, :c] = torch.tensor(ids[:c], dtype=torch.int32)
         ids = ids[c:]
     lens = torch.tensor(seq_lens, dtype=torch.int32)
-    return Paged(k, v, table.to(DEVICE), lens.to(DEVICE))
+    return Paged(k, v, table.to(device), lens.to(device))
 
 
 def record(name: str, actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -91,3 +91,13 @@ def kit():
     """Helpers for the kernel tests: device, make_paged, check_attention, check_pointwise."""
     return SimpleNamespace(device=DEVICE, make_paged=make_paged, check_attention=check_attention,
                            check_pointwise=check_pointwise)
+
+
+@pytest.fixture(scope="session")
+def cpu_kit():
+    """The same helpers on the CPU whatever the machine has: for the compiled C kernels and
+    the torch reference's own checks (on a GPU machine `kit` puts tensors on the GPU)."""
+    def make_cpu_paged(*args, **kwargs) -> Paged:
+        return make_paged(*args, **kwargs, device=torch.device("cpu"))
+    return SimpleNamespace(device=torch.device("cpu"), make_paged=make_cpu_paged,
+                           check_attention=check_attention, check_pointwise=check_pointwise)

@@ -1,6 +1,8 @@
 """The compiled CPU attention equals the torch reference; its build cache and fallbacks."""
+import ast
 import logging
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -49,9 +51,9 @@ CACHE_DTYPES = [torch.float32, torch.bfloat16]
 @pytest.mark.parametrize("head", [8, 64, 128])
 @pytest.mark.parametrize("kv_heads,group", [(4, 1), (2, 4), (1, 8)])
 @pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
-def test_decode_matches_reference(kit, page, head, kv_heads, group, cache_dtype):
+def test_decode_matches_reference(cpu_kit, page, head, kv_heads, group, cache_dtype):
     seq_lens = [1, 300, 16, 17, 64, 5, 129]
-    c = kit.make_paged(seq_lens, page, kv_heads, head, cache_dtype)
+    c = cpu_kit.make_paged(seq_lens, page, kv_heads, head, cache_dtype)
     q = fused_q(len(seq_lens), kv_heads * group, head)
     scale = head ** -0.5
     out = cpu.paged_attention_decode(q, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, scale)
@@ -69,10 +71,10 @@ PREFILL = [(0, 7), (40, 1), (21, 9), (16, 17), (0, 150), (250, 50)]
 @pytest.mark.parametrize("head", [8, 64, 128])
 @pytest.mark.parametrize("kv_heads,group", [(4, 1), (2, 4), (1, 8)])
 @pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
-def test_prefill_with_cached_prefix_matches_reference(kit, page, head, kv_heads, group,
+def test_prefill_with_cached_prefix_matches_reference(cpu_kit, page, head, kv_heads, group,
                                                       cache_dtype):
     seq_lens = [p + n for p, n in PREFILL]
-    c = kit.make_paged(seq_lens, page, kv_heads, head, cache_dtype)
+    c = cpu_kit.make_paged(seq_lens, page, kv_heads, head, cache_dtype)
     q_lens = [n for _, n in PREFILL]
     q = fused_q(sum(q_lens), kv_heads * group, head)
     qsl, scale = query_start_loc(q_lens), head ** -0.5
@@ -83,9 +85,9 @@ def test_prefill_with_cached_prefix_matches_reference(kit, page, head, kv_heads,
 
 
 @pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
-def test_odd_head_size_and_one_thread(kit, monkeypatch, cache_dtype):
+def test_odd_head_size_and_one_thread(cpu_kit, monkeypatch, cache_dtype):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    c = kit.make_paged([3, 70], 16, 2, 24, cache_dtype)
+    c = cpu_kit.make_paged([3, 70], 16, 2, 24, cache_dtype)
     q, qsl = fused_q(5, 6, 24), query_start_loc([2, 3])
     out = cpu.paged_prefill_attention(q, c.k_cache, c.v_cache, c.block_tables, qsl,
                                       c.seq_lens, 0.2)
@@ -93,8 +95,8 @@ def test_odd_head_size_and_one_thread(kit, monkeypatch, cache_dtype):
                                                  c.seq_lens, 0.2))
 
 
-def test_a_bfloat16_cache_is_read_by_the_kernel_not_the_reference(kit, monkeypatch):
-    c = kit.make_paged([9, 30], 16, 2, 64, torch.bfloat16)
+def test_a_bfloat16_cache_is_read_by_the_kernel_not_the_reference(cpu_kit, monkeypatch):
+    c = cpu_kit.make_paged([9, 30], 16, 2, 64, torch.bfloat16)
     q = torch.randn(2, 4, 64)
     want = reference.paged_attention_decode(q, c.k_cache, c.v_cache, c.block_tables,
                                             c.seq_lens, 0.3)
@@ -104,13 +106,13 @@ def test_a_bfloat16_cache_is_read_by_the_kernel_not_the_reference(kit, monkeypat
           want)
 
 
-def test_other_dtypes_and_shapes_fall_back_to_the_reference(kit, monkeypatch):
-    c = kit.make_paged([9, 30], 16, 2, 8, torch.bfloat16)
+def test_other_dtypes_and_shapes_fall_back_to_the_reference(cpu_kit, monkeypatch):
+    c = cpu_kit.make_paged([9, 30], 16, 2, 8, torch.bfloat16)
     q = torch.randn(2, 4, 8).to(torch.bfloat16)
     args = (q, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, 0.3)
     assert torch.equal(cpu.paged_attention_decode(*args), reference.paged_attention_decode(*args))
     # a group wider than the kernel takes (64 query heads per KV head) runs the reference
-    c = kit.make_paged([9, 30], 16, 1, 8)
+    c = cpu_kit.make_paged([9, 30], 16, 1, 8)
     q = torch.randn(2, 64, 8)
     calls = []
     monkeypatch.setattr(reference, "paged_attention_decode",
@@ -132,23 +134,31 @@ def test_build_is_cached_and_reused(fresh_build, monkeypatch):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 def test_kernel_threads_come_from_torchs_openmp_runtime():
-    # a second libgomp would bring a second thread pool spinning against torch's
-    assert cpu.available()
-    with open("/proc/self/maps") as f:
-        runtimes = {line.split()[-1] for line in f if "libgomp" in line or "libomp" in line}
+    # a second libgomp would bring a second thread pool spinning against torch's. In a fresh
+    # process: the test process may hold other packages' runtimes (on a GPU machine's image,
+    # scikit-learn's libgomp was loaded by the time this test ran)
+    probe = ("import torch\n"
+             "from pagedserve.kernels import cpu\n"
+             "assert cpu.available()\n"
+             "maps = open('/proc/self/maps').read().splitlines()\n"
+             "print(sorted({l.split()[-1] for l in maps if 'libgomp' in l or 'libomp' in l}))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    runtimes = ast.literal_eval(out.stdout.strip().splitlines()[-1])
     assert len(runtimes) <= 1, runtimes
 
 
 @pytest.mark.parametrize("compiler", ["no-such-cc-anywhere", "false"])
 def test_a_broken_compiler_falls_back_with_one_warning(fresh_build, monkeypatch, caplog,
-                                                       kit, compiler):
+                                                       cpu_kit, compiler):
     monkeypatch.setattr(cpu, "COMPILER", compiler)
     with caplog.at_level(logging.WARNING, logger=cpu.log.name):
         assert kernels.select_backend("cpu") == "torch"
         assert kernels.select_backend("cpu", "cpu") == "torch"
     warnings = [r for r in caplog.records if "torch reference" in r.getMessage()]
     assert len(warnings) == 1
-    c = kit.make_paged([5], 16, 1, 8)
+    c = cpu_kit.make_paged([5], 16, 1, 8)
     q = torch.randn(1, 2, 8)
     args = (q, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, 0.3)
     assert torch.equal(cpu.paged_attention_decode(*args), reference.paged_attention_decode(*args))

@@ -30,10 +30,10 @@ def pooled(monkeypatch):
     cpu.release_inputs()
 
 
-def _decode_and_prefill(kit, head: int, kv_heads: int, group: int, cache_dtype) -> float:
+def _decode_and_prefill(cpu_kit, head: int, kv_heads: int, group: int, cache_dtype) -> float:
     """The largest difference from the reference over one decode and one prefill call."""
     seq_lens = [1, 300, 16, 17, 64, 5, 129, 40]
-    c = kit.make_paged(seq_lens, 16, kv_heads, head, cache_dtype)
+    c = cpu_kit.make_paged(seq_lens, 16, kv_heads, head, cache_dtype)
     q = torch.randn(len(seq_lens), kv_heads * group, head)
     args = (q, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, head ** -0.5)
     err = (cpu.paged_attention_decode(*args) - reference.paged_attention_decode(*args)).abs()
@@ -48,20 +48,20 @@ def _decode_and_prefill(kit, head: int, kv_heads: int, group: int, cache_dtype) 
 
 @pytest.mark.parametrize("head,kv_heads,group", [(8, 4, 2), (64, 2, 4), (128, 1, 8)])
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
-def test_helpers_share_the_work_and_match_the_reference(kit, pooled, head, kv_heads, group,
+def test_helpers_share_the_work_and_match_the_reference(cpu_kit, pooled, head, kv_heads, group,
                                                         cache_dtype):
-    errors = [_decode_and_prefill(kit, head, kv_heads, group, cache_dtype) for _ in range(10)]
+    errors = [_decode_and_prefill(cpu_kit, head, kv_heads, group, cache_dtype) for _ in range(10)]
     assert max(errors) <= TOL, errors
     if sys.platform.startswith("linux"):
         assert _helper_threads() >= 2  # the helpers exist: the pool path ran
 
 
-def test_torch_on_every_allowed_thread_keeps_openmp(kit, monkeypatch):
+def test_torch_on_every_allowed_thread_keeps_openmp(cpu_kit, monkeypatch):
     # no CPU is left to helpers: the kernel splits over torch's own (OpenMP) threads
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     cpu.set_attention_threads(2)
     try:
-        assert _decode_and_prefill(kit, 64, 2, 4, torch.float32) <= TOL
+        assert _decode_and_prefill(cpu_kit, 64, 2, 4, torch.float32) <= TOL
     finally:
         cpu.set_attention_threads(None)
 
@@ -74,7 +74,7 @@ STARVED = textwrap.dedent("""
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # helpers get no CPU of their own
     torch.set_num_threads(1)
     cpu.set_attention_threads(4)
-    c = conftest.make_paged([300, 17, 64, 129] * 4, 16, 2, 64)
+    c = conftest.make_paged([300, 17, 64, 129] * 4, 16, 2, 64, device=torch.device("cpu"))
     worst = 0.0
     for i in range(300):
         q = torch.randn(16, 8, 64)
@@ -115,10 +115,10 @@ def _helper_threads() -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork, /proc")
-def test_a_forked_child_starts_helpers_of_its_own(kit, pooled):
+def test_a_forked_child_starts_helpers_of_its_own(cpu_kit, pooled):
     # a fork (tensor-parallel workers may be forked) copies the pool but not its threads
-    assert _decode_and_prefill(kit, 64, 2, 4, torch.float32) <= TOL
-    c = kit.make_paged([300, 17, 64], 16, 2, 64)
+    assert _decode_and_prefill(cpu_kit, 64, 2, 4, torch.float32) <= TOL
+    c = cpu_kit.make_paged([300, 17, 64], 16, 2, 64)
     args = (torch.randn(3, 8, 64), c.k_cache, c.v_cache, c.block_tables, c.seq_lens, 0.125)
     ours, theirs = multiprocessing.Pipe()
     proc = multiprocessing.get_context("fork").Process(target=_child, args=(theirs, args))
@@ -141,12 +141,12 @@ def _helper_states() -> list[str]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_helpers_sleep_once_calls_stop_coming(kit, monkeypatch):
+def test_helpers_sleep_once_calls_stop_coming(cpu_kit, monkeypatch):
     # an idle engine's helpers must not keep a CPU busy (nor use up a cgroup's CPU quota)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     cpu.set_attention_threads(3)
     try:
-        assert _decode_and_prefill(kit, 64, 2, 4, torch.float32) <= TOL
+        assert _decode_and_prefill(cpu_kit, 64, 2, 4, torch.float32) <= TOL
     finally:
         cpu.set_attention_threads(None)
     deadline = time.monotonic() + 30  # generous: asserts they sleep, not how soon
@@ -163,7 +163,7 @@ PRIORITY = textwrap.dedent("""
     os.nice(3)  # a user's `nice pagedserve serve`: the helpers must keep it
     torch.set_num_threads(1)
     cpu.set_attention_threads(2)
-    c = conftest.make_paged([300, 17, 64], 16, 2, 64)
+    c = conftest.make_paged([300, 17, 64], 16, 2, 64, device=torch.device("cpu"))
     cpu.paged_attention_decode(torch.randn(3, 8, 64), c.k_cache, c.v_cache, c.block_tables,
                                c.seq_lens, 0.125)
     granted = granted_slice()

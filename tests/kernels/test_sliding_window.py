@@ -40,8 +40,8 @@ def explicit_attention(q, k, v, scale, cap=None):
 
 @pytest.mark.parametrize("cap", [None, 2.0])
 @pytest.mark.parametrize("window", [1, 5, 16])
-def test_reference_sees_only_the_window(kit, window, cap):
-    c = kit.make_paged([p + n for p, n in BATCH], 16, 2, 32)
+def test_reference_sees_only_the_window(cpu_kit, window, cap):
+    c = cpu_kit.make_paged([p + n for p, n in BATCH], 16, 2, 32)
     q = torch.randn(sum(n for _, n in BATCH), 4, 32)
     qsl = qsl_of(BATCH)
     out = reference.paged_prefill_attention(q, c.k_cache, c.v_cache, c.block_tables, qsl,
@@ -55,8 +55,8 @@ def test_reference_sees_only_the_window(kit, window, cap):
             torch.testing.assert_close(out[qsl[i] + j], want, atol=1e-5, rtol=1e-5)
 
 
-def test_decode_reference_equals_prefill_of_the_last_token(kit):
-    c = kit.make_paged(SEQ_LENS, 16, 2, 32)
+def test_decode_reference_equals_prefill_of_the_last_token(cpu_kit):
+    c = cpu_kit.make_paged(SEQ_LENS, 16, 2, 32)
     q = torch.randn(len(SEQ_LENS), 4, 32)
     qsl = torch.arange(len(SEQ_LENS) + 1, dtype=torch.int32)
     for window, cap in [(7, None), (16, 3.0), (100, None)]:
@@ -67,8 +67,8 @@ def test_decode_reference_equals_prefill_of_the_last_token(kit):
         torch.testing.assert_close(dec, pre, atol=1e-6, rtol=1e-6)
 
 
-def test_a_window_as_long_as_the_context_changes_nothing(kit):
-    c = kit.make_paged(SEQ_LENS, 16, 2, 32)
+def test_a_window_as_long_as_the_context_changes_nothing(cpu_kit):
+    c = cpu_kit.make_paged(SEQ_LENS, 16, 2, 32)
     q = torch.randn(len(SEQ_LENS), 4, 32)
     args = (q, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, 0.2)
     torch.testing.assert_close(reference.paged_attention_decode(*args, max(SEQ_LENS)),
@@ -79,16 +79,16 @@ def test_a_window_as_long_as_the_context_changes_nothing(kit):
 @pytest.mark.parametrize("cap", [None, 4.0])
 @pytest.mark.parametrize("window", [1, 6, 16, 65])
 @pytest.mark.parametrize("kv_heads,group", [(2, 1), (1, 8)])
-def test_cpu_kernel_matches_reference(kit, window, cap, kv_heads, group):
+def test_cpu_kernel_matches_reference(cpu_kit, window, cap, kv_heads, group):
     head = 16
-    c = kit.make_paged([p + n for p, n in BATCH], 16, kv_heads, head)
+    c = cpu_kit.make_paged([p + n for p, n in BATCH], 16, kv_heads, head)
     q = torch.randn(sum(n for _, n in BATCH), kv_heads * group, head)
     qsl = qsl_of(BATCH)
     args = (q, c.k_cache, c.v_cache, c.block_tables, qsl, c.seq_lens, head ** -0.5, window, cap)
     out = cpu.paged_prefill_attention(*args)
     torch.testing.assert_close(out, reference.paged_prefill_attention(*args), atol=1e-5,
                                rtol=1e-5)
-    d = kit.make_paged(SEQ_LENS, 16, kv_heads, head)
+    d = cpu_kit.make_paged(SEQ_LENS, 16, kv_heads, head)
     qd = torch.randn(len(SEQ_LENS), kv_heads * group, head)
     dargs = (qd, d.k_cache, d.v_cache, d.block_tables, d.seq_lens, head ** -0.5, window, cap)
     torch.testing.assert_close(cpu.paged_attention_decode(*dargs),
