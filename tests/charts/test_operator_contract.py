@@ -107,9 +107,14 @@ def test_every_operator_setting_has_a_chart_value(chart):
 
 
 def test_chart_app_version_is_the_package_version():
+    import pagedserve
     chart_yaml = yaml.safe_load((ROOT / "charts" / "pagedserve" / "Chart.yaml").read_text())
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert chart_yaml["appVersion"] == project["version"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    # the package's attribute is the one place the version is written; pyproject reads it
+    assert project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "pagedserve.__version__"}
+    assert chart_yaml["appVersion"] == pagedserve.__version__
 
 
 @pytest.mark.parametrize("level", ["debug", "info", "warning", "error"])
